@@ -1,0 +1,3 @@
+//! Data for training and evaluation.
+
+pub mod synthetic;

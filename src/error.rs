@@ -1,0 +1,59 @@
+//! The crate's error type.
+
+/// Everything that can go wrong in `unetpp`.
+///
+/// Each variant carries a message that says what was expected and what was found, so a
+/// caller can match on the kind of failure and still show a useful message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is invalid (zero width, depth 0, dropout outside `[0, 1)`, ...).
+    #[error("invalid configuration: {field}: {msg}")]
+    Config {
+        /// The name of the offending field, e.g. `"widths"`.
+        field: &'static str,
+        /// What was wrong with it.
+        msg: String,
+    },
+    /// An input tensor has the wrong rank, channel count or spatial size.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// A weight file or a set of weights does not fit the network.
+    #[error("weights error: tensor `{name}`: {msg}")]
+    Weights {
+        /// The name of the tensor concerned (or the file, for file-level problems).
+        name: String,
+        /// What was wrong with it.
+        msg: String,
+    },
+    /// An I/O error, with the path it happened on.
+    #[error("i/o error on `{path}`: {source}")]
+    Io {
+        /// The file concerned.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An error raised by candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn config(field: &'static str, msg: impl Into<String>) -> Self {
+        Error::Config {
+            field,
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn weights(name: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Weights {
+            name: name.into(),
+            msg: msg.into(),
+        }
+    }
+}

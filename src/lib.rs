@@ -1,0 +1,62 @@
+//! # unetpp — UNet++ on candle
+//!
+//! UNet++ (Zhou, Siddiquee, Tajbakhsh, Liang, *IEEE TMI* 2020) replaces U-Net's plain skip
+//! connections with **nested, dense skip pathways**. Node `X^{i,j}` sits at down-sampling
+//! level `i` and column `j`; it concatenates every earlier node of its level,
+//! `X^{i,0..j-1}`, with the up-sampled `X^{i+1,j-1}` from the level below, and applies a
+//! double 3×3 convolution (Eq. 1 of the paper). The encoder and decoder feature maps are
+//! thereby brought semantically close before they meet. Every node of the top row
+//! `X^{0,1..L}` is a full-resolution segmentation, so the network is trained with **deep
+//! supervision** (one loss per head) and can be used in **accurate mode** (average of the
+//! heads) or **fast mode** (one head). Because the head on `X^{0,k}` only depends on the nodes
+//! with `i + j ≤ k`, a trained network can be **pruned** to `L_k` at inference time: a
+//! smaller, faster network with identical output for that head.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{VarBuilder, VarMap};
+//! use unetpp::prelude::*;
+//!
+//! let device = Device::Cpu;
+//! // The paper's network, narrowed so the example runs in a blink.
+//! let cfg = UNetPlusPlusConfig::paper().widths([4, 8, 16, 32, 64]).build()?;
+//! let varmap = VarMap::new();
+//! let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+//!
+//! let images = Tensor::randn(0f32, 1., (2, 1, 32, 32), &device)?;
+//! let out = net.forward_t(&images, true)?;      // logits of X^{0,1}, …, X^{0,4}
+//! assert_eq!(out.logits().len(), 4);
+//! let probs = out.accurate()?;                  // mean of the heads' probabilities
+//! assert_eq!(probs.dims(), &[2, 1, 32, 32]);
+//!
+//! let l2 = net.prune(Level::L2)?;               // keeps X^{i,j} with i + j <= 2
+//! let y = l2.forward(&images)?;                 // equals head X^{0,2} of the full network
+//! assert_eq!(y.dims(), &[2, 1, 32, 32]);
+//! # Ok::<(), unetpp::Error>(())
+//! ```
+//!
+//! Modules: [`unetpp`](crate::unetpp) (config, grid, model, outputs), [`nn`] (blocks),
+//! [`ops`] (bilinear resize with a backward), [`loss`], [`metrics`], [`weights`] (safetensors
+//! I/O), [`device`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod device;
+mod error;
+pub mod loss;
+pub mod metrics;
+pub mod nn;
+pub mod ops;
+pub mod unetpp;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use unetpp::{Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
+
+/// The names most programs need.
+pub mod prelude {
+    pub use crate::nn::{Activation, Norm, Upsample};
+    pub use crate::unetpp::{ConcatOrder, Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
+    pub use crate::{Error, Result};
+}

@@ -1,0 +1,132 @@
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, GroupNorm, VarBuilder};
+
+use super::{push, NamedTensor, Norm};
+
+const EPS: f64 = 1e-5;
+
+/// A normalisation layer built from a [`Norm`].
+#[derive(Debug, Clone)]
+pub enum NormLayer {
+    /// No normalisation.
+    Identity,
+    /// Batch normalisation; running statistics are updated in training mode.
+    Batch(BatchNorm),
+    /// Group (or instance) normalisation; `weight` and `bias` are kept for saving.
+    Group {
+        /// The layer.
+        layer: GroupNorm,
+        /// Its scale.
+        weight: Tensor,
+        /// Its shift.
+        bias: Tensor,
+        /// Number of groups (the channel count for instance normalisation).
+        groups: usize,
+    },
+}
+
+impl NormLayer {
+    /// Builds the layer for `channels` channels; weights are read under `vb`.
+    pub fn new(norm: Norm, channels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(match norm {
+            Norm::None => NormLayer::Identity,
+            Norm::Batch => {
+                let cfg = BatchNormConfig {
+                    eps: EPS,
+                    remove_mean: true,
+                    affine: true,
+                    momentum: 0.1,
+                };
+                NormLayer::Batch(candle_nn::batch_norm(channels, cfg, vb)?)
+            }
+            Norm::Instance | Norm::Group(_) => {
+                let groups = match norm {
+                    Norm::Group(g) => g,
+                    _ => channels,
+                };
+                let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
+                let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
+                let layer = GroupNorm::new(weight.clone(), bias.clone(), channels, groups, EPS)?;
+                NormLayer::Group {
+                    layer,
+                    weight,
+                    bias,
+                    groups,
+                }
+            }
+        })
+    }
+
+    pub(crate) fn named_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
+        match self {
+            NormLayer::Identity => {}
+            NormLayer::Batch(bn) => {
+                if let Some((w, b)) = bn.weight_and_bias() {
+                    push(out, prefix, "weight", w, true);
+                    push(out, prefix, "bias", b, true);
+                }
+                push(out, prefix, "running_mean", bn.running_mean(), false);
+                push(out, prefix, "running_var", bn.running_var(), false);
+            }
+            NormLayer::Group { weight, bias, .. } => {
+                push(out, prefix, "weight", weight, true);
+                push(out, prefix, "bias", bias, true);
+            }
+        }
+    }
+
+    pub(crate) fn detach(&self) -> Result<Self> {
+        Ok(match self {
+            NormLayer::Identity => NormLayer::Identity,
+            NormLayer::Batch(bn) => {
+                let rm = bn.running_mean().detach();
+                let rv = bn.running_var().detach();
+                let bn = match bn.weight_and_bias() {
+                    Some((w, b)) => BatchNorm::new_with_momentum(
+                        rm.dim(0)?,
+                        rm,
+                        rv,
+                        w.detach(),
+                        b.detach(),
+                        bn.eps(),
+                        bn.momentum(),
+                    )?,
+                    None => BatchNorm::new_no_bias_with_momentum(
+                        rm.dim(0)?,
+                        rm,
+                        rv,
+                        bn.eps(),
+                        bn.momentum(),
+                    )?,
+                };
+                NormLayer::Batch(bn)
+            }
+            NormLayer::Group {
+                weight,
+                bias,
+                groups,
+                ..
+            } => {
+                let (weight, bias, groups) = (weight.detach(), bias.detach(), *groups);
+                let layer =
+                    GroupNorm::new(weight.clone(), bias.clone(), weight.dim(0)?, groups, EPS)?;
+                NormLayer::Group {
+                    layer,
+                    weight,
+                    bias,
+                    groups,
+                }
+            }
+        })
+    }
+}
+
+impl ModuleT for NormLayer {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            NormLayer::Identity => Ok(x.clone()),
+            NormLayer::Batch(bn) => bn.forward_t(x, train),
+            NormLayer::Group { layer, .. } => layer.forward(x),
+        }
+    }
+}

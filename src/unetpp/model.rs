@@ -1,0 +1,405 @@
+//! The UNet++ network: it walks the [`Grid`] and applies one block per node.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{Conv2d, VarBuilder};
+
+use super::config::UNetPlusPlusConfig;
+use super::grid::{Grid, Input, Node};
+use super::outputs::Outputs;
+use crate::nn::{push, ConvBlock, NamedTensor, UpLayer};
+use crate::{weights, Error, Result};
+
+/// A pruning level `L_k`: the network keeps the nodes `X^{i,j}` with `i + j ≤ k` and the head
+/// on `X^{0,k}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Level(pub usize);
+
+impl Level {
+    /// UNet++ L1.
+    pub const L1: Level = Level(1);
+    /// UNet++ L2.
+    pub const L2: Level = Level(2);
+    /// UNet++ L3.
+    pub const L3: Level = Level(3);
+    /// UNet++ L4.
+    pub const L4: Level = Level(4);
+}
+
+impl From<usize> for Level {
+    fn from(k: usize) -> Self {
+        Level(k)
+    }
+}
+
+/// UNet++ (Zhou et al., IEEE TMI 2020): nested, dense skip pathways and deep supervision.
+///
+/// A network is either *full* (every node of its depth, the heads of its configuration) or
+/// *pruned* to a level `L_k` (only the nodes with `i + j ≤ k`, one head on `X^{0,k}`).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use unetpp::prelude::*;
+///
+/// let cfg = UNetPlusPlusConfig::paper().widths([4, 8, 16]).depth(2).build()?;
+/// let varmap = VarMap::new();
+/// let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+/// let x = Tensor::zeros((1, 1, 16, 16), DType::F32, &Device::Cpu)?;
+/// let out = net.forward_t(&x, false)?;
+/// assert_eq!(out.cols(), &[1, 2]);
+/// let fast = net.prune(Level::L1)?;
+/// assert_eq!(fast.forward(&x)?.dims(), &[1, 1, 16, 16]);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct UNetPlusPlus {
+    cfg: UNetPlusPlusConfig,
+    grid: Grid,
+    blocks: Vec<ConvBlock>,
+    ups: Vec<Option<UpLayer>>,
+    heads: Vec<(usize, Conv2d)>,
+}
+
+impl UNetPlusPlus {
+    /// The full network of `cfg`, with weights from `vb` (a `VarMap` to train, a file to
+    /// infer).
+    pub fn new(cfg: &UNetPlusPlusConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, cfg.depth, &cfg.heads, vb)
+    }
+
+    /// The network of `cfg` pruned to `level`: the nodes with `i + j ≤ k` and the head on
+    /// `X^{0,k}`, which `cfg` must have.
+    pub fn new_pruned(
+        cfg: &UNetPlusPlusConfig,
+        level: impl Into<Level>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let k = check_level(cfg, level.into())?;
+        Self::build(cfg, k, &[k], vb)
+    }
+
+    fn build(
+        cfg: &UNetPlusPlusConfig,
+        level: usize,
+        heads: &[usize],
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let grid = Grid::new(cfg.depth).at_level(level);
+        let f = &cfg.widths;
+        let keeps = cfg.upsample.keeps_channels();
+        let mut blocks = Vec::with_capacity(grid.nodes().len());
+        let mut ups = Vec::with_capacity(grid.nodes().len());
+        for &node in grid.nodes() {
+            let Node { level: i, col: j } = node;
+            let c_in = grid.in_channels(node, f, cfg.in_channels, keeps);
+            blocks.push(ConvBlock::new(
+                c_in,
+                f[i],
+                cfg.norm,
+                cfg.activation,
+                cfg.dropout,
+                cfg.conv_bias,
+                vb.pp(node.name()),
+            )?);
+            ups.push(if j == 0 {
+                None
+            } else {
+                Some(UpLayer::new(
+                    cfg.upsample,
+                    f[i + 1],
+                    f[i],
+                    vb.pp(format!("up_{i}_{j}")),
+                )?)
+            });
+        }
+        let heads = heads
+            .iter()
+            .map(|&col| {
+                let conv = candle_nn::conv2d(
+                    f[0],
+                    cfg.num_classes,
+                    1,
+                    Default::default(),
+                    vb.pp(format!("head_{col}")),
+                )?;
+                Ok((col, conv))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            grid,
+            blocks,
+            ups,
+            heads,
+        })
+    }
+
+    /// The configuration this network was built from (for a pruned network, the full one's).
+    pub fn config(&self) -> &UNetPlusPlusConfig {
+        &self.cfg
+    }
+
+    /// The nodes this network computes.
+    pub fn grid(&self) -> &Grid {
+        &self.grid
+    }
+
+    /// The level it computes up to: the depth for a full network, `k` for one pruned to `L_k`.
+    pub fn level(&self) -> usize {
+        self.grid.depth()
+    }
+
+    /// Whether this network was pruned below its configuration's depth or to a single head.
+    pub fn is_pruned(&self) -> bool {
+        self.level() < self.cfg.depth || self.head_cols() != self.cfg.heads
+    }
+
+    /// Columns `j` of the heads `X^{0,j}` this network has.
+    pub fn head_cols(&self) -> Vec<usize> {
+        self.heads.iter().map(|(c, _)| *c).collect()
+    }
+
+    /// Inference: the logits of the deepest head, `(N, classes, H, W)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .forward_t(x, false)?
+            .into_logits()
+            .pop()
+            .ok_or_else(|| Error::config("heads", "no head"))?)
+    }
+
+    /// Runs the network on `x` of shape `(N, C, H, W)`; `train` switches batch-norm statistics
+    /// and dropout to training behaviour. Returns the logits of every head.
+    ///
+    /// `H` and `W` must be multiples of `2^depth` unless the configuration pads.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Outputs> {
+        let (h, w) = self.check_input(x)?;
+        let m = 1usize << self.cfg.depth;
+        let (x, pad) = if h % m == 0 && w % m == 0 {
+            (x.clone(), None)
+        } else if self.cfg.pad_to_multiple {
+            let (ph, pw) = (h.next_multiple_of(m) - h, w.next_multiple_of(m) - w);
+            let x =
+                x.pad_with_same(2, ph / 2, ph - ph / 2)?
+                    .pad_with_same(3, pw / 2, pw - pw / 2)?;
+            (x, Some((ph / 2, pw / 2)))
+        } else {
+            return Err(Error::Shape(format!(
+                "input is {h}x{w} but a UNet++ of depth {} needs height and width divisible by {m}; \
+                 resize the input or build the configuration with pad_to_multiple(true)",
+                self.cfg.depth
+            )));
+        };
+
+        let mut outs: Vec<Tensor> = Vec::with_capacity(self.blocks.len());
+        for (idx, &node) in self.grid.nodes().iter().enumerate() {
+            let mut parts = Vec::new();
+            for input in self.grid.inputs(node, self.cfg.concat) {
+                parts.push(match input {
+                    Input::Image => x.clone(),
+                    Input::Pooled(src) => self.output_of(&outs, src)?.max_pool2d(2)?,
+                    Input::Skip(src) => self.output_of(&outs, src)?.clone(),
+                    Input::Upsampled(src) => match &self.ups[idx] {
+                        Some(up) => up.forward(self.output_of(&outs, src)?)?,
+                        None => {
+                            return Err(Error::config(
+                                "upsample",
+                                format!("{node} has no up-sampling layer"),
+                            ))
+                        }
+                    },
+                });
+            }
+            let input = if parts.len() == 1 {
+                parts.remove(0)
+            } else {
+                Tensor::cat(&parts, 1)?
+            };
+            outs.push(self.blocks[idx].forward_t(&input, train)?);
+        }
+
+        let mut logits = Vec::with_capacity(self.heads.len());
+        for (col, conv) in &self.heads {
+            let y = conv.forward(self.output_of(&outs, Node::new(0, *col))?)?;
+            logits.push(match pad {
+                Some((top, left)) => y.narrow(2, top, h)?.narrow(3, left, w)?,
+                None => y,
+            });
+        }
+        Ok(Outputs::new(self.head_cols(), logits, self.cfg.num_classes))
+    }
+
+    fn output_of<'a>(&self, outs: &'a [Tensor], node: Node) -> Result<&'a Tensor> {
+        self.grid
+            .index(node)
+            .and_then(|i| outs.get(i))
+            .ok_or_else(|| Error::config("grid", format!("{node} is read before it is computed")))
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<(usize, usize)> {
+        let (n, c, h, w) = x.dims4().map_err(|_| {
+            Error::Shape(format!(
+                "expected an (N, C, H, W) image batch, got shape {:?}",
+                x.dims()
+            ))
+        })?;
+        if n == 0 {
+            return Err(Error::Shape("empty batch: N is 0".into()));
+        }
+        if c != self.cfg.in_channels {
+            return Err(Error::Shape(format!(
+                "expected {} input channel(s), got {c} (shape {:?})",
+                self.cfg.in_channels,
+                x.dims()
+            )));
+        }
+        if h == 0 || w == 0 {
+            return Err(Error::Shape(format!("empty image: {h}x{w}")));
+        }
+        Ok((h, w))
+    }
+
+    /// The network pruned to `level` (UNet++ `L_k`): only the nodes with `i + j ≤ k` and the
+    /// head on `X^{0,k}`. Its forward equals that head of this network. It shares this
+    /// network's tensors (no copy); [`Self::save`] writes only the weights it keeps.
+    pub fn prune(&self, level: impl Into<Level>) -> Result<Self> {
+        let k = check_level(&self.cfg, level.into())?;
+        if k > self.level() {
+            return Err(Error::config(
+                "level",
+                format!(
+                    "cannot prune a network of level {} to the deeper level {k}",
+                    self.level()
+                ),
+            ));
+        }
+        let head = self
+            .heads
+            .iter()
+            .find(|(c, _)| *c == k)
+            .cloned()
+            .ok_or_else(|| {
+                Error::config("level", format!("this network has no head on X^{{0,{k}}}"))
+            })?;
+        let grid = self.grid.at_level(k);
+        let n = grid.nodes().len();
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            grid,
+            blocks: self.blocks[..n].to_vec(),
+            ups: self.ups[..n].to_vec(),
+            heads: vec![head],
+        })
+    }
+
+    /// Every tensor of the network under its stable name (see `docs/weights.md`), including
+    /// buffers such as batch-norm running statistics.
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        let mut out = Vec::new();
+        for ((node, block), up) in self.grid.nodes().iter().zip(&self.blocks).zip(&self.ups) {
+            block.named_tensors(&node.name(), &mut out);
+            if let Some(up) = up {
+                up.named_tensors(&format!("up_{}_{}", node.level, node.col), &mut out);
+            }
+        }
+        for (col, conv) in &self.heads {
+            let prefix = format!("head_{col}");
+            push(&mut out, &prefix, "weight", conv.weight(), true);
+            if let Some(b) = conv.bias() {
+                push(&mut out, &prefix, "bias", b, true);
+            }
+        }
+        out
+    }
+
+    /// Number of trainable parameters (buffers excluded).
+    pub fn num_parameters(&self) -> usize {
+        self.named_tensors()
+            .iter()
+            .filter(|t| t.trainable)
+            .map(|t| t.tensor.elem_count())
+            .sum()
+    }
+
+    /// A copy whose tensors are detached from any `Var`, so that inference records no graph
+    /// (and keeps no intermediates alive). Use it after training.
+    pub fn detach(&self) -> Result<Self> {
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            grid: self.grid.clone(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.detach())
+                .collect::<candle_core::Result<_>>()?,
+            ups: self
+                .ups
+                .iter()
+                .map(|u| u.as_ref().map(|u| u.detach()))
+                .collect(),
+            heads: self
+                .heads
+                .iter()
+                .map(|(c, conv)| {
+                    let conv = Conv2d::new(
+                        conv.weight().detach(),
+                        conv.bias().map(|b| b.detach()),
+                        *conv.config(),
+                    );
+                    (*c, conv)
+                })
+                .collect(),
+        })
+    }
+
+    /// Writes the network's tensors to a safetensors file, atomically.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        weights::save_tensors(&self.named_tensors(), path)
+    }
+
+    /// Loads a full network of `cfg` from a file written by [`Self::save`] (in `f32`).
+    ///
+    /// A missing, extra or mis-shaped tensor is an [`Error::Weights`] that names it.
+    pub fn load(cfg: &UNetPlusPlusConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let tensors = weights::load_tensors(path, device)?;
+        weights::build_checked(tensors, DType::F32, device, |vb| Self::new(cfg, vb))
+    }
+
+    /// Loads a network pruned to `level` from a file written by a pruned network's
+    /// [`Self::save`].
+    pub fn load_pruned(
+        cfg: &UNetPlusPlusConfig,
+        level: impl Into<Level>,
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let level = level.into();
+        let tensors = weights::load_tensors(path, device)?;
+        weights::build_checked(tensors, DType::F32, device, |vb| {
+            Self::new_pruned(cfg, level, vb)
+        })
+    }
+}
+
+fn check_level(cfg: &UNetPlusPlusConfig, level: Level) -> Result<usize> {
+    let k = level.0;
+    if k == 0 || k > cfg.depth {
+        return Err(Error::config(
+            "level",
+            format!("L{k} does not exist: levels run 1..={}", cfg.depth),
+        ));
+    }
+    if !cfg.heads.contains(&k) {
+        return Err(Error::config(
+            "level",
+            format!(
+                "pruning to L{k} needs a head on X^{{0,{k}}}, but the configuration has heads on {:?}; \
+                 train with deep supervision to prune",
+                cfg.heads
+            ),
+        ));
+    }
+    Ok(k)
+}

@@ -1,0 +1,39 @@
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use unetpp::prelude::*;
+
+pub fn build(cfg: &UNetPlusPlusConfig) -> (VarMap, UNetPlusPlus) {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let net = UNetPlusPlus::new(cfg, vb).unwrap();
+    (varmap, net)
+}
+
+pub fn small() -> unetpp::unetpp::UNetPlusPlusConfigBuilder {
+    UNetPlusPlusConfig::paper().widths([4, 6, 8, 10, 12])
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+pub fn randn(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1., shape, &Device::Cpu).unwrap()
+}
+
+pub fn tmp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("unetpp-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}

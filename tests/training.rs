@@ -1,0 +1,48 @@
+//! A small UNet++ learns a tiny synthetic task with candle-nn's AdamW.
+
+use candle_core::{DType, Device};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use unetpp::data::synthetic::circles_and_squares;
+use unetpp::loss::deep_supervision_bce_dice;
+use unetpp::prelude::*;
+
+#[test]
+fn loss_falls_with_adamw() {
+    let dev = Device::Cpu;
+    let cfg = UNetPlusPlusConfig::paper()
+        .widths([8, 16, 32])
+        .depth(2)
+        .norm(Norm::Batch)
+        .dropout(0.05)
+        .build()
+        .unwrap();
+    let varmap = VarMap::new();
+    let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut losses = Vec::new();
+    for step in 0..40 {
+        let batch = circles_and_squares(4, 32, 32, step % 10, &dev).unwrap();
+        let out = net.forward_t(&batch.images, true).unwrap();
+        let loss = deep_supervision_bce_dice(out.logits(), &batch.masks).unwrap();
+        opt.backward_step(&loss).unwrap();
+        losses.push(loss.to_scalar::<f32>().unwrap());
+    }
+    let first: f32 = losses[..5].iter().sum::<f32>() / 5.0;
+    let last: f32 = losses[35..].iter().sum::<f32>() / 5.0;
+    assert!(
+        last < 0.5 * first,
+        "loss went from {first} to {last}: {losses:?}"
+    );
+
+    let test = circles_and_squares(8, 32, 32, 1000, &dev).unwrap();
+    let out = net.forward_t(&test.images, false).unwrap();
+    let iou = unetpp::metrics::iou_binary(&out.accurate().unwrap(), &test.masks).unwrap();
+    assert!(iou > 0.7, "IoU on held-out images {iou}");
+}
