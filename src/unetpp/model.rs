@@ -1,5 +1,6 @@
 //! The UNet++ network: it walks the [`Grid`] and applies one block per node.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor};
@@ -359,12 +360,22 @@ impl UNetPlusPlus {
         weights::save_tensors(&self.named_tensors(), path)
     }
 
+    /// Builds the full network of `cfg` from named tensors (as [`Self::named_tensors`] names
+    /// them), in `f32` on `device`. Missing, extra or mis-shaped tensors are an
+    /// [`Error::Weights`] that names the tensor.
+    pub fn from_tensors(
+        cfg: &UNetPlusPlusConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        weights::build_checked(tensors, DType::F32, device, |vb| Self::new(cfg, vb))
+    }
+
     /// Loads a full network of `cfg` from a file written by [`Self::save`] (in `f32`).
     ///
     /// A missing, extra or mis-shaped tensor is an [`Error::Weights`] that names it.
     pub fn load(cfg: &UNetPlusPlusConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let tensors = weights::load_tensors(path, device)?;
-        weights::build_checked(tensors, DType::F32, device, |vb| Self::new(cfg, vb))
+        Self::from_tensors(cfg, weights::load_tensors(path, device)?, device)
     }
 
     /// Loads a network pruned to `level` from a file written by a pruned network's
