@@ -17,8 +17,8 @@ pub struct Batch {
 
 /// `n` grey images of `h × w` pixels holding one to three filled circles and squares of
 /// widely varying size (radius or half-side from 2 pixels to a quarter of the shorter side),
-/// possibly touching or overlapping, with Gaussian-like noise of standard deviation 0.25 on
-/// contrast 1. The same `seed` gives the same batch.
+/// possibly touching or overlapping, with bell-shaped noise of standard deviation 0.35 on a
+/// contrast of 0.5, so that single pixels are ambiguous and context decides. The same `seed` gives the same batch.
 ///
 /// ```
 /// let b = unetpp::data::synthetic::circles_and_squares(4, 32, 32, 7, &candle_core::Device::Cpu).unwrap();
@@ -63,9 +63,9 @@ pub fn circles_and_squares(
         }
         let img = &mut images[b * h * w..(b + 1) * h * w];
         for (p, m) in img.iter_mut().zip(mask.iter()) {
-            // Sum of three uniforms: a cheap bell-shaped noise with standard deviation 0.25.
-            let noise: f32 = (0..3).map(|_| rng.random_range(-0.5f32..0.5)).sum::<f32>() * 0.5;
-            *p = 0.2 + 0.6 * m + noise;
+            // Sum of three uniforms (standard deviation 0.5), scaled to 0.35.
+            let noise: f32 = (0..3).map(|_| rng.random_range(-0.5f32..0.5)).sum::<f32>() * 0.7;
+            *p = 0.25 + 0.5 * m + noise;
         }
     }
     Ok(Batch {
