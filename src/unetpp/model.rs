@@ -162,13 +162,15 @@ impl UNetPlusPlus {
         self.heads.iter().map(|(c, _)| *c).collect()
     }
 
-    /// Inference: the logits of the deepest head, `(N, classes, H, W)`.
+    /// Inference: the logits of the deepest head, `(N, classes, H, W)`, in evaluation mode.
+    ///
+    /// No graph is recorded even when the weights are training variables (they are detached
+    /// for the call, which copies no weight data), so no intermediate is kept alive.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .forward_t(x, false)?
-            .into_logits()
+        let out = self.detach()?.forward_t(&x.detach(), false)?;
+        out.into_logits()
             .pop()
-            .ok_or_else(|| Error::config("heads", "no head"))?)
+            .ok_or_else(|| Error::config("heads", "no head"))
     }
 
     /// Runs the network on `x` of shape `(N, C, H, W)`; `train` switches batch-norm statistics

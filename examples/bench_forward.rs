@@ -1,0 +1,123 @@
+//! Median forward time of the paper's UNet++ pruned to L1–L4 (inference, no graph recorded).
+//!
+//! ```text
+//! cargo run --release --example bench_forward [-- --size 256 --batch 1 --runs 5 --train]
+//! ```
+//!
+//! Prints, for each level, the median seconds of a forward pass over `--runs` runs (after one
+//! warm-up), the FLOPs of the pass (counted from the grid: multiply-adds ×2 of the
+//! convolutions) and the throughput. `--train` adds the median time of one training step of
+//! the full network (four heads, deep-supervision BCE + Dice, AdamW). `scripts/bench_pytorch.py`
+//! measures the same network in PyTorch; `docs/PERFORMANCE.md` has both side by side.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use unetpp::prelude::*;
+use unetpp::unetpp::Node;
+
+struct Args {
+    size: usize,
+    batch: usize,
+    runs: usize,
+    train: bool,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut a = Args {
+        size: 256,
+        batch: 1,
+        runs: 5,
+        train: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--train" => a.train = true,
+            // `cargo bench` passes this to the bench target that includes this file.
+            "--bench" => {}
+            "--size" | "--batch" | "--runs" => {
+                let value = it.next().ok_or(format!("{flag} needs a value"))?;
+                let v: usize = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
+                match flag.as_str() {
+                    "--size" => a.size = v,
+                    "--batch" => a.batch = v,
+                    _ => a.runs = v.max(1),
+                }
+            }
+            _ => return Err(format!("unknown flag {flag} (use --size, --batch, --runs, --train)")),
+        }
+    }
+    Ok(a)
+}
+
+/// FLOPs (2 × multiply-adds) of a forward pass of `net` on `batch` images of `size²`.
+fn forward_flops(net: &UNetPlusPlus, batch: usize, size: usize) -> f64 {
+    let cfg = net.config();
+    let f = cfg.widths();
+    let grid = net.grid();
+    let mut macs = 0f64;
+    for &node in grid.nodes() {
+        let Node { level: i, col: j } = node;
+        let hw = ((size >> i) * (size >> i)) as f64;
+        let c_in = grid.in_channels(node, f, cfg.in_channels(), cfg.upsample().keeps_channels()) as f64;
+        let c = f[i] as f64;
+        macs += 9.0 * (c_in * c + c * c) * hw;
+        if j > 0 && !cfg.upsample().keeps_channels() {
+            macs += 4.0 * f[i + 1] as f64 * c * (hw / 4.0);
+        }
+    }
+    macs += (f[0] * cfg.num_classes() * size * size * net.head_cols().len()) as f64;
+    2.0 * macs * batch as f64
+}
+
+fn median(mut f: impl FnMut() -> Result<()>, runs: usize) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[runs / 2])
+}
+
+fn main() -> Result<()> {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let device = unetpp::device::best_device(0)?;
+    let cfg = UNetPlusPlusConfig::paper().build()?;
+    let varmap = VarMap::new();
+    let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let x = Tensor::randn(0f32, 1., (args.batch, 1, args.size, args.size), &device)?;
+    println!(
+        "UNet++ paper configuration, input {}x1x{}x{}, f32, {:?}, median of {} runs",
+        args.batch, args.size, args.size, device, args.runs
+    );
+    println!("level  parameters   GFLOP  median s  GFLOP/s");
+    let inference = net.detach()?;
+    for k in 1..=cfg.depth() {
+        let pruned = inference.prune(k)?;
+        let t = median(|| pruned.forward(&x).map(|_| ()), args.runs)?;
+        let gflop = forward_flops(&pruned, args.batch, args.size) / 1e9;
+        println!("L{k}     {:>10}  {gflop:6.1}  {t:8.3}  {:7.1}", pruned.num_parameters(), gflop / t);
+    }
+    if args.train {
+        let target = x.gt(0.0)?.to_dtype(DType::F32)?;
+        let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW::default())?;
+        let t = median(
+            || {
+                let out = net.forward_t(&x, true)?;
+                let loss = unetpp::loss::deep_supervision_bce_dice(out.logits(), &target)?;
+                Ok(opt.backward_step(&loss)?)
+            },
+            args.runs,
+        )?;
+        println!("training step (L4, 4 heads, AdamW): median {t:.3} s");
+    }
+    Ok(())
+}
