@@ -46,7 +46,11 @@ fn parse_args() -> std::result::Result<Args, String> {
                     _ => a.runs = v.max(1),
                 }
             }
-            _ => return Err(format!("unknown flag {flag} (use --size, --batch, --runs, --train)")),
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag} (use --size, --batch, --runs, --train)"
+                ))
+            }
         }
     }
     Ok(a)
@@ -61,7 +65,8 @@ fn forward_flops(net: &UNetPlusPlus, batch: usize, size: usize) -> f64 {
     for &node in grid.nodes() {
         let Node { level: i, col: j } = node;
         let hw = ((size >> i) * (size >> i)) as f64;
-        let c_in = grid.in_channels(node, f, cfg.in_channels(), cfg.upsample().keeps_channels()) as f64;
+        let c_in =
+            grid.in_channels(node, f, cfg.in_channels(), cfg.upsample().keeps_channels()) as f64;
         let c = f[i] as f64;
         macs += 9.0 * (c_in * c + c * c) * hw;
         if j > 0 && !cfg.upsample().keeps_channels() {
@@ -84,7 +89,7 @@ fn median(mut f: impl FnMut() -> Result<()>, runs: usize) -> Result<f64> {
     Ok(times[runs / 2])
 }
 
-fn main() -> Result<()> {
+pub fn main() -> Result<()> {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2)
@@ -104,7 +109,11 @@ fn main() -> Result<()> {
         let pruned = inference.prune(k)?;
         let t = median(|| pruned.forward(&x).map(|_| ()), args.runs)?;
         let gflop = forward_flops(&pruned, args.batch, args.size) / 1e9;
-        println!("L{k}     {:>10}  {gflop:6.1}  {t:8.3}  {:7.1}", pruned.num_parameters(), gflop / t);
+        println!(
+            "L{k}     {:>10}  {gflop:6.1}  {t:8.3}  {:7.1}",
+            pruned.num_parameters(),
+            gflop / t
+        );
     }
     if args.train {
         let target = x.gt(0.0)?.to_dtype(DType::F32)?;

@@ -40,7 +40,11 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--size" => a.size = value.parse().map_err(|e| bad(&e))?,
             "--batch" => a.batch = value.parse().map_err(|e| bad(&e))?,
             "--lr" => a.lr = value.parse().map_err(|e| bad(&e))?,
-            _ => return Err(format!("unknown flag {flag} (use --steps, --size, --batch, --lr)")),
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag} (use --steps, --size, --batch, --lr)"
+                ))
+            }
         }
     }
     Ok(a)
@@ -111,11 +115,20 @@ fn main() -> Result<()> {
     let out = trained.forward_t(&test.images, false)?;
     println!("\nheld-out IoU (16 images):");
     for &j in out.cols() {
-        println!("  head X^{{0,{j}}} (fast mode)  {:.3}", iou_binary(&out.fast(j)?, &test.masks)?);
+        println!(
+            "  head X^{{0,{j}}} (fast mode)  {:.3}",
+            iou_binary(&out.fast(j)?, &test.masks)?
+        );
     }
-    println!("  accurate mode (mean of heads)  {:.3}", iou_binary(&out.accurate()?, &test.masks)?);
+    println!(
+        "  accurate mode (mean of heads)  {:.3}",
+        iou_binary(&out.accurate()?, &test.masks)?
+    );
 
-    println!("\npruned networks (1 image {0}x{0} for the time):", args.size);
+    println!(
+        "\npruned networks (1 image {0}x{0} for the time):",
+        args.size
+    );
     println!("  level  parameters     IoU  forward (median of 5)");
     let one: Tensor = test.images.narrow(0, 0, 1)?;
     for k in 1..=cfg.depth() {
@@ -123,7 +136,11 @@ fn main() -> Result<()> {
         let probs = candle_nn::ops::sigmoid(&pruned.forward(&test.images)?)?;
         let iou = iou_binary(&probs, &test.masks)?;
         let t = median_seconds(|| pruned.forward(&one).map(|_| ()), 5)?;
-        println!("  L{k}  {:>12}  {iou:.3}  {:>8.2} ms", pruned.num_parameters(), t * 1e3);
+        println!(
+            "  L{k}  {:>12}  {iou:.3}  {:>8.2} ms",
+            pruned.num_parameters(),
+            t * 1e3
+        );
     }
     println!("\ntotal {:.1} s", start.elapsed().as_secs_f64());
     Ok(())

@@ -35,7 +35,7 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 //!
-//! Modules: [`unetpp`](crate::unetpp) (config, grid, model, outputs), [`nn`] (blocks),
+//! Modules: [`unetpp`] (config, grid, model, outputs), [`nn`] (blocks),
 //! [`ops`] (bilinear resize with a backward), [`loss`], [`metrics`], [`weights`] (safetensors
 //! I/O), [`device`].
 #![cfg_attr(docsrs, feature(doc_cfg))]

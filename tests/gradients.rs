@@ -147,8 +147,11 @@ fn gradients_reach_every_weight_for_every_upsampling_mode() {
         let cfg = small().upsample(up).build().unwrap();
         assert_every_weight_gets_a_gradient(&cfg, 16, 32);
     }
+    // A conv bias right before batch norm has an exactly zero gradient (the norm removes the
+    // mean), so this configuration drops it, as PyTorch users do.
     let cfg = small()
         .norm(Norm::Batch)
+        .conv_bias(false)
         .dropout(0.1)
         .concat_order(ConcatOrder::SkipsFirst)
         .build()

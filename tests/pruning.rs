@@ -69,7 +69,10 @@ fn pruned_file_holds_only_kept_weights_and_loads_back() {
     assert!(matches!(err, Error::Weights { .. }), "{err}");
     // Nor a network pruned to another level.
     let err = UNetPlusPlus::load_pruned(&cfg, Level::L1, &path, &Device::Cpu).unwrap_err();
-    assert!(matches!(err, Error::Weights { ref name, .. } if name == "head_1.weight"), "{err}");
+    assert!(
+        matches!(err, Error::Weights { ref name, .. } if name == "head_1.weight"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -49,13 +49,26 @@ fn dropout_is_active_only_in_training() {
 fn inference_records_no_graph() {
     let varmap = VarMap::new();
     let cfg = small().norm(Norm::Batch).build().unwrap();
-    let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+    let net = UNetPlusPlus::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     let x = randn(&[1, 1, 16, 16]);
     // Training weights are variables: forward_t records the graph, for backward.
     assert!(net.forward_t(&x, false).unwrap().last().track_op());
     // forward() is inference, and so is anything run on detach().
     assert!(!net.forward(&x).unwrap().track_op());
-    assert!(!net.detach().unwrap().forward_t(&x, false).unwrap().last().track_op());
-    let d = max_abs_diff(&net.forward(&x).unwrap(), net.forward_t(&x, false).unwrap().last());
+    assert!(!net
+        .detach()
+        .unwrap()
+        .forward_t(&x, false)
+        .unwrap()
+        .last()
+        .track_op());
+    let d = max_abs_diff(
+        &net.forward(&x).unwrap(),
+        net.forward_t(&x, false).unwrap().last(),
+    );
     assert_eq!(d, 0.0);
 }
