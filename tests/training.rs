@@ -44,5 +44,6 @@ fn loss_falls_with_adamw() {
     let test = circles_and_squares(8, 32, 32, 1000, &dev).unwrap();
     let out = net.forward_t(&test.images, false).unwrap();
     let iou = unetpp::metrics::iou_binary(&out.accurate().unwrap(), &test.masks).unwrap();
+    println!("loss {first:.3} -> {last:.3}, held-out IoU {iou:.3}");
     assert!(iou > 0.7, "IoU on held-out images {iou}");
 }
