@@ -65,8 +65,9 @@ fn forward_flops(net: &UNetPlusPlus, batch: usize, size: usize) -> f64 {
     for &node in grid.nodes() {
         let Node { level: i, col: j } = node;
         let hw = ((size >> i) * (size >> i)) as f64;
-        let c_in =
-            grid.in_channels(node, f, cfg.in_channels(), cfg.upsample().keeps_channels()) as f64;
+        let c_in = grid
+            .in_channels(node, f, cfg.in_channels(), cfg.upsample().keeps_channels())
+            .unwrap_or(0) as f64;
         let c = f[i] as f64;
         macs += 9.0 * (c_in * c + c * c) * hw;
         if j > 0 && !cfg.upsample().keeps_channels() {

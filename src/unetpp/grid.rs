@@ -135,25 +135,21 @@ impl Grid {
 
     /// Channels that `node` reads, given the widths `f_i`, the image's channels, and whether
     /// up-sampling keeps the channels of the coarser level (interpolation) or maps them to
-    /// `f_i` (transposed convolution).
+    /// `f_i` (transposed convolution). `None` when `widths` is too short for the node.
     pub fn in_channels(
         &self,
         node: Node,
         widths: &[usize],
         image_channels: usize,
         up_keeps_channels: bool,
-    ) -> usize {
+    ) -> Option<usize> {
         let Node { level: i, col: j } = node;
         match (i, j) {
-            (0, 0) => image_channels,
-            (_, 0) => widths[i - 1],
+            (0, 0) => Some(image_channels),
+            (_, 0) => widths.get(i - 1).copied(),
             _ => {
-                j * widths[i]
-                    + if up_keeps_channels {
-                        widths[i + 1]
-                    } else {
-                        widths[i]
-                    }
+                let up = widths.get(if up_keeps_channels { i + 1 } else { i })?;
+                Some(j * widths.get(i)? + up)
             }
         }
     }
@@ -220,9 +216,13 @@ mod tests {
     fn widths_follow_from_the_grid() {
         let g = Grid::new(4);
         let f = [32, 64, 128, 256, 512];
-        assert_eq!(g.in_channels(Node::new(0, 0), &f, 1, false), 1);
-        assert_eq!(g.in_channels(Node::new(3, 0), &f, 1, false), 128);
-        assert_eq!(g.in_channels(Node::new(0, 4), &f, 1, false), 5 * 32);
-        assert_eq!(g.in_channels(Node::new(0, 4), &f, 1, true), 4 * 32 + 64);
+        assert_eq!(g.in_channels(Node::new(0, 0), &f, 1, false), Some(1));
+        assert_eq!(g.in_channels(Node::new(3, 0), &f, 1, false), Some(128));
+        assert_eq!(g.in_channels(Node::new(0, 4), &f, 1, false), Some(5 * 32));
+        assert_eq!(
+            g.in_channels(Node::new(0, 4), &f, 1, true),
+            Some(4 * 32 + 64)
+        );
+        assert_eq!(g.in_channels(Node::new(3, 1), &f[..4], 1, true), None);
     }
 }

@@ -94,7 +94,9 @@ impl UNetPlusPlus {
         let mut ups = Vec::with_capacity(grid.nodes().len());
         for &node in grid.nodes() {
             let Node { level: i, col: j } = node;
-            let c_in = grid.in_channels(node, f, cfg.in_channels, keeps);
+            let c_in = grid
+                .in_channels(node, f, cfg.in_channels, keeps)
+                .ok_or_else(|| Error::config("widths", format!("no width for {node}")))?;
             blocks.push(ConvBlock::new(
                 c_in,
                 f[i],
