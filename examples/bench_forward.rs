@@ -10,11 +10,13 @@
 //! the full network (four heads, deep-supervision BCE + Dice, AdamW). `scripts/bench_pytorch.py`
 //! measures the same network in PyTorch; `docs/PERFORMANCE.md` has both side by side.
 
-use std::time::Instant;
-
 use candle_core::{DType, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use unetpp::prelude::*;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::median_seconds;
 use unetpp::unetpp::Node;
 
 struct Args {
@@ -78,18 +80,6 @@ fn forward_flops(net: &UNetPlusPlus, batch: usize, size: usize) -> f64 {
     2.0 * macs * batch as f64
 }
 
-fn median(mut f: impl FnMut() -> Result<()>, runs: usize) -> Result<f64> {
-    f()?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[runs / 2])
-}
-
 pub fn main() -> Result<()> {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("{e}");
@@ -108,7 +98,7 @@ pub fn main() -> Result<()> {
     let inference = net.detach()?;
     for k in 1..=cfg.depth() {
         let pruned = inference.prune(k)?;
-        let t = median(|| pruned.forward(&x).map(|_| ()), args.runs)?;
+        let t = median_seconds(|| pruned.forward(&x).map(|_| ()), args.runs)?;
         let gflop = forward_flops(&pruned, args.batch, args.size) / 1e9;
         println!(
             "L{k}     {:>10}  {gflop:6.1}  {t:8.3}  {:7.1}",
@@ -119,11 +109,11 @@ pub fn main() -> Result<()> {
     if args.train {
         let target = x.gt(0.0)?.to_dtype(DType::F32)?;
         let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW::default())?;
-        let t = median(
+        let t = median_seconds(
             || {
                 let out = net.forward_t(&x, true)?;
                 let loss = unetpp::loss::deep_supervision_bce_dice(out.logits(), &target)?;
-                Ok(opt.backward_step(&loss)?)
+                Ok::<(), Error>(opt.backward_step(&loss)?)
             },
             args.runs,
         )?;

@@ -17,6 +17,10 @@ use unetpp::loss::deep_supervision_bce_dice;
 use unetpp::metrics::iou_binary;
 use unetpp::prelude::*;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::median_seconds;
+
 struct Args {
     steps: usize,
     size: usize,
@@ -48,18 +52,6 @@ fn parse_args() -> std::result::Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn median_seconds(mut f: impl FnMut() -> Result<()>, runs: usize) -> Result<f64> {
-    f()?; // warm-up
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[runs / 2])
 }
 
 fn main() -> Result<()> {

@@ -135,6 +135,15 @@ impl Axis {
         axis
     }
 
+    /// The weights `(w0, w1)` of each output position in the kernel's element type.
+    fn weights<T: WithDType>(&self) -> Vec<(T, T)> {
+        self.w0
+            .iter()
+            .zip(&self.w1)
+            .map(|(&a, &b)| (T::from_f64(a), T::from_f64(b)))
+            .collect()
+    }
+
     /// The dense `(output, input)` interpolation matrix.
     fn matrix(&self, dev: &candle_core::Device, dtype: DType) -> Result<Tensor> {
         let output = self.i0.len();
@@ -169,18 +178,7 @@ fn forward_kernel<T: WithDType>(
     aw: &Axis,
 ) -> Vec<T> {
     let (out_h, out_w) = (ah.i0.len(), aw.i0.len());
-    let wh: Vec<(T, T)> = ah
-        .w0
-        .iter()
-        .zip(&ah.w1)
-        .map(|(&a, &b)| (T::from_f64(a), T::from_f64(b)))
-        .collect();
-    let ww: Vec<(T, T)> = aw
-        .w0
-        .iter()
-        .zip(&aw.w1)
-        .map(|(&a, &b)| (T::from_f64(a), T::from_f64(b)))
-        .collect();
+    let (wh, ww) = (ah.weights::<T>(), aw.weights::<T>());
     let mut out = vec![T::zero(); planes * out_h * out_w];
     for (plane, dst) in src
         .chunks_exact(in_h * in_w)
@@ -211,18 +209,7 @@ fn backward_kernel<T: WithDType>(
     aw: &Axis,
 ) -> Vec<T> {
     let (out_h, out_w) = (ah.i0.len(), aw.i0.len());
-    let wh: Vec<(T, T)> = ah
-        .w0
-        .iter()
-        .zip(&ah.w1)
-        .map(|(&a, &b)| (T::from_f64(a), T::from_f64(b)))
-        .collect();
-    let ww: Vec<(T, T)> = aw
-        .w0
-        .iter()
-        .zip(&aw.w1)
-        .map(|(&a, &b)| (T::from_f64(a), T::from_f64(b)))
-        .collect();
+    let (wh, ww) = (ah.weights::<T>(), aw.weights::<T>());
     let mut out = vec![T::zero(); planes * in_h * in_w];
     for (g, dst) in grad
         .chunks_exact(out_h * out_w)
