@@ -1,4 +1,4 @@
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Dropout, VarBuilder};
 
 use super::{push, Activation, NamedTensor, Norm, NormLayer};
@@ -94,13 +94,27 @@ impl ModuleT for ConvBlock {
         let dropout = Dropout::new(self.dropout);
         let mut x = x.clone();
         for (conv, norm) in [(&self.conv1, &self.norm1), (&self.conv2, &self.norm2)] {
-            x = self
-                .activation
-                .apply(&norm.forward_t(&conv.forward(&x)?, train)?)?;
+            x = if matches!(
+                (norm, self.activation),
+                (NormLayer::Identity, Activation::Relu)
+            ) {
+                crate::ops::conv3x3_fused(&x, conv.weight(), conv.bias(), true)
+                    .map_err(to_candle)?
+            } else {
+                let y = crate::ops::conv3x3(&x, conv.weight(), conv.bias()).map_err(to_candle)?;
+                self.activation.apply(&norm.forward_t(&y, train)?)?
+            };
             if self.dropout > 0.0 {
                 x = dropout.forward_t(&x, train)?;
             }
         }
         Ok(x)
+    }
+}
+
+fn to_candle(e: crate::Error) -> candle_core::Error {
+    match e {
+        crate::Error::Candle(e) => e,
+        other => candle_core::Error::Msg(other.to_string()),
     }
 }

@@ -1,4 +1,4 @@
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
 
 use super::{push, NamedTensor, Upsample};
@@ -38,7 +38,9 @@ impl UpLayer {
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         Ok(match self {
-            UpLayer::Transposed(conv) => conv.forward(x)?,
+            UpLayer::Transposed(conv) => {
+                crate::ops::conv_transpose2x2(x, conv.weight(), conv.bias())?
+            }
             UpLayer::Nearest => x.upsample_nearest2d(2 * h, 2 * w)?,
             UpLayer::Bilinear { align_corners } => {
                 resize_bilinear(x, 2 * h, 2 * w, *align_corners)?

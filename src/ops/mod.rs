@@ -1,5 +1,10 @@
-//! Operations candle lacks, each with a forward and a backward pass.
+//! Operations candle lacks or runs slowly, each with a forward and a backward pass.
 
 mod bilinear;
+mod conv;
 
 pub use bilinear::{resize_bilinear, resize_bilinear_composed};
+pub use conv::{
+    conv1x1, conv3x3, conv3x3_fused, conv_transpose2x2, fast_cpu_conv, set_fast_cpu_conv,
+    takes_fast_path,
+};

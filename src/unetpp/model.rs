@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
 use super::config::UNetPlusPlusConfig;
@@ -227,7 +227,11 @@ impl UNetPlusPlus {
 
         let mut logits = Vec::with_capacity(self.heads.len());
         for (col, conv) in &self.heads {
-            let y = conv.forward(self.output_of(&outs, Node::new(0, *col))?)?;
+            let y = crate::ops::conv1x1(
+                self.output_of(&outs, Node::new(0, *col))?,
+                conv.weight(),
+                conv.bias(),
+            )?;
             logits.push(match pad {
                 Some((top, left)) => y.narrow(2, top, h)?.narrow(3, left, w)?,
                 None => y,

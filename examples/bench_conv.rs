@@ -1,0 +1,81 @@
+//! Per-layer timings of the 3×3 convolutions in the paper's UNet++ (and of the other ops of a
+//! node), fast path against candle's stock `conv2d`.
+//!
+//! ```text
+//! cargo run --release --example bench_conv [-- --runs 5]
+//! ```
+
+use candle_core::{Device, Tensor};
+use unetpp::prelude::*;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::median_seconds;
+
+fn main() -> Result<()> {
+    let runs = std::env::args()
+        .skip_while(|a| a != "--runs")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dev = Device::Cpu;
+    println!("3x3 conv, stride 1, pad 1, batch 1, f32: median of {runs} runs");
+    println!("   C ->   O     HxW      GFLOP   fast s  GFLOP/s   stock s  GFLOP/s  stock/fast");
+    for (c, o, hw) in [
+        (1, 32, 256),
+        (32, 32, 256),
+        (64, 32, 256),
+        (160, 32, 256),
+        (64, 64, 128),
+        (192, 64, 128),
+        (128, 128, 64),
+        (256, 256, 32),
+        (512, 256, 32),
+        (512, 512, 16),
+    ] {
+        let x = Tensor::randn(0f32, 1., (1, c, hw, hw), &dev)?;
+        let w = Tensor::randn(0f32, 1., (o, c, 3, 3), &dev)?;
+        let gflop = 2.0 * 9.0 * (c * o * hw * hw) as f64 / 1e9;
+        let fast = median_seconds(|| unetpp::ops::conv3x3(&x, &w, None).map(|_| ()), runs)?;
+        let stock = median_seconds(
+            || x.conv2d(&w, 1, 1, 1, 1).map(|_| ()).map_err(Error::from),
+            runs,
+        )?;
+        println!(
+            "{c:4} -> {o:3}  {hw:4}x{hw:<4}  {gflop:6.2}  {fast:7.4}  {:7.1}  {stock:8.4}  {:7.1}  {:9.2}x",
+            gflop / fast,
+            gflop / stock,
+            stock / fast
+        );
+    }
+    let x = Tensor::randn(0f32, 1., (1, 64, 128, 128), &dev)?;
+    let y = Tensor::randn(0f32, 1., (1, 32, 256, 256), &dev)?;
+    let wt = Tensor::randn(0f32, 1., (64, 32, 2, 2), &dev)?;
+    println!("\nother ops of a node:");
+    let t = median_seconds(
+        || {
+            x.conv_transpose2d(&wt, 0, 0, 2, 1)
+                .map(|_| ())
+                .map_err(Error::from)
+        },
+        runs,
+    )?;
+    println!("  conv_transpose2d 2x2 s2 64->32 128->256   {t:.4} s");
+    let t = median_seconds(|| y.max_pool2d(2).map(|_| ()).map_err(Error::from), runs)?;
+    println!("  max_pool2d 32x256x256                     {t:.4} s");
+    let t = median_seconds(|| y.relu().map(|_| ()).map_err(Error::from), runs)?;
+    println!("  relu 32x256x256                           {t:.4} s");
+    let parts = [y.clone(), y.clone(), y.clone(), y.clone(), y.clone()];
+    let t = median_seconds(
+        || Tensor::cat(&parts, 1).map(|_| ()).map_err(Error::from),
+        runs,
+    )?;
+    println!("  cat 5 x 32x256x256                        {t:.4} s");
+    let b = Tensor::randn(0f32, 1., (1, 32, 1, 1), &dev)?;
+    let t = median_seconds(
+        || y.broadcast_add(&b).map(|_| ()).map_err(Error::from),
+        runs,
+    )?;
+    println!("  bias broadcast_add 32x256x256             {t:.4} s");
+    Ok(())
+}

@@ -1,0 +1,530 @@
+//! Fast CPU convolution for the 3×3, stride-1, padding-1 convolutions that make up almost
+//! all of a UNet++'s work.
+//!
+//! candle's CPU `conv2d` spends most of its time in scalar im2col loops around its GEMM. Here
+//! the input is unfolded a band of rows at a time with whole-row copies into a buffer that
+//! stays in cache, and each band goes through the `gemm` crate's kernels (the ones candle's
+//! own matmul uses); bands run in parallel on rayon's pool, each GEMM single-threaded, so
+//! threads are not oversubscribed. The backward pass reuses the same kernel for the input
+//! gradient (a 3×3 convolution with the flipped, transposed kernel) and unfolds the same bands
+//! for the weight gradient.
+//!
+//! [`conv3x3`] takes this path for contiguous-or-not `f32` tensors on the CPU and candle's
+//! `conv2d` otherwise (other devices, other dtypes); [`set_fast_cpu_conv`] turns the fast path
+//! off, for comparisons.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+static FAST_CPU_CONV: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fast CPU convolution path on (the default) or off (candle's `conv2d`).
+pub fn set_fast_cpu_conv(on: bool) {
+    FAST_CPU_CONV.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fast CPU convolution path is on.
+pub fn fast_cpu_conv() -> bool {
+    FAST_CPU_CONV.load(Ordering::Relaxed)
+}
+
+/// Whether [`conv3x3`] would take the fast path for these tensors.
+pub fn takes_fast_path(x: &Tensor, w: &Tensor) -> bool {
+    fast_cpu_conv()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && w.device().is_cpu()
+}
+
+/// 3×3 convolution, stride 1, padding 1 (output size = input size): `x` is `(N, C, H, W)`,
+/// `w` is `(O, C, 3, 3)`, `bias` is `(O)`. Differentiable in `x`, `w` and `bias`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (1, 2, 5, 6), &Device::Cpu).unwrap();
+/// let w = Tensor::randn(0f32, 1., (4, 2, 3, 3), &Device::Cpu).unwrap();
+/// let y = unetpp::ops::conv3x3(&x, &w, None).unwrap();
+/// let reference = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+/// let diff = (y - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+/// assert!(diff < 1e-4);
+/// ```
+pub fn conv3x3(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    conv3x3_fused(x, w, bias, false)
+}
+
+/// [`conv3x3`] followed by a ReLU when `relu` is set, fused into one pass on the fast path
+/// (bias and activation are applied while the output is still in cache, and the backward
+/// pass masks the gradient in one sweep).
+pub fn conv3x3_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "conv3x3 expects an (N, C, H, W) input, got {:?}",
+            x.dims()
+        ))
+    })?;
+    let (o, wc, kh, kw) = w.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "conv3x3 expects an (O, C, 3, 3) kernel, got {:?}",
+            w.dims()
+        ))
+    })?;
+    if (wc, kh, kw) != (c, 3, 3) {
+        return Err(Error::Shape(format!(
+            "conv3x3: kernel {:?} does not fit an input with {c} channels",
+            w.dims()
+        )));
+    }
+    if let Some(b) = bias {
+        if b.dims() != [o] {
+            return Err(Error::Shape(format!(
+                "conv3x3: bias {:?} does not fit {o} output channels",
+                b.dims()
+            )));
+        }
+    }
+    if takes_fast_path(x, w) && bias.is_none_or(|b| b.dtype() == DType::F32 && b.device().is_cpu())
+    {
+        let zeros;
+        let b = match bias {
+            Some(b) => b,
+            None => {
+                zeros = Tensor::zeros(o, DType::F32, x.device())?;
+                &zeros
+            }
+        };
+        return Ok(x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            Conv3x3 { relu },
+        )?);
+    }
+    let y = add_bias(x.conv2d(w, 1, 1, 1, 1)?, bias)?;
+    Ok(if relu { y.relu()? } else { y })
+}
+
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match bias {
+        Some(b) => {
+            let o = y.dim(1)?;
+            y.broadcast_add(&b.reshape((1, o, 1, 1))?)?
+        }
+        None => y,
+    })
+}
+
+/// 1×1 convolution: `x` is `(N, C, H, W)`, `w` is `(O, C, 1, 1)`, `bias` is `(O)`.
+///
+/// With the fast path on (the default) it is one batched matrix product, `(O × C) · (C × HW)`,
+/// on any device; its backward is two more. Off, it is candle's `conv2d`.
+pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, wc, kh, kw) = w.dims4()?;
+    if (wc, kh, kw) != (c, 1, 1) {
+        return Err(Error::Shape(format!(
+            "conv1x1: kernel {:?} does not fit an input with {c} channels",
+            w.dims()
+        )));
+    }
+    let y = if fast_cpu_conv() {
+        w.reshape((o, c))?
+            .broadcast_matmul(&x.reshape((n, c, h * wd))?)?
+            .reshape((n, o, h, wd))?
+    } else {
+        x.conv2d(w, 0, 1, 1, 1)?
+    };
+    add_bias(y, bias)
+}
+
+/// 2×2 transposed convolution with stride 2 (the paper's up-sampling `U`): `x` is
+/// `(N, C, H, W)`, `w` is `(C, O, 2, 2)` (PyTorch's layout), `bias` is `(O)`; the output is
+/// `(N, O, 2H, 2W)`.
+///
+/// With the fast path on (the default) it is one batched matrix product, `(4O × C) · (C × HW)`,
+/// followed by interleaving the four kernel taps into the output, on any device; its
+/// backward is matrix products too, where candle's transposed convolution runs a per-pixel
+/// loop. Off, it is candle's `conv_transpose2d`.
+pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (wc, o, kh, kw) = w.dims4()?;
+    if (wc, kh, kw) != (c, 2, 2) {
+        return Err(Error::Shape(format!(
+            "conv_transpose2x2: kernel {:?} does not fit an input with {c} channels",
+            w.dims()
+        )));
+    }
+    let y = if fast_cpu_conv() {
+        // Row o·4 + ky·2 + kx of the product holds tap (ky, kx) of output channel o.
+        w.reshape((c, o * 4))?
+            .t()?
+            .broadcast_matmul(&x.reshape((n, c, h * wd))?)?
+            .reshape((n, o, 2, 2, h, wd))?
+            .permute((0, 1, 4, 2, 5, 3))?
+            .reshape((n, o, 2 * h, 2 * wd))?
+    } else {
+        x.conv_transpose2d(w, 0, 0, 2, 1)?
+    };
+    add_bias(y, bias)
+}
+
+/// Unfolds rows `y0..y1` of one image (`c` planes of `h × w`) into `cols`, a `(c·9) × t`
+/// row-major matrix with `t = (y1 − y0)·w`: row `c·9 + ky·3 + kx` holds, for every output
+/// pixel of the band, the input pixel at offset `(ky − 1, kx − 1)`, or 0 outside the image.
+fn unfold_band(img: &[f32], c: usize, h: usize, w: usize, y0: usize, y1: usize, cols: &mut [f32]) {
+    let t = (y1 - y0) * w;
+    let plane_len = h * w;
+    for (ci, plane) in img.chunks_exact(plane_len).take(c).enumerate() {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = &mut cols[(ci * 9 + ky * 3 + kx) * t..][..t];
+                for (dst, y) in row.chunks_exact_mut(w).zip(y0..y1) {
+                    let sy = y + ky;
+                    if sy == 0 || sy > h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(sy - 1) * w..sy * w];
+                    match kx {
+                        0 => {
+                            dst[0] = 0.0;
+                            dst[1..].copy_from_slice(&src[..w - 1]);
+                        }
+                        1 => dst.copy_from_slice(src),
+                        _ => {
+                            dst[..w - 1].copy_from_slice(&src[1..]);
+                            dst[w - 1] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows per band: about `target` floats of unfolded input, and enough bands to keep every
+/// thread busy.
+fn band_rows(k: usize, h: usize, w: usize, n: usize) -> usize {
+    const TARGET_FLOATS: usize = 1 << 19; // 2 MiB of f32
+    let threads = rayon::current_num_threads().max(1);
+    let by_cache = (TARGET_FLOATS / (k * w).max(1)).max(1);
+    let bands_wanted = (2 * threads).div_ceil(n.max(1));
+    let by_threads = h.div_ceil(bands_wanted).max(1);
+    by_cache.min(by_threads).min(h)
+}
+
+/// A raw pointer that may cross threads: every task writes a disjoint part of the buffer.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint regions (one band of rows of one image), and the buffer
+// outlives the parallel loop that uses the pointer.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Dimensions of a 3×3 convolution.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+}
+
+impl Dims {
+    fn bands(&self) -> (usize, Vec<(usize, usize)>) {
+        let rows = band_rows(self.c * 9, self.h, self.w, self.n);
+        let tasks = (0..self.n)
+            .flat_map(|img| (0..self.h).step_by(rows).map(move |y0| (img, y0)))
+            .collect();
+        (rows, tasks)
+    }
+
+    /// Use the GEMM's own threads when there are too few bands to go round.
+    fn gemm_parallelism(&self, tasks: usize) -> gemm::Parallelism {
+        let threads = rayon::current_num_threads();
+        if tasks < threads && threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        }
+    }
+}
+
+/// `y[n, o] = b[o] + Σ_c w[o, c] ⋆ x[n, c]` for 3×3 kernels, stride 1, padding 1, then
+/// `max(y, 0)` when `relu`.
+fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
+    let (p, k) = (d.h * d.w, d.c * 9);
+    let mut out = vec![0f32; d.n * d.o * p];
+    let (rows, tasks) = d.bands();
+    let par = d.gemm_parallelism(tasks.len());
+    let dst = SendPtr(out.as_mut_ptr());
+    tasks
+        .par_iter()
+        .for_each_init(Vec::new, |cols, &(img, y0)| {
+            let y1 = (y0 + rows).min(d.h);
+            let t = (y1 - y0) * d.w;
+            cols.resize(k * t, 0.0);
+            unfold_band(
+                &x[img * d.c * p..(img + 1) * d.c * p],
+                d.c,
+                d.h,
+                d.w,
+                y0,
+                y1,
+                cols,
+            );
+            let dst = dst;
+            let band = |o: usize| {
+                // SAFETY: rows y0..y1 of channel o of image img lie inside `out` (n·o·p
+                // elements), and only this task touches them while the loop runs.
+                unsafe {
+                    std::slice::from_raw_parts_mut(dst.0.add((img * d.o + o) * p + y0 * d.w), t)
+                }
+            };
+            for (o, &b) in bias.iter().enumerate() {
+                band(o).fill(b);
+            }
+            // SAFETY: `dst` points into `out`, which has n·o·p elements; this task reads and
+            // writes the o × t block at rows y0..y1 of image `img` (row stride p), which no other
+            // task touches. `wt` is o × k and `cols` is k × t, both row-major and in bounds.
+            unsafe {
+                gemm::gemm(
+                    d.o,
+                    t,
+                    k,
+                    dst.0.add(img * d.o * p + y0 * d.w),
+                    1,
+                    p as isize,
+                    true,
+                    wt.as_ptr(),
+                    1,
+                    k as isize,
+                    cols.as_ptr(),
+                    1,
+                    t as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+            if relu {
+                for o in 0..d.o {
+                    band(o).iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+            }
+        });
+    out
+}
+
+/// `dw[o, c·9] = Σ_n Σ_pixels dy[n, o, pixel] · unfold(x)[n, c·9, pixel]`.
+fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
+    let (p, k) = (d.h * d.w, d.c * 9);
+    let (rows, tasks) = d.bands();
+    let par = d.gemm_parallelism(tasks.len());
+    tasks
+        .par_iter()
+        .fold(
+            || (vec![0f32; d.o * k], Vec::new()),
+            |(mut dw, mut cols), &(img, y0)| {
+                let y1 = (y0 + rows).min(d.h);
+                let t = (y1 - y0) * d.w;
+                cols.resize(k * t, 0.0);
+                unfold_band(
+                    &x[img * d.c * p..(img + 1) * d.c * p],
+                    d.c,
+                    d.h,
+                    d.w,
+                    y0,
+                    y1,
+                    &mut cols,
+                );
+                // SAFETY: `dw` is o × k row-major and owned by this fold; the lhs is the
+                // o × t block of `dy` at rows y0..y1 of image `img` (row stride p), in
+                // bounds; the rhs is `cols` (k × t row-major) read as its t × k transpose.
+                unsafe {
+                    gemm::gemm(
+                        d.o,
+                        k,
+                        t,
+                        dw.as_mut_ptr(),
+                        1,
+                        k as isize,
+                        true,
+                        dy.as_ptr().add(img * d.o * p + y0 * d.w),
+                        1,
+                        p as isize,
+                        cols.as_ptr(),
+                        t as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
+                }
+                (dw, cols)
+            },
+        )
+        .map(|(dw, _)| dw)
+        .reduce(
+            || vec![0f32; d.o * k],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("conv3x3: {what} must be contiguous"),
+    }
+}
+
+/// The kernel flipped in space with input and output channels swapped: the kernel whose
+/// 3×3 convolution gives the input gradient.
+fn flip_transpose(w: &Tensor) -> candle_core::Result<Tensor> {
+    let (o, c, _, _) = w.dims4()?;
+    let rev = Tensor::from_vec((0..9u32).rev().collect::<Vec<_>>(), 9, w.device())?;
+    w.transpose(0, 1)?
+        .contiguous()?
+        .reshape((c, o, 9))?
+        .index_select(&rev, 2)?
+        .reshape((c, o, 3, 3))
+}
+
+/// The forward op: `(x, w, b) ↦ x ⋆ w + b`, then a ReLU when `relu`.
+struct Conv3x3 {
+    relu: bool,
+}
+
+impl CustomOp3 for Conv3x3 {
+    fn name(&self) -> &'static str {
+        "unetpp-conv3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (o, _, _, _) = l2.shape().dims4()?;
+        let x = f32_slice(s1, l1, "input")?;
+        let wt = f32_slice(s2, l2, "kernel")?;
+        let b = f32_slice(s3, l3, "bias")?;
+        let out = forward(x, wt, b, self.relu, Dims { n, c, h, w, o });
+        Ok((CpuStorage::F32(out), Shape::from((n, o, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let grad = if self.relu {
+            grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?
+        } else {
+            grad
+        };
+        let (_, c, _, _) = x.dims4()?;
+        let no_bias = Tensor::zeros(c, DType::F32, x.device())?;
+        let dx = grad.apply_op3(&flip_transpose(w)?, &no_bias, Conv3x3 { relu: false })?;
+        let dw = x.contiguous()?.apply_op2(&grad, Conv3x3WeightGrad)?;
+        let db = grad.sum((0, 2, 3))?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `(g, y) ↦ g · [y > 0]`: the gradient through a ReLU whose output is `y`.
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "unetpp-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s1, l1, "gradient")?;
+        let y = f32_slice(s2, l2, "output")?;
+        let mut out = g.to_vec();
+        out.par_chunks_mut(1 << 14)
+            .zip(y.par_chunks(1 << 14))
+            .for_each(|(o, y)| {
+                o.iter_mut().zip(y).for_each(|(o, &y)| {
+                    if y <= 0.0 {
+                        *o = 0.0;
+                    }
+                })
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The weight gradient: `(x, dy) ↦ dw`.
+struct Conv3x3WeightGrad;
+
+impl CustomOp2 for Conv3x3WeightGrad {
+    fn name(&self) -> &'static str {
+        "unetpp-conv3x3-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (_, o, _, _) = l2.shape().dims4()?;
+        let x = f32_slice(s1, l1, "input")?;
+        let dy = f32_slice(s2, l2, "output gradient")?;
+        let dw = weight_grad(x, dy, Dims { n, c, h, w, o });
+        Ok((CpuStorage::F32(dw), Shape::from((o, c, 3, 3))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfold_shifts_rows_and_pads_with_zeros() {
+        // One 2×3 plane: [[1, 2, 3], [4, 5, 6]].
+        let img = [1f32, 2., 3., 4., 5., 6.];
+        let mut cols = vec![f32::NAN; 9 * 6];
+        unfold_band(&img, 1, 2, 3, 0, 2, &mut cols);
+        // Offset (-1, -1): only pixel (1, 1) and (1, 2) see real input (1 and 2).
+        assert_eq!(&cols[0..6], &[0., 0., 0., 0., 1., 2.]);
+        // Offset (0, 0): the image itself.
+        assert_eq!(&cols[4 * 6..5 * 6], &img);
+        // Offset (1, 1): pixel (0, 0) sees 5, (0, 1) sees 6, the rest is outside.
+        assert_eq!(&cols[8 * 6..9 * 6], &[5., 6., 0., 0., 0., 0.]);
+    }
+}

@@ -1,0 +1,170 @@
+//! The fast 3×3 convolution agrees with candle's `conv2d`, forward and backward, on random
+//! shapes (channels, sizes, batch, odd sizes).
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use unetpp::ops::{conv3x3, conv3x3_fused};
+
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1e-6);
+    common::max_abs_diff(a, b) / scale
+}
+
+#[test]
+fn matches_candle_forward_and_backward_on_random_shapes() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let dev = Device::Cpu;
+    for case in 0..40 {
+        let n = rng.random_range(1..=3);
+        let c = rng.random_range(1..=20);
+        let o = rng.random_range(1..=24);
+        let h = rng.random_range(1..=19);
+        let w = rng.random_range(1..=23);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap()).unwrap();
+        let k = Var::from_tensor(&Tensor::randn(0f32, 1., (o, c, 3, 3), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., o, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1., (n, o, h, w), &dev).unwrap();
+
+        let relu = case % 2 == 1;
+        let fast = conv3x3_fused(x.as_tensor(), k.as_tensor(), Some(b.as_tensor()), relu).unwrap();
+        let stock = x
+            .as_tensor()
+            .conv2d(k.as_tensor(), 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+            .unwrap();
+        let stock = if relu { stock.relu().unwrap() } else { stock };
+        let what = format!("case {case}: n={n} c={c} o={o} h={h} w={w} relu={relu}");
+        assert!(rel_diff(&fast, &stock) < 1e-4, "{what}: forward");
+
+        let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (&stock * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("input", &x), ("kernel", &k), ("bias", &b)] {
+            let d = rel_diff(
+                gf.get(v.as_tensor()).unwrap(),
+                gs.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "{what}: gradient of {name} differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn non_contiguous_inputs_are_handled() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 3, 10, 8), &dev).unwrap();
+    let xt = x.transpose(2, 3).unwrap(); // (2, 3, 8, 10), strided
+    let k = Tensor::randn(0f32, 1., (5, 3, 3, 3), &dev).unwrap();
+    let fast = conv3x3(&xt, &k, None).unwrap();
+    let stock = xt.contiguous().unwrap().conv2d(&k, 1, 1, 1, 1).unwrap();
+    assert!(rel_diff(&fast, &stock) < 1e-4);
+    let narrow = x.narrow(1, 1, 2).unwrap();
+    let k2 = k.narrow(1, 0, 2).unwrap();
+    let fast = conv3x3(&narrow, &k2, None).unwrap();
+    let stock = narrow
+        .contiguous()
+        .unwrap()
+        .conv2d(&k2.contiguous().unwrap(), 1, 1, 1, 1)
+        .unwrap();
+    assert!(rel_diff(&fast, &stock) < 1e-4);
+}
+
+#[test]
+fn rejects_kernels_that_do_not_fit() {
+    let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    let k = Tensor::zeros((2, 4, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv3x3(&x, &k, None).is_err());
+    let k = Tensor::zeros((2, 3, 5, 5), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv3x3(&x, &k, None).is_err());
+}
+
+/// Compares `fast(x, w, b)` against `stock(x, w, b)`, forward and all three gradients.
+fn compare_op(
+    what: &str,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    fast: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+    stock: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+) {
+    let (x, w, b) = (
+        Var::from_tensor(x).unwrap(),
+        Var::from_tensor(w).unwrap(),
+        Var::from_tensor(b).unwrap(),
+    );
+    let yf = fast(x.as_tensor(), w.as_tensor(), b.as_tensor());
+    let ys = stock(x.as_tensor(), w.as_tensor(), b.as_tensor());
+    assert!(rel_diff(&yf, &ys) < 1e-4, "{what}: forward");
+    let r = Tensor::randn(0f32, 1., ys.dims(), &Device::Cpu).unwrap();
+    let gf = (&yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = (&ys * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, v) in [("input", &x), ("kernel", &w), ("bias", &b)] {
+        let d = rel_diff(
+            gf.get(v.as_tensor()).unwrap(),
+            gs.get(v.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-4, "{what}: gradient of {name} differs by {d}");
+    }
+}
+
+#[test]
+fn conv1x1_and_transposed_2x2_match_candle() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let dev = Device::Cpu;
+    for case in 0..20 {
+        let (n, c, o) = (
+            rng.random_range(1..=3),
+            rng.random_range(1..=40),
+            rng.random_range(1..=20),
+        );
+        let (h, w) = (rng.random_range(1..=17), rng.random_range(1..=13));
+        let what = format!("case {case}: n={n} c={c} o={o} h={h} w={w}");
+        let x = Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., o, &dev).unwrap();
+        let bias4 = |b: &Tensor| b.reshape((1, o, 1, 1)).unwrap();
+
+        let k = Tensor::randn(0f32, 1., (o, c, 1, 1), &dev).unwrap();
+        compare_op(
+            &format!("1x1 {what}"),
+            &x,
+            &k,
+            &b,
+            |x, k, b| unetpp::ops::conv1x1(x, k, Some(b)).unwrap(),
+            |x, k, b| {
+                x.conv2d(k, 0, 1, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&bias4(b))
+                    .unwrap()
+            },
+        );
+        let k = Tensor::randn(0f32, 1., (c, o, 2, 2), &dev).unwrap();
+        compare_op(
+            &format!("transposed 2x2 {what}"),
+            &x,
+            &k,
+            &b,
+            |x, k, b| unetpp::ops::conv_transpose2x2(x, k, Some(b)).unwrap(),
+            |x, k, b| {
+                x.conv_transpose2d(k, 0, 0, 2, 1)
+                    .unwrap()
+                    .broadcast_add(&bias4(b))
+                    .unwrap()
+            },
+        );
+    }
+}
