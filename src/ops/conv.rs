@@ -224,6 +224,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Dimensions of a 3×3 convolution.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -277,12 +284,11 @@ fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32>
                 y1,
                 cols,
             );
-            let dst = dst;
-            let band = |o: usize| {
+                let band = |o: usize| {
                 // SAFETY: rows y0..y1 of channel o of image img lie inside `out` (n·o·p
                 // elements), and only this task touches them while the loop runs.
                 unsafe {
-                    std::slice::from_raw_parts_mut(dst.0.add((img * d.o + o) * p + y0 * d.w), t)
+                    std::slice::from_raw_parts_mut(dst.get().add((img * d.o + o) * p + y0 * d.w), t)
                 }
             };
             for (o, &b) in bias.iter().enumerate() {
@@ -296,7 +302,7 @@ fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32>
                     d.o,
                     t,
                     k,
-                    dst.0.add(img * d.o * p + y0 * d.w),
+                    dst.get().add(img * d.o * p + y0 * d.w),
                     1,
                     p as isize,
                     true,
