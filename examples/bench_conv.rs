@@ -1,11 +1,12 @@
 //! Per-layer timings of the 3×3 convolutions in the paper's UNet++ (and of the other ops of a
-//! node), fast path against candle's stock `conv2d`.
+//! node): Winograd, banded GEMM, and candle's stock `conv2d`.
 //!
 //! ```text
 //! cargo run --release --example bench_conv [-- --runs 5]
 //! ```
 
 use candle_core::{Device, Tensor};
+use unetpp::ops::{set_cpu_conv_algo, CpuConvAlgo};
 use unetpp::prelude::*;
 
 #[path = "support/mod.rs"]
@@ -20,7 +21,9 @@ fn main() -> Result<()> {
         .unwrap_or(5);
     let dev = Device::Cpu;
     println!("3x3 conv, stride 1, pad 1, batch 1, f32: median of {runs} runs");
-    println!("   C ->   O     HxW      GFLOP   fast s  GFLOP/s   stock s  GFLOP/s  stock/fast");
+    println!(
+        "   C ->   O     HxW      GFLOP  winograd s GFLOP/s    gemm s  GFLOP/s   stock s  GFLOP/s"
+    );
     for (c, o, hw) in [
         (1, 32, 256),
         (32, 32, 256),
@@ -36,16 +39,23 @@ fn main() -> Result<()> {
         let x = Tensor::randn(0f32, 1., (1, c, hw, hw), &dev)?;
         let w = Tensor::randn(0f32, 1., (o, c, 3, 3), &dev)?;
         let gflop = 2.0 * 9.0 * (c * o * hw * hw) as f64 / 1e9;
-        let fast = median_seconds(|| unetpp::ops::conv3x3(&x, &w, None).map(|_| ()), runs)?;
-        let stock = median_seconds(
-            || x.conv2d(&w, 1, 1, 1, 1).map(|_| ()).map_err(Error::from),
-            runs,
-        )?;
+        let mut times = Vec::new();
+        for algo in [CpuConvAlgo::Winograd, CpuConvAlgo::Gemm, CpuConvAlgo::Stock] {
+            set_cpu_conv_algo(algo);
+            times.push(median_seconds(
+                || unetpp::ops::conv3x3(&x, &w, None).map(|_| ()),
+                runs,
+            )?);
+        }
+        set_cpu_conv_algo(CpuConvAlgo::Winograd);
         println!(
-            "{c:4} -> {o:3}  {hw:4}x{hw:<4}  {gflop:6.2}  {fast:7.4}  {:7.1}  {stock:8.4}  {:7.1}  {:9.2}x",
-            gflop / fast,
-            gflop / stock,
-            stock / fast
+            "{c:4} -> {o:3}  {hw:4}x{hw:<4}  {gflop:6.2}  {:9.4}  {:7.1}  {:8.4}  {:7.1}  {:8.4}  {:7.1}",
+            times[0],
+            gflop / times[0],
+            times[1],
+            gflop / times[1],
+            times[2],
+            gflop / times[2]
         );
     }
     let x = Tensor::randn(0f32, 1., (1, 64, 128, 128), &dev)?;

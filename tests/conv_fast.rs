@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use unetpp::ops::{conv3x3, conv3x3_fused};
+use unetpp::ops::{conv3x3, conv3x3_fused, CpuConvAlgo};
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let scale = b
@@ -22,14 +22,31 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn matches_candle_forward_and_backward_on_random_shapes() {
+    // Both fast algorithms; the switch is process-wide, but every algorithm is correct, so
+    // the other tests of this binary may run under either.
+    for algo in [CpuConvAlgo::Gemm, CpuConvAlgo::Winograd] {
+        unetpp::ops::set_cpu_conv_algo(algo);
+        random_shapes_against_candle(algo);
+    }
+    unetpp::ops::set_cpu_conv_algo(CpuConvAlgo::Winograd);
+}
+
+fn random_shapes_against_candle(algo: CpuConvAlgo) {
     let mut rng = StdRng::seed_from_u64(7);
     let dev = Device::Cpu;
     for case in 0..40 {
         let n = rng.random_range(1..=3);
-        let c = rng.random_range(1..=20);
+        // Every third case is large enough for Winograd (see `winograd::pays`).
+        let wide = case % 3 == 0;
+        let c = if wide {
+            rng.random_range(48..=64)
+        } else {
+            rng.random_range(1..=20)
+        };
         let o = rng.random_range(1..=24);
-        let h = rng.random_range(1..=19);
-        let w = rng.random_range(1..=23);
+        let (lo, hi) = if wide { (24, 37) } else { (1, 23) };
+        let h = rng.random_range(lo..=hi);
+        let w = rng.random_range(lo..=hi);
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap()).unwrap();
         let k = Var::from_tensor(&Tensor::randn(0f32, 1., (o, c, 3, 3), &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 1., o, &dev).unwrap()).unwrap();
@@ -44,7 +61,7 @@ fn matches_candle_forward_and_backward_on_random_shapes() {
             .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
             .unwrap();
         let stock = if relu { stock.relu().unwrap() } else { stock };
-        let what = format!("case {case}: n={n} c={c} o={o} h={h} w={w} relu={relu}");
+        let what = format!("{algo:?} case {case}: n={n} c={c} o={o} h={h} w={w} relu={relu}");
         assert!(rel_diff(&fast, &stock) < 1e-4, "{what}: forward");
 
         let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();

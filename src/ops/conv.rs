@@ -13,23 +13,55 @@
 //! `conv2d` otherwise (other devices, other dtypes); [`set_fast_cpu_conv`] turns the fast path
 //! off, for comparisons.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
 
-static FAST_CPU_CONV: AtomicBool = AtomicBool::new(true);
-
-/// Turns the fast CPU convolution path on (the default) or off (candle's `conv2d`).
-pub fn set_fast_cpu_conv(on: bool) {
-    FAST_CPU_CONV.store(on, Ordering::Relaxed);
+/// Which kernels compute 3×3 convolutions on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuConvAlgo {
+    /// candle's own `conv2d` / `conv_transpose2d` (the reference).
+    Stock,
+    /// Banded unfolding and GEMM (forward, input and weight gradients).
+    Gemm,
+    /// Winograd F(2×2, 3×3) for the forward pass and the input gradient (2.25× fewer
+    /// multiply-adds) wherever it is faster than [`CpuConvAlgo::Gemm`] (48 input channels or
+    /// more on maps of at least 24×24, as measured by `examples/bench_conv.rs`), GEMM
+    /// elsewhere and for the weight gradient. The default.
+    Winograd,
 }
 
-/// Whether the fast CPU convolution path is on.
+static CPU_CONV_ALGO: AtomicU8 = AtomicU8::new(2);
+
+/// Chooses the CPU convolution kernels for the whole process (default: Winograd).
+pub fn set_cpu_conv_algo(algo: CpuConvAlgo) {
+    CPU_CONV_ALGO.store(algo as u8, Ordering::Relaxed);
+}
+
+/// The CPU convolution kernels in use.
+pub fn cpu_conv_algo() -> CpuConvAlgo {
+    match CPU_CONV_ALGO.load(Ordering::Relaxed) {
+        0 => CpuConvAlgo::Stock,
+        1 => CpuConvAlgo::Gemm,
+        _ => CpuConvAlgo::Winograd,
+    }
+}
+
+/// Turns the fast CPU convolution path on (Winograd, the default) or off (candle's kernels).
+pub fn set_fast_cpu_conv(on: bool) {
+    set_cpu_conv_algo(if on {
+        CpuConvAlgo::Winograd
+    } else {
+        CpuConvAlgo::Stock
+    });
+}
+
+/// Whether a fast CPU convolution path is on.
 pub fn fast_cpu_conv() -> bool {
-    FAST_CPU_CONV.load(Ordering::Relaxed)
+    cpu_conv_algo() != CpuConvAlgo::Stock
 }
 
 /// Whether [`conv3x3`] would take the fast path for these tensors.
@@ -218,7 +250,7 @@ fn band_rows(k: usize, h: usize, w: usize, n: usize) -> usize {
 
 /// A raw pointer that may cross threads: every task writes a disjoint part of the buffer.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: tasks write disjoint regions (one band of rows of one image), and the buffer
 // outlives the parallel loop that uses the pointer.
 unsafe impl Send for SendPtr {}
@@ -226,19 +258,19 @@ unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// The pointer (a method, so that closures capture the whole `SendPtr`).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Dimensions of a 3×3 convolution.
 #[derive(Debug, Clone, Copy)]
-struct Dims {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
+pub(super) struct Dims {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
 }
 
 impl Dims {
@@ -251,7 +283,7 @@ impl Dims {
     }
 
     /// Use the GEMM's own threads when there are too few bands to go round.
-    fn gemm_parallelism(&self, tasks: usize) -> gemm::Parallelism {
+    pub(super) fn gemm_parallelism(&self, tasks: usize) -> gemm::Parallelism {
         let threads = rayon::current_num_threads();
         if tasks < threads && threads > 1 {
             gemm::Parallelism::Rayon(threads)
@@ -284,7 +316,7 @@ fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32>
                 y1,
                 cols,
             );
-                let band = |o: usize| {
+            let band = |o: usize| {
                 // SAFETY: rows y0..y1 of channel o of image img lie inside `out` (n·o·p
                 // elements), and only this task touches them while the loop runs.
                 unsafe {
@@ -434,7 +466,12 @@ impl CustomOp3 for Conv3x3 {
         let x = f32_slice(s1, l1, "input")?;
         let wt = f32_slice(s2, l2, "kernel")?;
         let b = f32_slice(s3, l3, "bias")?;
-        let out = forward(x, wt, b, self.relu, Dims { n, c, h, w, o });
+        let d = Dims { n, c, h, w, o };
+        let out = if cpu_conv_algo() == CpuConvAlgo::Winograd && super::winograd::pays(&d) {
+            super::winograd::forward(x, wt, b, self.relu, d)
+        } else {
+            forward(x, wt, b, self.relu, d)
+        };
         Ok((CpuStorage::F32(out), Shape::from((n, o, h, w))))
     }
 
