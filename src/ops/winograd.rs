@@ -55,6 +55,7 @@ fn transform_inputs(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, v:
     // Padded column i is input column i − 1; even[r][k] = padded[2k], odd[r][k] = padded[2k + 1].
     let mut even = vec![vec![0f32; tw + 1]; 4];
     let mut odd = vec![vec![0f32; tw + 1]; 4];
+    let mut q = vec![0f32; 4 * w];
     let zero_row = vec![0f32; w];
     for (ci, plane) in img.chunks_exact(h * w).take(d.c).enumerate() {
         for ty in ty0..ty1 {
@@ -67,19 +68,37 @@ fn transform_inputs(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, v:
                 }
             };
             let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-            // Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
-            for i in 0..2 * tw + 2 {
-                let q = if (1..=w).contains(&i) {
-                    let x = i - 1;
-                    let (a, b, c, e) = (d0[x], d1[x], d2[x], d3[x]);
-                    [a - c, b + c, c - b, b - e]
-                } else {
-                    [0.0; 4]
-                };
-                let dst = if i % 2 == 0 { &mut even } else { &mut odd };
-                for (r, val) in q.into_iter().enumerate() {
-                    dst[r][i / 2] = val;
+            // Rows: Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
+            let (q01, q23) = q.split_at_mut(2 * w);
+            let (q0, q1) = q01.split_at_mut(w);
+            let (q2, q3) = q23.split_at_mut(w);
+            // Equal lengths let the compiler drop bounds checks and vectorise.
+            let (d0, d1, d2, d3) = (&d0[..w], &d1[..w], &d2[..w], &d3[..w]);
+            let (q0, q1, q2, q3) = (&mut q0[..w], &mut q1[..w], &mut q2[..w], &mut q3[..w]);
+            for x in 0..w {
+                let (a, b, c, e) = (d0[x], d1[x], d2[x], d3[x]);
+                q0[x] = a - c;
+                q1[x] = b + c;
+                q2[x] = c - b;
+                q3[x] = b - e;
+            }
+            // Split into even and odd padded columns: input column 2j lands in odd[j],
+            // input column 2j + 1 in even[j + 1]; even[0] (column −1) stays 0.
+            let half = w / 2;
+            for r in 0..4 {
+                let (qr, ev, od) = (&q[r * w..(r + 1) * w], &mut even[r], &mut odd[r]);
+                let pairs = qr
+                    .chunks_exact(2)
+                    .zip(od[..half].iter_mut().zip(ev[1..=half].iter_mut()));
+                for (pair, (o, e)) in pairs {
+                    *o = pair[0];
+                    *e = pair[1];
                 }
+                if w % 2 == 1 {
+                    od[half] = qr[w - 1];
+                }
+                od[w.div_ceil(2)..].fill(0.0);
+                ev[half + 1..].fill(0.0);
             }
             let base = ci * t_count + (ty - ty0) * tw;
             for r in 0..4 {
