@@ -140,13 +140,11 @@ pub fn conv3x3_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, relu: bool) 
 }
 
 fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    Ok(match bias {
-        Some(b) => {
-            let o = y.dim(1)?;
-            y.broadcast_add(&b.reshape((1, o, 1, 1))?)?
-        }
-        None => y,
-    })
+    match bias {
+        Some(b) if fast_cpu_conv() => super::channels::bias_add(&y, b),
+        Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
+        None => Ok(y),
+    }
 }
 
 /// 1×1 convolution: `x` is `(N, C, H, W)`, `w` is `(O, C, 1, 1)`, `bias` is `(O)`.
@@ -493,7 +491,7 @@ impl CustomOp3 for Conv3x3 {
         let no_bias = Tensor::zeros(c, DType::F32, x.device())?;
         let dx = grad.apply_op3(&flip_transpose(w)?, &no_bias, Conv3x3 { relu: false })?;
         let dw = x.contiguous()?.apply_op2(&grad, Conv3x3WeightGrad)?;
-        let db = grad.sum((0, 2, 3))?;
+        let db = super::channels::channel_sums(&grad)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }

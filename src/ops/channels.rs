@@ -1,0 +1,116 @@
+//! Per-channel bias addition and its gradient, in one pass each on the CPU.
+//!
+//! candle's `broadcast_add` of a `(1, C, 1, 1)` bias is fine forward, but its backward sums
+//! the gradient over dimensions 0, 2 and 3, which candle's CPU backend does element by
+//! element with an index division each; here it is a contiguous sum per channel plane.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// `y[n, c, h, w] + b[c]` for `y` of shape `(N, C, H, W)` and `b` of shape `(C)`.
+/// Differentiable in both.
+pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (_, c, _, _) = y.dims4()?;
+    if b.dims() != [c] {
+        return Err(Error::Shape(format!(
+            "bias {:?} does not fit a map with {c} channels",
+            b.dims()
+        )));
+    }
+    if y.device().is_cpu() && y.dtype() == candle_core::DType::F32 && b.dtype() == y.dtype() {
+        Ok(y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)?)
+    } else {
+        Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)
+    }
+}
+
+/// `Σ_{n,h,w} g[n, c, h, w]` for every channel `c`: the gradient of a per-channel bias.
+pub(crate) fn channel_sums(g: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = g.dims4()?;
+    if g.device().is_cpu() && g.dtype() == candle_core::DType::F32 {
+        g.contiguous()?.apply_op1_no_bwd(&ChannelSum)
+    } else {
+        g.reshape((n, c, h * w))?.sum(2)?.sum(0)
+    }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("per-channel op needs a contiguous tensor"),
+    }
+}
+
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "unetpp-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, c, h, w) = l1.shape().dims4()?;
+        let (y, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let plane = (h * w).max(1);
+        let mut out = y.to_vec();
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+            let bias = b[i % c];
+            p.iter_mut().for_each(|v| *v += bias);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(channel_sums(grad)?)))
+    }
+}
+
+struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "unetpp-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let g = f32_slice(s, l)?;
+        let plane = h * w;
+        let sums: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ci| {
+                (0..n)
+                    .map(|ni| {
+                        let start = (ni * c + ci) * plane;
+                        // Pairwise-friendly chunked sum: 8 partial sums vectorise.
+                        let mut acc = [0f32; 8];
+                        let chunk = &g[start..start + plane];
+                        let mut it = chunk.chunks_exact(8);
+                        for v in &mut it {
+                            for k in 0..8 {
+                                acc[k] += v[k];
+                            }
+                        }
+                        acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
+                    })
+                    .sum()
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}
