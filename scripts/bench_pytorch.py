@@ -1,14 +1,17 @@
-"""PyTorch side of the forward benchmark: the paper's UNet++ pruned to L1-L4.
+"""PyTorch side of the benchmarks: the paper's UNet++ pruned to L1-L4, a training step, memory.
 
-    ../venv/bin/python scripts/bench_pytorch.py [--size 256] [--batch 1] [--runs 5] [--train]
+    ../venv/bin/python scripts/bench_pytorch.py [--size 256] [--batch 1] [--in-channels 1]
+        [--runs 5] [--train] [--no-forward] [--memory]
 
 Same network, input and statistics as `cargo run --release --example bench_forward`: median
 seconds of a forward pass under torch.no_grad() (eager, f32, all CPU threads) after one
 warm-up; `--train` adds one training step of the full network (four heads, 0.5*BCE + (1 -
-soft Dice) per head, AdamW).
+soft Dice) per head, AdamW); `--memory` runs one L4 inference and prints the process's peak
+resident memory.
 """
 import argparse
 import platform
+import resource
 import statistics
 import time
 
@@ -35,28 +38,45 @@ def bce_dice(logits, target):
     return 0.5 * bce + (1 - dice)
 
 
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--in-channels", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--train", action="store_true")
+    ap.add_argument("--no-forward", action="store_true")
+    ap.add_argument("--memory", action="store_true")
     a = ap.parse_args()
     torch.manual_seed(0)
-    x = torch.randn(a.batch, 1, a.size, a.size)
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"UNet++ paper configuration, input {a.batch}x1x{a.size}x{a.size}, f32, median of {a.runs} runs")
-    print("level  parameters  median s")
-    for k in range(1, 5):
-        net = PaperUNetPlusPlus(level=k, heads=[k]).eval()
-        params = sum(p.numel() for p in net.parameters())
+    b, c, s = a.batch, a.in_channels, a.size
+    x = torch.randn(b, c, s, s)
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
+    print(f"UNet++ paper configuration, input {b}x{c}x{s}x{s}, f32")
+    if a.memory:
+        net = PaperUNetPlusPlus(in_channels=c, level=4, heads=[4]).eval()
+        before = peak_rss_mib()
         with torch.no_grad():
-            t = median_seconds(lambda: net(x), a.runs)
-        print(f"L{k}     {params:>10}  {t:8.3f}")
+            net(x)
+        print(f"peak RSS: {peak_rss_mib():.0f} MiB after one L4 inference ({before:.0f} MiB before it)")
+        return
+    if not a.no_forward:
+        print(f"median of {a.runs} runs")
+        print("level  parameters  median s")
+        for k in range(1, 5):
+            net = PaperUNetPlusPlus(in_channels=c, level=k, heads=[k]).eval()
+            params = sum(p.numel() for p in net.parameters())
+            with torch.no_grad():
+                t = median_seconds(lambda: net(x), a.runs)
+            print(f"L{k}     {params:>10}  {t:8.3f}")
     if a.train:
-        net = PaperUNetPlusPlus().train()
+        net = PaperUNetPlusPlus(in_channels=c).train()
         opt = torch.optim.AdamW(net.parameters())
-        target = (x > 0).float()
+        target = (x[:, :1] > 0).float()
 
         def step():
             opt.zero_grad()
@@ -64,7 +84,8 @@ def main():
             loss.backward()
             opt.step()
 
-        print(f"training step (L4, 4 heads, AdamW): median {median_seconds(step, a.runs):.3f} s")
+        t = median_seconds(step, a.runs)
+        print(f"training step (L4, 4 heads, AdamW, batch {b}): median of {a.runs} runs {t:.3f} s")
 
 
 if __name__ == "__main__":
