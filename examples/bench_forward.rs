@@ -115,16 +115,23 @@ pub fn main() -> Result<()> {
         unetpp::ops::set_fast_cpu_conv(false);
     }
     let device = unetpp::device::best_device(0)?;
-    let cfg = UNetPlusPlusConfig::paper().in_channels(args.in_channels).build()?;
+    let cfg = UNetPlusPlusConfig::paper()
+        .in_channels(args.in_channels)
+        .build()?;
     let (b, c, s) = (args.batch, args.in_channels, args.size);
     let x = Tensor::randn(0f32, 1., (b, c, s, s), &device)?;
-    let kernels = if args.stock { "candle's stock convolutions" } else { "unetpp convolutions" };
+    let kernels = if args.stock {
+        "candle's stock convolutions"
+    } else {
+        "unetpp convolutions"
+    };
     println!(
         "UNet++ paper configuration, input {b}x{c}x{s}x{s}, f32, {device:?}, {kernels}, {} thread(s)",
         rayon::current_num_threads()
     );
     if args.memory {
-        let net = UNetPlusPlus::new_pruned(&cfg, Level::L4, VarBuilder::zeros(DType::F32, &device))?;
+        let net =
+            UNetPlusPlus::new_pruned(&cfg, Level::L4, VarBuilder::zeros(DType::F32, &device))?;
         let before = peak_rss_mib().unwrap_or(f64::NAN);
         net.forward(&x)?;
         let after = peak_rss_mib().unwrap_or(f64::NAN);
@@ -159,7 +166,10 @@ pub fn main() -> Result<()> {
             },
             args.runs,
         )?;
-        println!("training step (L4, 4 heads, AdamW, batch {b}): median of {} runs {t:.3} s", args.runs);
+        println!(
+            "training step (L4, 4 heads, AdamW, batch {b}): median of {} runs {t:.3} s",
+            args.runs
+        );
     }
     Ok(())
 }

@@ -27,9 +27,9 @@ pub enum CpuConvAlgo {
     Stock,
     /// Banded unfolding and GEMM (forward, input and weight gradients).
     Gemm,
-    /// Winograd F(2×2, 3×3) for the forward pass and the input gradient (2.25× fewer
-    /// multiply-adds) wherever it is faster than [`CpuConvAlgo::Gemm`] (48 input channels or
-    /// more on maps of at least 24×24, as measured by `examples/bench_conv.rs`), GEMM
+    /// Winograd F(4×4, 3×3) for the forward pass and the input gradient (4× fewer
+    /// multiply-adds) wherever it is faster than [`CpuConvAlgo::Gemm`] (32 input channels or
+    /// more on maps of at least 64×64, as measured by `examples/bench_conv.rs`), GEMM
     /// elsewhere and for the weight gradient. The default.
     Winograd,
 }

@@ -1,144 +1,193 @@
-//! Winograd F(2×2, 3×3) for the 3×3, stride-1, padding-1 convolution (Lavin & Gray, 2016).
+//! Winograd F(4×4, 3×3) for the 3×3, stride-1, padding-1 convolution (Lavin & Gray, 2016).
 //!
-//! Each 2×2 block of output pixels is computed from a 4×4 patch of input: with the kernel
+//! Each 4×4 block of output pixels is computed from a 6×6 patch of input: with the kernel
 //! transformed once to `U = G g Gᵀ` and each patch to `V = Bᵀ d B`, the block is
-//! `Aᵀ (Σ_c U ⊙ V) A`. Summing over channels is, for each of the 16 positions of the 4×4
-//! transform, one matrix product `(O × C) · (C × tiles)`: 16 products of `O·C·tiles` where
-//! direct convolution needs 9 of `O·C·4·tiles`, 2.25× fewer multiply-adds. The transforms
-//! are additions only, and their factors (0, ±½, ±1) keep the result within rounding of direct
-//! convolution.
+//! `Aᵀ (Σ_c U ⊙ V) A`. Summing over channels is, for each of the 36 positions of the 6×6
+//! transform, one matrix product `(O × C) · (C × tiles)`: 36 products per 16 output pixels
+//! where direct convolution needs 9 per pixel, 4× fewer multiply-adds. The transforms are
+//! additions and small constant multiplications; in `f32` the result agrees with direct
+//! convolution to about 1e-6 relative (the tests hold it to 1e-4).
 //!
-//! Tiles are processed a band of tile rows at a time so that the transformed input and the
-//! products stay in cache; bands run in parallel on rayon's pool.
+//! Every transform is separable and is done on whole rows of tiles, so that it vectorises:
+//! a vertical pass over the rows of the image, then a horizontal one over the columns, with
+//! the four phases of the stride-4 tiling split into separate arrays. Tiles are processed a
+//! band of tile rows at a time so that the transformed input and the products stay in cache;
+//! bands run in parallel on rayon's pool.
 
 use rayon::prelude::*;
 
 use super::conv::{Dims, SendPtr};
 
-/// `U = G g Gᵀ` for every `(o, c)`, laid out as 16 matrices `O × C` (one per position ξ).
+/// Output tile side.
+const M: usize = 4;
+/// Input patch side (M + 3 − 1).
+const A: usize = 6;
+/// Positions of the transform.
+const XI: usize = A * A;
+
+/// Whether Winograd beats banded GEMM for this convolution on the CPU (measured with
+/// `examples/bench_conv.rs`): with fewer than 32 input channels the transforms cost more than
+/// the multiplications they save, and below 256 tiles (a 64×64 map) the 36 products are too
+/// thin for the GEMM to run well.
+pub(super) fn pays(d: &Dims) -> bool {
+    d.c >= 32 && d.h.div_ceil(M) * d.w.div_ceil(M) >= 256
+}
+
+/// `Bᵀ x` for the six values of one patch column (or row).
+#[inline(always)]
+fn bt(d: [f32; A]) -> [f32; A] {
+    [
+        4.0 * d[0] - 5.0 * d[2] + d[4],
+        -4.0 * (d[1] + d[2]) + d[3] + d[4],
+        4.0 * (d[1] - d[2]) - d[3] + d[4],
+        2.0 * (d[3] - d[1]) - d[2] + d[4],
+        2.0 * (d[1] - d[3]) - d[2] + d[4],
+        4.0 * d[1] - 5.0 * d[3] + d[5],
+    ]
+}
+
+/// `Aᵀ m` for the six values of one column (or row) of a product.
+#[inline(always)]
+fn at(m: [f32; A]) -> [f32; M] {
+    let (s12, d12, s34, d34) = (m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + s12 + s34,
+        d12 + 2.0 * d34,
+        s12 + 4.0 * s34,
+        d12 + 8.0 * d34 + m[5],
+    ]
+}
+
+/// `G g` for the three values of one kernel column (or row).
+#[inline(always)]
+fn g(k: [f32; 3]) -> [f32; A] {
+    const SIXTH: f32 = 1.0 / 6.0;
+    const TWELFTH: f32 = 1.0 / 12.0;
+    const TWENTY_FOURTH: f32 = 1.0 / 24.0;
+    let (s, d) = (k[0] + k[2], k[1]);
+    [
+        0.25 * k[0],
+        -(s + d) * SIXTH,
+        -(s - d) * SIXTH,
+        TWENTY_FOURTH * k[0] + TWELFTH * k[1] + SIXTH * k[2],
+        TWENTY_FOURTH * k[0] - TWELFTH * k[1] + SIXTH * k[2],
+        k[2],
+    ]
+}
+
+/// `U = G g Gᵀ` for every `(o, c)`, stored pair by pair: `u[(o·C + c)·36 + ξ]`, which the
+/// GEMM reads as 36 matrices `O × C` with column stride 36.
 fn transform_kernels(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut u = vec![0f32; 16 * o * c];
-    for oc in 0..o * c {
-        let g = &wt[oc * 9..oc * 9 + 9];
-        // t = G g (4×3), G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
-        let mut t = [0f32; 12];
-        for col in 0..3 {
-            let (g0, g1, g2) = (g[col], g[3 + col], g[6 + col]);
-            t[col] = g0;
-            t[3 + col] = 0.5 * (g0 + g1 + g2);
-            t[6 + col] = 0.5 * (g0 - g1 + g2);
-            t[9 + col] = g2;
-        }
-        // U = t Gᵀ (4×4).
-        for row in 0..4 {
-            let (a, b, cc) = (t[row * 3], t[row * 3 + 1], t[row * 3 + 2]);
-            let vals = [a, 0.5 * (a + b + cc), 0.5 * (a - b + cc), cc];
-            for (col, v) in vals.into_iter().enumerate() {
-                u[(row * 4 + col) * o * c + oc] = v;
-            }
+    let mut u = vec![0f32; XI * o * c];
+    for (k, dst) in wt.chunks_exact(9).zip(u.chunks_exact_mut(XI)).take(o * c) {
+        // Columns first: cols[col] = G (column col of k).
+        let cols: [[f32; A]; 3] = [0, 1, 2].map(|col| g([k[col], k[3 + col], k[6 + col]]));
+        for (row, out) in dst.chunks_exact_mut(A).enumerate() {
+            out.copy_from_slice(&g([cols[0][row], cols[1][row], cols[2][row]]));
         }
     }
     u
 }
 
+/// Splits `buf` into `N` consecutive slices of `len` elements.
+fn split_rows<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
+    let mut rest = buf;
+    std::array::from_fn(|_| {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        head
+    })
+}
+
 /// Writes `V = Bᵀ d B` of every tile of tile rows `ty0..ty1` of one image into `v`, laid
-/// out as 16 matrices `C × T` (T = tiles in the band), where `d` is the 4×4 input patch at
-/// `(2·ty − 1, 2·tx − 1)` with zeros outside the image.
-///
-/// The transform is separable and done on whole rows so that it vectorises: first the four
-/// input rows of a tile row are combined (`Bᵀ d`) into the even and odd columns of the
-/// zero-padded row, then the columns (`· B`) as element-wise operations over all tiles.
+/// out as 36 matrices `C × T` (T = tiles in the band), where `d` is the 6×6 input patch at
+/// `(4·ty − 1, 4·tx − 1)` with zeros outside the image.
+#[inline(always)]
 fn transform_inputs(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, v: &mut [f32]) {
     let (h, w) = (d.h, d.w);
     let t_count = (ty1 - ty0) * tw;
     let stride = d.c * t_count;
-    // Padded column i is input column i − 1; even[r][k] = padded[2k], odd[r][k] = padded[2k + 1].
-    let mut even = vec![vec![0f32; tw + 1]; 4];
-    let mut odd = vec![vec![0f32; tw + 1]; 4];
-    let mut q = vec![0f32; 4 * w];
     let zero_row = vec![0f32; w];
+    // q: the vertical pass, A rows of w. phase: each row split by the phase of its padded
+    // column (padded column i = input column i − 1): phase[r][k][j] = padded[4j + k].
+    let mut q = vec![0f32; A * w];
+    let mut phase = vec![0f32; A * M * (tw + 1)];
+    let mut hv = vec![0f32; A * tw];
     for (ci, plane) in img.chunks_exact(h * w).take(d.c).enumerate() {
         for ty in ty0..ty1 {
-            let row = |r: usize| -> &[f32] {
-                let y = 2 * ty + r;
+            let rows: [&[f32]; A] = std::array::from_fn(|r| {
+                let y = M * ty + r;
                 if y == 0 || y > h {
-                    &zero_row
+                    &zero_row[..w]
                 } else {
                     &plane[(y - 1) * w..y * w]
                 }
-            };
-            let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-            // Rows: Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
-            let (q01, q23) = q.split_at_mut(2 * w);
-            let (q0, q1) = q01.split_at_mut(w);
-            let (q2, q3) = q23.split_at_mut(w);
-            // Equal lengths let the compiler drop bounds checks and vectorise.
-            let (d0, d1, d2, d3) = (&d0[..w], &d1[..w], &d2[..w], &d3[..w]);
-            let (q0, q1, q2, q3) = (&mut q0[..w], &mut q1[..w], &mut q2[..w], &mut q3[..w]);
+            });
+            let qs: [&mut [f32]; A] = split_rows(&mut q, w);
+            // Re-sliced to one known length so that bounds checks vanish and the loop vectorises.
+            let [q0, q1, q2, q3, q4, q5] = qs.map(|q| &mut q[..w]);
+            let [r0, r1, r2, r3, r4, r5] = rows.map(|r| &r[..w]);
             for x in 0..w {
-                let (a, b, c, e) = (d0[x], d1[x], d2[x], d3[x]);
-                q0[x] = a - c;
-                q1[x] = b + c;
-                q2[x] = c - b;
-                q3[x] = b - e;
-            }
-            // Split into even and odd padded columns: input column 2j lands in odd[j],
-            // input column 2j + 1 in even[j + 1]; even[0] (column −1) stays 0.
-            let half = w / 2;
-            for r in 0..4 {
-                let (qr, ev, od) = (&q[r * w..(r + 1) * w], &mut even[r], &mut odd[r]);
-                let pairs = qr
-                    .chunks_exact(2)
-                    .zip(od[..half].iter_mut().zip(ev[1..=half].iter_mut()));
-                for (pair, (o, e)) in pairs {
-                    *o = pair[0];
-                    *e = pair[1];
-                }
-                if w % 2 == 1 {
-                    od[half] = qr[w - 1];
-                }
-                od[w.div_ceil(2)..].fill(0.0);
-                ev[half + 1..].fill(0.0);
+                let col = bt([r0[x], r1[x], r2[x], r3[x], r4[x], r5[x]]);
+                q0[x] = col[0];
+                q1[x] = col[1];
+                q2[x] = col[2];
+                q3[x] = col[3];
+                q4[x] = col[4];
+                q5[x] = col[5];
             }
             let base = ci * t_count + (ty - ty0) * tw;
-            for r in 0..4 {
-                // Columns of tile tx: a = even[tx], b = odd[tx], c = even[tx + 1], e = odd[tx + 1].
-                let (e0, e1) = (&even[r][..tw], &even[r][1..]);
-                let (o0, o1) = (&odd[r][..tw], &odd[r][1..]);
-                let at = |col: usize| (r * 4 + col) * stride + base;
-                let out = &mut v[at(0)..at(0) + tw];
-                out.iter_mut()
-                    .zip(e0.iter().zip(e1))
-                    .for_each(|(v, (a, c))| *v = a - c);
-                let out = &mut v[at(1)..at(1) + tw];
-                out.iter_mut()
-                    .zip(o0.iter().zip(e1))
-                    .for_each(|(v, (b, c))| *v = b + c);
-                let out = &mut v[at(2)..at(2) + tw];
-                out.iter_mut()
-                    .zip(o0.iter().zip(e1))
-                    .for_each(|(v, (b, c))| *v = c - b);
-                let out = &mut v[at(3)..at(3) + tw];
-                out.iter_mut()
-                    .zip(o0.iter().zip(o1))
-                    .for_each(|(v, (b, e))| *v = b - e);
+            for r in 0..A {
+                let qr = &q[r * w..(r + 1) * w];
+                let [p0, p1, p2, p3]: [&mut [f32]; M] =
+                    split_rows(&mut phase[r * M * (tw + 1)..(r + 1) * M * (tw + 1)], tw + 1);
+                p0[0] = 0.0;
+                let full = w / M;
+                for (j, chunk) in qr.chunks_exact(M).enumerate() {
+                    p1[j] = chunk[0];
+                    p2[j] = chunk[1];
+                    p3[j] = chunk[2];
+                    p0[j + 1] = chunk[3];
+                }
+                // The last, partial group of columns, then zeros to the end.
+                let tail = &qr[full * M..];
+                let slots: [&mut f32; 3] = [&mut p1[full], &mut p2[full], &mut p3[full]];
+                for (k, slot) in slots.into_iter().enumerate() {
+                    *slot = tail.get(k).copied().unwrap_or(0.0);
+                }
+                p0[full + 1..].fill(0.0);
+                p1[full + 1..].fill(0.0);
+                p2[full + 1..].fill(0.0);
+                p3[full + 1..].fill(0.0);
+                // Horizontal pass: tile tx reads padded columns 4tx .. 4tx + 5, i.e. phases
+                // 0, 1, 2, 3 at j = tx and phases 0, 1 at j = tx + 1.
+                let hs: [&mut [f32]; A] = split_rows(&mut hv, tw);
+                let [h0, h1, h2, h3, h4, h5] = hs.map(|h| &mut h[..tw]);
+                let (a0, a1, a2, a3) = (&p0[..tw], &p1[..tw], &p2[..tw], &p3[..tw]);
+                let (a4, a5) = (&p0[1..=tw], &p1[1..=tw]);
+                for tx in 0..tw {
+                    let vals = bt([a0[tx], a1[tx], a2[tx], a3[tx], a4[tx], a5[tx]]);
+                    h0[tx] = vals[0];
+                    h1[tx] = vals[1];
+                    h2[tx] = vals[2];
+                    h3[tx] = vals[3];
+                    h4[tx] = vals[4];
+                    h5[tx] = vals[5];
+                }
+                for col in 0..A {
+                    let at = (r * A + col) * stride + base;
+                    v[at..at + tw].copy_from_slice(&hv[col * tw..(col + 1) * tw]);
+                }
             }
         }
     }
-}
-
-/// Whether Winograd beats banded GEMM for this convolution on the CPU (measured with
-/// `examples/bench_conv.rs`: with few input channels the transforms cost more than the
-/// multiplications they save, and tiny maps leave the GEMMs too small).
-pub(super) fn pays(d: &Dims) -> bool {
-    d.c >= 48 && d.h >= 24 && d.w >= 24
 }
 
 /// Tile rows per band: about 2 MiB of transformed input, and enough bands for every thread.
 fn band_tile_rows(c: usize, th: usize, tw: usize, n: usize) -> usize {
     const TARGET_FLOATS: usize = 1 << 19;
     let threads = rayon::current_num_threads().max(1);
-    let by_cache = (TARGET_FLOATS / (16 * c * tw).max(1)).max(1);
+    let by_cache = (TARGET_FLOATS / (XI * c * tw).max(1)).max(1);
     let bands_wanted = (2 * threads).div_ceil(n.max(1));
     let by_threads = th.div_ceil(bands_wanted).max(1);
     by_cache.min(by_threads).min(th)
@@ -147,7 +196,7 @@ fn band_tile_rows(c: usize, th: usize, tw: usize, n: usize) -> usize {
 /// `y[n, o] = b[o] + Σ_c w[o, c] ⋆ x[n, c]` (3×3, stride 1, padding 1), then `max(y, 0)`
 /// when `relu`; the same result as direct convolution, within rounding.
 pub(super) fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
-    let (p, th, tw) = (d.h * d.w, d.h.div_ceil(2), d.w.div_ceil(2));
+    let (p, th, tw) = (d.h * d.w, d.h.div_ceil(M), d.w.div_ceil(M));
     let u = transform_kernels(wt, d.o, d.c);
     let rows = band_tile_rows(d.c, th, tw, d.n);
     let tasks: Vec<(usize, usize)> = (0..d.n)
@@ -157,15 +206,16 @@ pub(super) fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) 
     let mut out = vec![0f32; d.n * d.o * p];
     let dst = SendPtr(out.as_mut_ptr());
     tasks.par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(v, m), &(img, ty0)| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(v, m, r), &(img, ty0)| {
             let ty1 = (ty0 + rows).min(th);
             let t = (ty1 - ty0) * tw;
-            v.resize(16 * d.c * t, 0.0);
-            m.resize(16 * d.o * t, 0.0);
-            transform_inputs(&x[img * d.c * p..(img + 1) * d.c * p], &d, ty0, ty1, tw, v);
-            for xi in 0..16 {
-                // SAFETY: `u` holds 16 matrices O × C, `v` 16 matrices C × t and `m` 16
+            v.resize(XI * d.c * t, 0.0);
+            m.resize(XI * d.o * t, 0.0);
+            dispatch_inputs(&x[img * d.c * p..(img + 1) * d.c * p], &d, ty0, ty1, tw, v);
+            for xi in 0..XI {
+                // SAFETY: `u` holds 36 matrices O × C (interleaved, column stride 36), `v` 36
+                // matrices C × t and `m` 36
                 // matrices O × t, all row-major; matrix ξ of each is in bounds.
                 unsafe {
                     gemm::gemm(
@@ -176,9 +226,9 @@ pub(super) fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) 
                         1,
                         t as isize,
                         false,
-                        u.as_ptr().add(xi * d.o * d.c),
-                        1,
-                        d.c as isize,
+                        u.as_ptr().add(xi),
+                        XI as isize,
+                        (XI * d.c) as isize,
                         v.as_ptr().add(xi * d.c * t),
                         1,
                         t as isize,
@@ -191,64 +241,198 @@ pub(super) fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) 
                     )
                 }
             }
-            // Y = Aᵀ m A with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]], a row of tiles at a time so
-            // that it vectorises over the tiles; plus bias, then ReLU.
-            let (y_start, y_end) = (2 * ty0, (2 * ty1).min(d.h));
-            let mut r = vec![0f32; 8 * tw];
-            let mut pair = [vec![0f32; tw], vec![0f32; tw]];
-            for (o, &b) in bias.iter().enumerate() {
-                // SAFETY: rows y_start..y_end of channel o of image img lie inside `out`
-                // (n·o·p elements); this task is the only one to touch them.
-                let rows_out = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        dst.get().add((img * d.o + o) * p + y_start * d.w),
-                        (y_end - y_start) * d.w,
-                    )
-                };
-                for ty in ty0..ty1 {
-                    let at = o * t + (ty - ty0) * tw;
-                    let mrow = |xi: usize| &m[xi * d.o * t + at..xi * d.o * t + at + tw];
-                    let (top, bottom) = r.split_at_mut(4 * tw);
-                    for col in 0..4 {
-                        let (m0, m1, m2, m3) =
-                            (mrow(col), mrow(4 + col), mrow(8 + col), mrow(12 + col));
-                        let top = &mut top[col * tw..(col + 1) * tw];
-                        let bottom = &mut bottom[col * tw..(col + 1) * tw];
-                        for tx in 0..tw {
-                            top[tx] = m0[tx] + m1[tx] + m2[tx];
-                            bottom[tx] = m1[tx] - m2[tx] - m3[tx];
-                        }
-                    }
-                    for dy in 0..2 {
-                        let y = 2 * ty + dy;
-                        if y >= d.h {
-                            continue;
-                        }
-                        let rr = |col: usize| &r[(dy * 4 + col) * tw..(dy * 4 + col + 1) * tw];
-                        let (r0, r1, r2, r3) = (rr(0), rr(1), rr(2), rr(3));
-                        let [left, right] = &mut pair;
-                        for tx in 0..tw {
-                            left[tx] = r0[tx] + r1[tx] + r2[tx] + b;
-                            right[tx] = r1[tx] - r2[tx] - r3[tx] + b;
-                        }
-                        if relu {
-                            left.iter_mut()
-                                .chain(right.iter_mut())
-                                .for_each(|v| *v = v.max(0.0));
-                        }
-                        let out_row = &mut rows_out[(y - y_start) * d.w..(y - y_start + 1) * d.w];
-                        for (dst2, (&a, &c)) in
-                            out_row.chunks_mut(2).zip(left.iter().zip(right.iter()))
-                        {
-                            dst2[0] = a;
-                            if let Some(second) = dst2.get_mut(1) {
-                                *second = c;
-                            }
-                        }
-                    }
-                }
-            }
+            // Y = Aᵀ m A, a row of tiles at a time; plus bias, then ReLU.
+            let band = Band {
+                img,
+                ty0,
+                ty1,
+                tw,
+                t,
+            };
+            // SAFETY: this task is the only one to write rows 4·ty0 .. 4·ty1 of image img of
+            // `out`, which has n·o·p elements and outlives the loop.
+            unsafe { dispatch_outputs(m, r, bias, relu, &d, &band, dst) };
         },
     );
     out
+}
+
+/// One band of tile rows of one image.
+struct Band {
+    img: usize,
+    ty0: usize,
+    ty1: usize,
+    tw: usize,
+    t: usize,
+}
+
+/// `Y = Aᵀ m A` for every tile of a band, plus bias, then ReLU, written into `dst`.
+///
+/// # Safety
+/// `dst` must point to the output buffer (`n·o·h·w` elements), and no other thread may touch
+/// rows `4·ty0 .. 4·ty1` of image `img` while this runs.
+#[inline(always)]
+unsafe fn transform_outputs(
+    m: &[f32],
+    r: &mut Vec<f32>,
+    bias: &[f32],
+    relu: bool,
+    d: &Dims,
+    band: &Band,
+    dst: SendPtr,
+) {
+    let Band {
+        img,
+        ty0,
+        ty1,
+        tw,
+        t,
+    } = *band;
+    let p = d.h * d.w;
+    let (y_start, y_end) = (M * ty0, (M * ty1).min(d.h));
+    r.resize(M * A * tw, 0.0);
+    for (o, &b) in bias.iter().enumerate() {
+        // SAFETY: rows y_start..y_end of channel o of image img lie inside `out`
+        // (n·o·p elements); this task is the only one to touch them.
+        let rows_out = unsafe {
+            std::slice::from_raw_parts_mut(
+                dst.get().add((img * d.o + o) * p + y_start * d.w),
+                (y_end - y_start) * d.w,
+            )
+        };
+        for ty in ty0..ty1 {
+            let at0 = o * t + (ty - ty0) * tw;
+            // Vertical pass: r[col][dy][tx] = (Aᵀ m)[dy][col] of tile tx.
+            for col in 0..A {
+                let mrow = |row: usize| {
+                    let start = (row * A + col) * d.o * t + at0;
+                    &m[start..start + tw]
+                };
+                let (m0, m1, m2, m3, m4, m5) =
+                    (mrow(0), mrow(1), mrow(2), mrow(3), mrow(4), mrow(5));
+                let ys: [&mut [f32]; M] = split_rows(&mut r[col * M * tw..(col + 1) * M * tw], tw);
+                let [y0, y1, y2, y3] = ys.map(|y| &mut y[..tw]);
+                for tx in 0..tw {
+                    let vals = at([m0[tx], m1[tx], m2[tx], m3[tx], m4[tx], m5[tx]]);
+                    y0[tx] = vals[0];
+                    y1[tx] = vals[1];
+                    y2[tx] = vals[2];
+                    y3[tx] = vals[3];
+                }
+            }
+            // Horizontal pass, then write the 4×4 block row by row.
+            for dy in 0..M {
+                let y = M * ty + dy;
+                if y >= d.h {
+                    break;
+                }
+                let rr = |col: usize| &r[(col * M + dy) * tw..(col * M + dy + 1) * tw];
+                let (c0, c1, c2, c3, c4, c5) = (rr(0), rr(1), rr(2), rr(3), rr(4), rr(5));
+                let out_row = &mut rows_out[(y - y_start) * d.w..(y - y_start + 1) * d.w];
+                let mut blocks = out_row.chunks_exact_mut(M);
+                for (tx, block) in (&mut blocks).enumerate() {
+                    let vals = at([c0[tx], c1[tx], c2[tx], c3[tx], c4[tx], c5[tx]]);
+                    for (slot, val) in block.iter_mut().zip(vals) {
+                        let val = val + b;
+                        *slot = if relu { val.max(0.0) } else { val };
+                    }
+                }
+                let rem = blocks.into_remainder();
+                if !rem.is_empty() {
+                    let tx = tw - 1;
+                    let vals = at([c0[tx], c1[tx], c2[tx], c3[tx], c4[tx], c5[tx]]);
+                    for (slot, val) in rem.iter_mut().zip(vals) {
+                        let val = val + b;
+                        *slot = if relu { val.max(0.0) } else { val };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`transform_outputs`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// As [`transform_outputs`], and the CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_outputs_avx2(
+    m: &[f32],
+    r: &mut Vec<f32>,
+    bias: &[f32],
+    relu: bool,
+    d: &Dims,
+    band: &Band,
+    dst: SendPtr,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { transform_outputs(m, r, bias, relu, d, band, dst) }
+}
+
+/// Runs [`transform_outputs`] with the widest vectors the CPU has.
+///
+/// # Safety
+/// As [`transform_outputs`].
+unsafe fn dispatch_outputs(
+    m: &[f32],
+    r: &mut Vec<f32>,
+    bias: &[f32],
+    relu: bool,
+    d: &Dims,
+    band: &Band,
+    dst: SendPtr,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected; the rest is the caller's promise.
+        return unsafe { transform_outputs_avx2(m, r, bias, relu, d, band, dst) };
+    }
+    // SAFETY: the caller's promise.
+    unsafe { transform_outputs(m, r, bias, relu, d, band, dst) }
+}
+
+/// [`transform_inputs`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_inputs_avx2(
+    img: &[f32],
+    d: &Dims,
+    ty0: usize,
+    ty1: usize,
+    tw: usize,
+    v: &mut [f32],
+) {
+    transform_inputs(img, d, ty0, ty1, tw, v)
+}
+
+/// Runs [`transform_inputs`] with the widest vectors the CPU has.
+fn dispatch_inputs(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { transform_inputs_avx2(img, d, ty0, ty1, tw, v) };
+    }
+    transform_inputs(img, d, ty0, ty1, tw, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transforms reproduce a 1-D correlation: Aᵀ[(G g) ⊙ (Bᵀ d)] = (d ⋆ g) at 4 outputs.
+    #[test]
+    fn one_dimensional_identity() {
+        let d = [0.3f32, -1.2, 2.0, 0.7, -0.4, 1.5];
+        let k = [0.5f32, -0.25, 2.0];
+        let prod: [f32; A] = std::array::from_fn(|i| g(k)[i] * bt(d)[i]);
+        let y = at(prod);
+        for (i, yi) in y.iter().enumerate() {
+            let direct = d[i] * k[0] + d[i + 1] * k[1] + d[i + 2] * k[2];
+            assert!((yi - direct).abs() < 1e-5, "{i}: {yi} vs {direct}");
+        }
+    }
 }
