@@ -13,6 +13,7 @@
 //! `conv2d` otherwise (other devices, other dtypes); [`set_fast_cpu_conv`] turns the fast path
 //! off, for comparisons.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
@@ -261,6 +262,21 @@ impl SendPtr {
     }
 }
 
+thread_local! {
+    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with this thread's three scratch buffers. They are kept between calls, so the
+/// large temporaries of a convolution are not mapped and zeroed afresh by the OS each time
+/// (which cost 10–15% of a training step). A nested call on the same thread (rayon can run
+/// another task while one waits) gets fresh buffers.
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut bufs) => f(&mut bufs),
+        Err(_) => f(&mut [Vec::new(), Vec::new(), Vec::new()]),
+    })
+}
+
 /// Dimensions of a 3×3 convolution.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Dims {
@@ -299,9 +315,8 @@ fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32>
     let (rows, tasks) = d.bands();
     let par = d.gemm_parallelism(tasks.len());
     let dst = SendPtr(out.as_mut_ptr());
-    tasks
-        .par_iter()
-        .for_each_init(Vec::new, |cols, &(img, y0)| {
+    tasks.par_iter().for_each(|&(img, y0)| {
+        with_scratch(|[cols, _, _]| {
             let y1 = (y0 + rows).min(d.h);
             let t = (y1 - y0) * d.w;
             cols.resize(k * t, 0.0);
@@ -355,7 +370,8 @@ fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32>
                     band(o).iter_mut().for_each(|v| *v = v.max(0.0));
                 }
             }
-        });
+        })
+    });
     out
 }
 
@@ -367,50 +383,51 @@ fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
     tasks
         .par_iter()
         .fold(
-            || (vec![0f32; d.o * k], Vec::new()),
-            |(mut dw, mut cols), &(img, y0)| {
-                let y1 = (y0 + rows).min(d.h);
-                let t = (y1 - y0) * d.w;
-                cols.resize(k * t, 0.0);
-                unfold_band(
-                    &x[img * d.c * p..(img + 1) * d.c * p],
-                    d.c,
-                    d.h,
-                    d.w,
-                    y0,
-                    y1,
-                    &mut cols,
-                );
-                // SAFETY: `dw` is o × k row-major and owned by this fold; the lhs is the
-                // o × t block of `dy` at rows y0..y1 of image `img` (row stride p), in
-                // bounds; the rhs is `cols` (k × t row-major) read as its t × k transpose.
-                unsafe {
-                    gemm::gemm(
-                        d.o,
-                        k,
-                        t,
-                        dw.as_mut_ptr(),
-                        1,
-                        k as isize,
-                        true,
-                        dy.as_ptr().add(img * d.o * p + y0 * d.w),
-                        1,
-                        p as isize,
-                        cols.as_ptr(),
-                        t as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    )
-                }
-                (dw, cols)
+            || vec![0f32; d.o * k],
+            |mut dw, &(img, y0)| {
+                with_scratch(|[cols, _, _]| {
+                    let y1 = (y0 + rows).min(d.h);
+                    let t = (y1 - y0) * d.w;
+                    cols.resize(k * t, 0.0);
+                    unfold_band(
+                        &x[img * d.c * p..(img + 1) * d.c * p],
+                        d.c,
+                        d.h,
+                        d.w,
+                        y0,
+                        y1,
+                        cols,
+                    );
+                    // SAFETY: `dw` is o × k row-major and owned by this fold; the lhs is the
+                    // o × t block of `dy` at rows y0..y1 of image `img` (row stride p), in
+                    // bounds; the rhs is `cols` (k × t row-major) read as its t × k transpose.
+                    unsafe {
+                        gemm::gemm(
+                            d.o,
+                            k,
+                            t,
+                            dw.as_mut_ptr(),
+                            1,
+                            k as isize,
+                            true,
+                            dy.as_ptr().add(img * d.o * p + y0 * d.w),
+                            1,
+                            p as isize,
+                            cols.as_ptr(),
+                            t as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            par,
+                        )
+                    }
+                    dw
+                })
             },
         )
-        .map(|(dw, _)| dw)
         .reduce(
             || vec![0f32; d.o * k],
             |mut a, b| {

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{Dims, SendPtr};
+use super::conv::{with_scratch, Dims, SendPtr};
 
 /// Output tile side.
 const M: usize = 4;
@@ -205,9 +205,8 @@ pub(super) fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) 
     let par = d.gemm_parallelism(tasks.len());
     let mut out = vec![0f32; d.n * d.o * p];
     let dst = SendPtr(out.as_mut_ptr());
-    tasks.par_iter().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(v, m, r), &(img, ty0)| {
+    tasks.par_iter().for_each(|&(img, ty0)| {
+        with_scratch(|[v, m, r]| {
             let ty1 = (ty0 + rows).min(th);
             let t = (ty1 - ty0) * tw;
             v.resize(XI * d.c * t, 0.0);
@@ -252,8 +251,8 @@ pub(super) fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) 
             // SAFETY: this task is the only one to write rows 4·ty0 .. 4·ty1 of image img of
             // `out`, which has n·o·p elements and outlives the loop.
             unsafe { dispatch_outputs(m, r, bias, relu, &d, &band, dst) };
-        },
-    );
+        })
+    });
     out
 }
 
