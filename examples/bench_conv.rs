@@ -2,8 +2,11 @@
 //! node): Winograd, banded GEMM, and candle's stock `conv2d`.
 //!
 //! ```text
-//! cargo run --release --example bench_conv [-- --runs 5]
+//! cargo run --release --example bench_conv [-- --runs 5 --backward]
 //! ```
+//!
+//! `--backward` times a forward and backward pass (gradients of input, kernel and bias)
+//! instead of a forward pass; its GFLOP/s count the three convolutions.
 
 use candle_core::{Device, Tensor};
 use unetpp::ops::{set_cpu_conv_algo, CpuConvAlgo};
@@ -19,8 +22,14 @@ fn main() -> Result<()> {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    let backward = std::env::args().any(|a| a == "--backward");
     let dev = Device::Cpu;
-    println!("3x3 conv, stride 1, pad 1, batch 1, f32: median of {runs} runs");
+    let what = if backward {
+        "forward + backward"
+    } else {
+        "forward"
+    };
+    println!("3x3 conv, stride 1, pad 1, batch 1, f32, {what}: median of {runs} runs");
     println!(
         "   C ->   O     HxW      GFLOP  winograd s GFLOP/s    gemm s  GFLOP/s   stock s  GFLOP/s"
     );
@@ -37,15 +46,26 @@ fn main() -> Result<()> {
         (512, 512, 16),
     ] {
         let x = Tensor::randn(0f32, 1., (1, c, hw, hw), &dev)?;
-        let w = Tensor::randn(0f32, 1., (o, c, 3, 3), &dev)?;
-        let gflop = 2.0 * 9.0 * (c * o * hw * hw) as f64 / 1e9;
+        let w = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (o, c, 3, 3), &dev)?)?;
+        let b = candle_core::Var::from_tensor(&Tensor::zeros(o, candle_core::DType::F32, &dev)?)?;
+        let passes = if backward { 3.0 } else { 1.0 };
+        let gflop = passes * 2.0 * 9.0 * (c * o * hw * hw) as f64 / 1e9;
+        let x = if backward {
+            candle_core::Var::from_tensor(&x)?.as_tensor().clone()
+        } else {
+            x
+        };
+        let run = || -> Result<()> {
+            let y = unetpp::ops::conv3x3(&x, w.as_tensor(), Some(b.as_tensor()))?;
+            if backward {
+                y.sum_all()?.backward()?;
+            }
+            Ok(())
+        };
         let mut times = Vec::new();
         for algo in [CpuConvAlgo::Winograd, CpuConvAlgo::Gemm, CpuConvAlgo::Stock] {
             set_cpu_conv_algo(algo);
-            times.push(median_seconds(
-                || unetpp::ops::conv3x3(&x, &w, None).map(|_| ()),
-                runs,
-            )?);
+            times.push(median_seconds(run, runs)?);
         }
         set_cpu_conv_algo(CpuConvAlgo::Winograd);
         println!(

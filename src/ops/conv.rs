@@ -506,10 +506,15 @@ impl CustomOp3 for Conv3x3 {
         };
         let (_, c, _, _) = x.dims4()?;
         let no_bias = Tensor::zeros(c, DType::F32, x.device())?;
-        let dx = grad.apply_op3(&flip_transpose(w)?, &no_bias, Conv3x3 { relu: false })?;
+        // The image at the bottom of a network needs no gradient: skip that convolution.
+        let dx = if x.track_op() {
+            Some(grad.apply_op3(&flip_transpose(w)?, &no_bias, Conv3x3 { relu: false })?)
+        } else {
+            None
+        };
         let dw = x.contiguous()?.apply_op2(&grad, Conv3x3WeightGrad)?;
         let db = super::channels::channel_sums(&grad)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 

@@ -27,10 +27,10 @@ const XI: usize = A * A;
 
 /// Whether Winograd beats banded GEMM for this convolution on the CPU (measured with
 /// `examples/bench_conv.rs`): with fewer than 32 input channels the transforms cost more than
-/// the multiplications they save, and below 256 tiles (a 64×64 map) the 36 products are too
-/// thin for the GEMM to run well.
+/// the multiplications they save, and with fewer than 8 outputs or below 256 tiles (a 64×64
+/// map) the 36 products are too thin for the GEMM to run well.
 pub(super) fn pays(d: &Dims) -> bool {
-    d.c >= 32 && d.h.div_ceil(M) * d.w.div_ceil(M) >= 256
+    d.c >= 32 && d.o >= 8 && d.h.div_ceil(M) * d.w.div_ceil(M) >= 256
 }
 
 /// `Bᵀ x` for the six values of one patch column (or row).
