@@ -6,7 +6,7 @@
 //!
 //! Prints the deep-supervision loss falling, the IoU of each head and of accurate mode on
 //! held-out images, and for the pruned networks L1–L4 the parameter count, the IoU and the
-//! median forward time. The defaults finish in about a minute on two CPU cores.
+//! median forward time. The defaults finish in about half a minute on two CPU cores.
 
 use std::time::Instant;
 

@@ -35,9 +35,12 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 //!
-//! Modules: [`unetpp`] (config, grid, model, outputs), [`nn`] (blocks),
-//! [`ops`] (bilinear resize with a backward), [`loss`], [`metrics`], [`weights`] (safetensors
-//! I/O), [`device`].
+//! Modules: [`unetpp`] (config, grid, model, outputs), [`nn`] (blocks), [`ops`] (fast CPU
+//! convolutions and bilinear resize, with backward passes), [`loss`], [`metrics`], [`data`],
+//! [`weights`] (safetensors I/O), [`device`].
+//!
+//! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
+//! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
