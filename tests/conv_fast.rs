@@ -189,3 +189,40 @@ fn conv1x1_and_transposed_2x2_match_candle() {
         );
     }
 }
+
+#[test]
+fn concatenated_inputs_are_read_in_place_at_inference() {
+    let dev = Device::Cpu;
+    // Small maps take the GEMM path, 64x64 maps with 32+ channels the Winograd one.
+    for (hw, chans) in [(9usize, [3usize, 5, 2]), (64, [16, 16, 8])] {
+        let parts: Vec<Tensor> = chans
+            .iter()
+            .map(|&c| Tensor::randn(0f32, 1., (2, c, hw, hw), &dev).unwrap())
+            .collect();
+        let c: usize = chans.iter().sum();
+        let k = Tensor::randn(0f32, 1., (12, c, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 12, &dev).unwrap();
+        for relu in [false, true] {
+            let direct = unetpp::ops::conv3x3_concat(&parts, &k, Some(&b), relu).unwrap();
+            let cat = Tensor::cat(&parts, 1).unwrap();
+            let reference = conv3x3_fused(&cat, &k, Some(&b), relu).unwrap();
+            assert!(
+                rel_diff(&direct, &reference) < 1e-5,
+                "{hw}x{hw} relu={relu}"
+            );
+        }
+    }
+    // A variable among the parts takes the differentiable path, and gradients flow.
+    let v = Var::from_tensor(&Tensor::randn(0f32, 1., (1, 2, 8, 8), &dev).unwrap()).unwrap();
+    let other = Tensor::randn(0f32, 1., (1, 3, 8, 8), &dev).unwrap();
+    let k = Tensor::randn(0f32, 1., (4, 5, 3, 3), &dev).unwrap();
+    let y = unetpp::ops::conv3x3_concat(&[v.as_tensor().clone(), other.clone()], &k, None, false)
+        .unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(v.as_tensor()).unwrap().dims(), &[1, 2, 8, 8]);
+    // Parts must agree outside the channel dimension.
+    let bad = Tensor::zeros((1, 3, 8, 9), DType::F32, &dev).unwrap();
+    let k = Tensor::zeros((4, 5, 3, 3), DType::F32, &dev).unwrap();
+    let two = [Tensor::zeros((1, 2, 8, 8), DType::F32, &dev).unwrap(), bad];
+    assert!(unetpp::ops::conv3x3_concat(&two, &k, None, false).is_err());
+}

@@ -89,26 +89,43 @@ impl ConvBlock {
     }
 }
 
-impl ModuleT for ConvBlock {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl ConvBlock {
+    /// The block applied to the channel-wise concatenation of `parts`. At inference the first
+    /// convolution reads the parts where they lie ([`crate::ops::conv3x3_concat`]), so the
+    /// concatenation of a node's dense skips is never built.
+    pub fn forward_parts(&self, parts: &[Tensor], train: bool) -> Result<Tensor> {
         let dropout = Dropout::new(self.dropout);
-        let mut x = x.clone();
-        for (conv, norm) in [(&self.conv1, &self.norm1), (&self.conv2, &self.norm2)] {
-            x = if matches!(
+        let fused = |norm: &NormLayer| {
+            matches!(
                 (norm, self.activation),
                 (NormLayer::Identity, Activation::Relu)
-            ) {
-                crate::ops::conv3x3_fused(&x, conv.weight(), conv.bias(), true)
-                    .map_err(to_candle)?
+            )
+        };
+        let mut x = None;
+        for (conv, norm) in [(&self.conv1, &self.norm1), (&self.conv2, &self.norm2)] {
+            let input: &[Tensor] = match &x {
+                Some(prev) => std::slice::from_ref(prev),
+                None => parts,
+            };
+            let y = crate::ops::conv3x3_concat(input, conv.weight(), conv.bias(), fused(norm))
+                .map_err(to_candle)?;
+            let mut y = if fused(norm) {
+                y
             } else {
-                let y = crate::ops::conv3x3(&x, conv.weight(), conv.bias()).map_err(to_candle)?;
                 self.activation.apply(&norm.forward_t(&y, train)?)?
             };
             if self.dropout > 0.0 {
-                x = dropout.forward_t(&x, train)?;
+                y = dropout.forward_t(&y, train)?;
             }
+            x = Some(y);
         }
-        Ok(x)
+        x.ok_or_else(|| candle_core::Error::Msg("a block has two convolutions".into()))
+    }
+}
+
+impl ModuleT for ConvBlock {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_parts(std::slice::from_ref(x), train)
     }
 }
 

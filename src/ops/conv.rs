@@ -148,6 +148,102 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// [`conv3x3_fused`] of the channel-wise concatenation of `parts` (each `(N, C_k, H, W)`).
+///
+/// When nothing needs a gradient (inference) and the fast CPU path applies, the kernels read
+/// every part where it lies and the concatenation is never built: for the dense skips of a
+/// UNet++ node that saves a copy of all its inputs (and the fresh memory it would fill).
+/// Otherwise the parts are concatenated and passed to [`conv3x3_fused`], which records the
+/// graph as usual.
+pub fn conv3x3_concat(
+    parts: &[Tensor],
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::Shape("conv3x3_concat: no input".into()))?;
+    let tracked = parts
+        .iter()
+        .chain(std::iter::once(w))
+        .chain(bias)
+        .any(|t| t.track_op());
+    let on_cpu = parts
+        .iter()
+        .chain(std::iter::once(w))
+        .chain(bias)
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if parts.len() == 1 || tracked || !on_cpu || !fast_cpu_conv() {
+        let x = if parts.len() == 1 {
+            first.clone()
+        } else {
+            Tensor::cat(parts, 1)?
+        };
+        return conv3x3_fused(&x, w, bias, relu);
+    }
+    let (n, _, h, wd) = first.dims4()?;
+    let mut channels = Vec::with_capacity(parts.len());
+    for p in parts {
+        let (pn, pc, ph, pw) = p.dims4()?;
+        if (pn, ph, pw) != (n, h, wd) {
+            return Err(Error::Shape(format!(
+                "conv3x3_concat: parts {:?} and {:?} differ outside the channel dimension",
+                first.dims(),
+                p.dims()
+            )));
+        }
+        channels.push(pc);
+    }
+    let c: usize = channels.iter().sum();
+    let (o, wc, kh, kw) = w.dims4()?;
+    if (wc, kh, kw) != (c, 3, 3) {
+        return Err(Error::Shape(format!(
+            "conv3x3_concat: kernel {:?} does not fit inputs with {c} channels in all",
+            w.dims()
+        )));
+    }
+    let zeros;
+    let b = match bias {
+        Some(b) if b.dims() == [o] => b.contiguous()?,
+        Some(b) => {
+            return Err(Error::Shape(format!(
+                "conv3x3_concat: bias {:?} does not fit {o} output channels",
+                b.dims()
+            )))
+        }
+        None => {
+            zeros = Tensor::zeros(o, DType::F32, &candle_core::Device::Cpu)?;
+            zeros
+        }
+    };
+    let parts: Vec<Tensor> = parts
+        .iter()
+        .map(|p| p.contiguous())
+        .collect::<candle_core::Result<_>>()?;
+    let w = w.contiguous()?;
+    let guards: Vec<_> = parts.iter().map(|p| p.storage_and_layout()).collect();
+    let (wg, wl) = w.storage_and_layout();
+    let (bg, bl) = b.storage_and_layout();
+    let mut planes = Planes {
+        parts: Vec::with_capacity(parts.len()),
+        hw: h * wd,
+    };
+    for ((g, l), &ch) in guards.iter().zip(&channels) {
+        planes.parts.push((cpu_f32(g, l)?, ch));
+    }
+    let d = Dims { n, c, h, w: wd, o };
+    let out = forward_planes(&planes, cpu_f32(&wg, wl)?, cpu_f32(&bg, bl)?, relu, d);
+    Ok(Tensor::from_vec(out, (n, o, h, wd), first.device())?)
+}
+
+fn cpu_f32<'a>(g: &'a candle_core::Storage, l: &Layout) -> Result<&'a [f32]> {
+    match g {
+        candle_core::Storage::Cpu(s) => Ok(f32_slice(s, l, "input")?),
+        _ => Err(Error::Shape("conv3x3_concat: expected CPU tensors".into())),
+    }
+}
+
 /// 1×1 convolution: `x` is `(N, C, H, W)`, `w` is `(O, C, 1, 1)`, `bias` is `(O)`.
 ///
 /// With the fast path on (the default) it is one batched matrix product, `(O × C) · (C × HW)`,
@@ -202,13 +298,46 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resul
     add_bias(y, bias)
 }
 
+/// The input planes of a convolution: one contiguous `(N, C_k, H, W)` buffer per part, their
+/// channels concatenated in order. An ordinary input is a single part; the dense skips of a
+/// UNet++ node can be read where they lie instead of being concatenated first.
+pub(super) struct Planes<'a> {
+    parts: Vec<(&'a [f32], usize)>,
+    hw: usize,
+}
+
+impl<'a> Planes<'a> {
+    /// One `(N, C, H, W)` buffer with `hw = H·W`.
+    pub(super) fn single(x: &'a [f32], c: usize, hw: usize) -> Self {
+        Self {
+            parts: vec![(x, c)],
+            hw,
+        }
+    }
+
+    /// The channel planes of image `img`, in order.
+    pub(super) fn image(&self, img: usize) -> impl Iterator<Item = &'a [f32]> + '_ {
+        let hw = self.hw;
+        self.parts.iter().flat_map(move |&(data, ch)| {
+            data[img * ch * hw..(img + 1) * ch * hw].chunks_exact(hw.max(1))
+        })
+    }
+}
+
 /// Unfolds rows `y0..y1` of one image (`c` planes of `h × w`) into `cols`, a `(c·9) × t`
 /// row-major matrix with `t = (y1 − y0)·w`: row `c·9 + ky·3 + kx` holds, for every output
 /// pixel of the band, the input pixel at offset `(ky − 1, kx − 1)`, or 0 outside the image.
-fn unfold_band(img: &[f32], c: usize, h: usize, w: usize, y0: usize, y1: usize, cols: &mut [f32]) {
+fn unfold_band<'a>(
+    planes: impl Iterator<Item = &'a [f32]>,
+    c: usize,
+    h: usize,
+    w: usize,
+    y0: usize,
+    y1: usize,
+    cols: &mut [f32],
+) {
     let t = (y1 - y0) * w;
-    let plane_len = h * w;
-    for (ci, plane) in img.chunks_exact(plane_len).take(c).enumerate() {
+    for (ci, plane) in planes.take(c).enumerate() {
         for ky in 0..3 {
             for kx in 0..3 {
                 let row = &mut cols[(ci * 9 + ky * 3 + kx) * t..][..t];
@@ -309,7 +438,7 @@ impl Dims {
 
 /// `y[n, o] = b[o] + Σ_c w[o, c] ⋆ x[n, c]` for 3×3 kernels, stride 1, padding 1, then
 /// `max(y, 0)` when `relu`.
-fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
+fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
     let (p, k) = (d.h * d.w, d.c * 9);
     let mut out = vec![0f32; d.n * d.o * p];
     let (rows, tasks) = d.bands();
@@ -320,15 +449,7 @@ fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32>
             let y1 = (y0 + rows).min(d.h);
             let t = (y1 - y0) * d.w;
             cols.resize(k * t, 0.0);
-            unfold_band(
-                &x[img * d.c * p..(img + 1) * d.c * p],
-                d.c,
-                d.h,
-                d.w,
-                y0,
-                y1,
-                cols,
-            );
+            unfold_band(x.image(img), d.c, d.h, d.w, y0, y1, cols);
             let band = |o: usize| {
                 // SAFETY: rows y0..y1 of channel o of image img lie inside `out` (n·o·p
                 // elements), and only this task touches them while the loop runs.
@@ -375,6 +496,15 @@ fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32>
     out
 }
 
+/// The forward pass with the algorithm the process has chosen for this shape.
+fn forward_planes(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
+    if cpu_conv_algo() == CpuConvAlgo::Winograd && super::winograd::pays(&d) {
+        super::winograd::forward(x, wt, bias, relu, d)
+    } else {
+        forward(x, wt, bias, relu, d)
+    }
+}
+
 /// `dw[o, c·9] = Σ_n Σ_pixels dy[n, o, pixel] · unfold(x)[n, c·9, pixel]`.
 fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
     let (p, k) = (d.h * d.w, d.c * 9);
@@ -390,7 +520,7 @@ fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
                     let t = (y1 - y0) * d.w;
                     cols.resize(k * t, 0.0);
                     unfold_band(
-                        &x[img * d.c * p..(img + 1) * d.c * p],
+                        x[img * d.c * p..(img + 1) * d.c * p].chunks_exact(p.max(1)),
                         d.c,
                         d.h,
                         d.w,
@@ -482,11 +612,7 @@ impl CustomOp3 for Conv3x3 {
         let wt = f32_slice(s2, l2, "kernel")?;
         let b = f32_slice(s3, l3, "bias")?;
         let d = Dims { n, c, h, w, o };
-        let out = if cpu_conv_algo() == CpuConvAlgo::Winograd && super::winograd::pays(&d) {
-            super::winograd::forward(x, wt, b, self.relu, d)
-        } else {
-            forward(x, wt, b, self.relu, d)
-        };
+        let out = forward_planes(&Planes::single(x, c, h * w), wt, b, self.relu, d);
         Ok((CpuStorage::F32(out), Shape::from((n, o, h, w))))
     }
 
@@ -582,7 +708,7 @@ mod tests {
         // One 2×3 plane: [[1, 2, 3], [4, 5, 6]].
         let img = [1f32, 2., 3., 4., 5., 6.];
         let mut cols = vec![f32::NAN; 9 * 6];
-        unfold_band(&img, 1, 2, 3, 0, 2, &mut cols);
+        unfold_band(img.chunks_exact(6), 1, 2, 3, 0, 2, &mut cols);
         // Offset (-1, -1): only pixel (1, 1) and (1, 2) see real input (1 and 2).
         assert_eq!(&cols[0..6], &[0., 0., 0., 0., 1., 2.]);
         // Offset (0, 0): the image itself.

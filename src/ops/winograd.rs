@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{with_scratch, Dims, SendPtr};
+use super::conv::{with_scratch, Dims, Planes, SendPtr};
 
 /// Output tile side.
 const M: usize = 4;
@@ -103,7 +103,15 @@ fn split_rows<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
 /// out as 36 matrices `C × T` (T = tiles in the band), where `d` is the 6×6 input patch at
 /// `(4·ty − 1, 4·tx − 1)` with zeros outside the image.
 #[inline(always)]
-fn transform_inputs(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, v: &mut [f32]) {
+fn transform_inputs(
+    x: &Planes,
+    img: usize,
+    d: &Dims,
+    ty0: usize,
+    ty1: usize,
+    tw: usize,
+    v: &mut [f32],
+) {
     let (h, w) = (d.h, d.w);
     let t_count = (ty1 - ty0) * tw;
     let stride = d.c * t_count;
@@ -113,7 +121,7 @@ fn transform_inputs(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, v:
     let mut q = vec![0f32; A * w];
     let mut phase = vec![0f32; A * M * (tw + 1)];
     let mut hv = vec![0f32; A * tw];
-    for (ci, plane) in img.chunks_exact(h * w).take(d.c).enumerate() {
+    for (ci, plane) in x.image(img).take(d.c).enumerate() {
         for ty in ty0..ty1 {
             let rows: [&[f32]; A] = std::array::from_fn(|r| {
                 let y = M * ty + r;
@@ -195,7 +203,7 @@ fn band_tile_rows(c: usize, th: usize, tw: usize, n: usize) -> usize {
 
 /// `y[n, o] = b[o] + Σ_c w[o, c] ⋆ x[n, c]` (3×3, stride 1, padding 1), then `max(y, 0)`
 /// when `relu`; the same result as direct convolution, within rounding.
-pub(super) fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
+pub(super) fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
     let (p, th, tw) = (d.h * d.w, d.h.div_ceil(M), d.w.div_ceil(M));
     let u = transform_kernels(wt, d.o, d.c);
     let rows = band_tile_rows(d.c, th, tw, d.n);
@@ -211,7 +219,7 @@ pub(super) fn forward(x: &[f32], wt: &[f32], bias: &[f32], relu: bool, d: Dims) 
             let t = (ty1 - ty0) * tw;
             v.resize(XI * d.c * t, 0.0);
             m.resize(XI * d.o * t, 0.0);
-            dispatch_inputs(&x[img * d.c * p..(img + 1) * d.c * p], &d, ty0, ty1, tw, v);
+            dispatch_inputs(x, img, &d, ty0, ty1, tw, v);
             for xi in 0..XI {
                 // SAFETY: `u` holds 36 matrices O × C (interleaved, column stride 36), `v` 36
                 // matrices C × t and `m` 36
@@ -398,24 +406,33 @@ unsafe fn dispatch_outputs(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transform_inputs_avx2(
-    img: &[f32],
+    x: &Planes,
+    img: usize,
     d: &Dims,
     ty0: usize,
     ty1: usize,
     tw: usize,
     v: &mut [f32],
 ) {
-    transform_inputs(img, d, ty0, ty1, tw, v)
+    transform_inputs(x, img, d, ty0, ty1, tw, v)
 }
 
 /// Runs [`transform_inputs`] with the widest vectors the CPU has.
-fn dispatch_inputs(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, v: &mut [f32]) {
+fn dispatch_inputs(
+    x: &Planes,
+    img: usize,
+    d: &Dims,
+    ty0: usize,
+    ty1: usize,
+    tw: usize,
+    v: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
-        return unsafe { transform_inputs_avx2(img, d, ty0, ty1, tw, v) };
+        return unsafe { transform_inputs_avx2(x, img, d, ty0, ty1, tw, v) };
     }
-    transform_inputs(img, d, ty0, ty1, tw, v)
+    transform_inputs(x, img, d, ty0, ty1, tw, v)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
 use super::config::UNetPlusPlusConfig;
@@ -217,12 +217,7 @@ impl UNetPlusPlus {
                     },
                 });
             }
-            let input = if parts.len() == 1 {
-                parts.remove(0)
-            } else {
-                Tensor::cat(&parts, 1)?
-            };
-            outs.push(self.blocks[idx].forward_t(&input, train)?);
+            outs.push(self.blocks[idx].forward_parts(&parts, train)?);
         }
 
         let mut logits = Vec::with_capacity(self.heads.len());
