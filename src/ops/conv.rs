@@ -271,10 +271,11 @@ pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
 /// `(N, C, H, W)`, `w` is `(C, O, 2, 2)` (PyTorch's layout), `bias` is `(O)`; the output is
 /// `(N, O, 2H, 2W)`.
 ///
-/// With the fast path on (the default) it is one batched matrix product, `(4O × C) · (C × HW)`,
-/// followed by interleaving the four kernel taps into the output, on any device; its
-/// backward is matrix products too, where candle's transposed convolution runs a per-pixel
-/// loop. Off, it is candle's `conv_transpose2d`.
+/// With the fast path on (the default) it is one matrix product, `(4O × C) · (C × HW)`,
+/// followed by interleaving the four kernel taps into the output: on the CPU in one pass over
+/// bands of rows, on other devices composed from candle ops. Its backward is matrix products
+/// too, where candle's transposed convolution runs a per-pixel loop. Off, it is candle's
+/// `conv_transpose2d`.
 pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (wc, o, kh, kw) = w.dims4()?;
@@ -283,6 +284,24 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resul
             "conv_transpose2x2: kernel {:?} does not fit an input with {c} channels",
             w.dims()
         )));
+    }
+    if takes_fast_path(x, w) && bias.is_none_or(|b| b.dtype() == DType::F32 && b.device().is_cpu())
+    {
+        let b = match bias {
+            Some(b) if b.dims() == [o] => b.contiguous()?,
+            Some(b) => {
+                return Err(Error::Shape(format!(
+                    "conv_transpose2x2: bias {:?} does not fit {o} output channels",
+                    b.dims()
+                )))
+            }
+            None => Tensor::zeros(o, DType::F32, x.device())?,
+        };
+        return Ok(x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b,
+            super::transposed::ConvTranspose2x2,
+        )?);
     }
     let y = if fast_cpu_conv() {
         // Row o·4 + ky·2 + kx of the product holds tap (ky, kx) of output channel o.

@@ -3,6 +3,7 @@
 mod bilinear;
 mod channels;
 mod conv;
+mod transposed;
 mod winograd;
 
 pub use bilinear::{resize_bilinear, resize_bilinear_composed};

@@ -1,0 +1,151 @@
+//! The 2×2, stride-2 transposed convolution (the paper's up-sampling `U`) as one CPU pass.
+//!
+//! Output pixel `(2y + ky, 2x + kx)` of channel `o` is `b[o] + Σ_c w[c, o, ky, kx] · x[c, y, x]`:
+//! for a band of input rows, one GEMM `(4O × C) · (C × pixels)` gives all four taps of every
+//! output channel, which are then interleaved into the output with the bias added, while the
+//! band is still in cache. Composed from candle ops the same computation makes three full-size
+//! tensors (the product, its permuted copy, the biased copy); here there is one.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::{with_scratch, SendPtr};
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("conv_transpose2x2 needs contiguous tensors"),
+    }
+}
+
+/// `(x, w, b) ↦ conv_transpose2d(x, w, stride 2) + b` for `x` `(N, C, H, W)`, `w`
+/// `(C, O, 2, 2)`, `b` `(O)`.
+pub(super) struct ConvTranspose2x2;
+
+impl CustomOp3 for ConvTranspose2x2 {
+    fn name(&self) -> &'static str {
+        "unetpp-conv-transpose2x2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (_, o, _, _) = l2.shape().dims4()?;
+        let (x, wt, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (p, q) = (h * w, 4 * h * w);
+        // Bands of input rows: about 1 MiB of product each, and enough for every thread.
+        let threads = rayon::current_num_threads().max(1);
+        let by_cache = ((1usize << 18) / (4 * o * w).max(1)).max(1);
+        let rows = by_cache
+            .min(h.div_ceil((2 * threads).div_ceil(n.max(1))).max(1))
+            .min(h.max(1));
+        let tasks: Vec<(usize, usize)> = (0..n)
+            .flat_map(|img| (0..h).step_by(rows).map(move |y0| (img, y0)))
+            .collect();
+        let par = if tasks.len() < threads && threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        let mut out = vec![0f32; n * o * q];
+        let dst = SendPtr(out.as_mut_ptr());
+        tasks.par_iter().for_each(|&(img, y0)| {
+            with_scratch(|[prod, _, _]| {
+                let y1 = (y0 + rows).min(h);
+                let t = (y1 - y0) * w;
+                prod.resize(4 * o * t, 0.0);
+                // SAFETY: `wt` is C × 4O row-major, read as its 4O × C transpose; the rhs is
+                // the C × t block of image img at rows y0..y1 (row stride p); `prod` is
+                // 4O × t. All in bounds.
+                unsafe {
+                    gemm::gemm(
+                        4 * o,
+                        t,
+                        c,
+                        prod.as_mut_ptr(),
+                        1,
+                        t as isize,
+                        false,
+                        wt.as_ptr(),
+                        (4 * o) as isize,
+                        1,
+                        x.as_ptr().add(img * c * p + y0 * w),
+                        1,
+                        p as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
+                }
+                for (oc, &bias) in b.iter().enumerate().take(o) {
+                    // SAFETY: output rows 2·y0 .. 2·y1 of channel oc of image img lie inside
+                    // `out` (n·o·4p elements); only this task writes them.
+                    let rows_out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dst.get().add((img * o + oc) * q + 2 * y0 * 2 * w),
+                            2 * (y1 - y0) * 2 * w,
+                        )
+                    };
+                    for ky in 0..2 {
+                        let (t0, t1) = (
+                            &prod[(oc * 4 + ky * 2) * t..][..t],
+                            &prod[(oc * 4 + ky * 2 + 1) * t..][..t],
+                        );
+                        for y in 0..y1 - y0 {
+                            let row = &mut rows_out[(2 * y + ky) * 2 * w..(2 * y + ky + 1) * 2 * w];
+                            let (a, bb) = (&t0[y * w..(y + 1) * w], &t1[y * w..(y + 1) * w]);
+                            for (pair, (&v0, &v1)) in row.chunks_exact_mut(2).zip(a.iter().zip(bb))
+                            {
+                                pair[0] = v0 + bias;
+                                pair[1] = v1 + bias;
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, o, 2 * h, 2 * w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, wd) = x.dims4()?;
+        let (_, o, _, _) = w.dims4()?;
+        // g4[n, o·4 + ky·2 + kx, y·W + x] = grad[n, o, 2y + ky, 2x + kx].
+        let g4 = grad
+            .reshape((n, o, h, 2, wd, 2))?
+            .permute((0, 1, 3, 5, 2, 4))?
+            .reshape((n, o * 4, h * wd))?;
+        let w2 = w.reshape((c, o * 4))?;
+        let dx = if x.track_op() {
+            Some(w2.broadcast_matmul(&g4)?.reshape((n, c, h, wd))?)
+        } else {
+            None
+        };
+        // dw[c, o·4 + k] = Σ_n Σ_pixels x[n, c, pixel] · g4[n, o·4 + k, pixel].
+        let dw = x
+            .reshape((n, c, h * wd))?
+            .matmul(&g4.transpose(1, 2)?)?
+            .sum(0)?
+            .reshape((c, o, 2, 2))?;
+        let db = super::channels::channel_sums(grad)?;
+        Ok((dx, Some(dw), Some(db)))
+    }
+}
