@@ -30,8 +30,9 @@ pub enum CpuConvAlgo {
     Gemm,
     /// Winograd F(4×4, 3×3) for the forward pass and the input gradient (4× fewer
     /// multiply-adds) wherever it is faster than [`CpuConvAlgo::Gemm`] (32 input channels or
-    /// more on maps of at least 64×64, as measured by `examples/bench_conv.rs`), GEMM
-    /// elsewhere and for the weight gradient. The default.
+    /// more on maps of at least 64×64, as measured by `examples/bench_conv.rs`), and
+    /// Winograd F(3×3, 2×2) for the weight gradient (2.25× fewer); GEMM elsewhere. The
+    /// default.
     Winograd,
 }
 
@@ -713,7 +714,12 @@ impl CustomOp2 for Conv3x3WeightGrad {
         let (_, o, _, _) = l2.shape().dims4()?;
         let x = f32_slice(s1, l1, "input")?;
         let dy = f32_slice(s2, l2, "output gradient")?;
-        let dw = weight_grad(x, dy, Dims { n, c, h, w, o });
+        let d = Dims { n, c, h, w, o };
+        let dw = if cpu_conv_algo() == CpuConvAlgo::Winograd && super::winograd_wgrad::pays(&d) {
+            super::winograd_wgrad::weight_grad(x, dy, d)
+        } else {
+            weight_grad(x, dy, d)
+        };
         Ok((CpuStorage::F32(dw), Shape::from((o, c, 3, 3))))
     }
 }

@@ -5,6 +5,7 @@ mod channels;
 mod conv;
 mod transposed;
 mod winograd;
+mod winograd_wgrad;
 
 pub use bilinear::{resize_bilinear, resize_bilinear_composed};
 pub use channels::bias_add;
