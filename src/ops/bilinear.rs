@@ -12,6 +12,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, WithDType};
 
+use super::cpu::contiguous;
 use crate::{Error, Result};
 
 /// Resizes `x` of shape `(N, C, H, W)` to `(N, C, out_h, out_w)` by bilinear interpolation.
@@ -157,17 +158,6 @@ impl Axis {
     }
 }
 
-fn contiguous_slice<'a, T: WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> candle_core::Result<&'a [T]> {
-    let data = storage.as_slice::<T>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("bilinear resize needs a contiguous input"),
-    }
-}
-
 /// Forward kernel: `out[p, y, x] = Σ w_h · w_w · in[p, i_h, i_w]` over the four neighbours.
 fn forward_kernel<T: WithDType>(
     src: &[T],
@@ -254,7 +244,7 @@ impl CustomOp1 for BilinearResize {
         let shape = Shape::from((n, c, self.out_h, self.out_w));
         let out = match storage {
             CpuStorage::F32(_) => CpuStorage::F32(forward_kernel(
-                contiguous_slice::<f32>(storage, layout)?,
+                contiguous::<f32>(storage, layout)?,
                 n * c,
                 in_h,
                 in_w,
@@ -262,7 +252,7 @@ impl CustomOp1 for BilinearResize {
                 &aw,
             )),
             CpuStorage::F64(_) => CpuStorage::F64(forward_kernel(
-                contiguous_slice::<f64>(storage, layout)?,
+                contiguous::<f64>(storage, layout)?,
                 n * c,
                 in_h,
                 in_w,
@@ -313,7 +303,7 @@ impl CustomOp1 for BilinearResizeBackward {
         let shape = Shape::from((n, c, self.in_h, self.in_w));
         let out = match storage {
             CpuStorage::F32(_) => CpuStorage::F32(backward_kernel(
-                contiguous_slice::<f32>(storage, layout)?,
+                contiguous::<f32>(storage, layout)?,
                 n * c,
                 self.in_h,
                 self.in_w,
@@ -321,7 +311,7 @@ impl CustomOp1 for BilinearResizeBackward {
                 &aw,
             )),
             CpuStorage::F64(_) => CpuStorage::F64(backward_kernel(
-                contiguous_slice::<f64>(storage, layout)?,
+                contiguous::<f64>(storage, layout)?,
                 n * c,
                 self.in_h,
                 self.in_w,

@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::contiguous;
 use crate::{Error, Result};
 
 /// `y[n, c, h, w] + b[c]` for `y` of shape `(N, C, H, W)` and `b` of shape `(C)`.
@@ -36,14 +37,6 @@ pub(crate) fn channel_sums(g: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("per-channel op needs a contiguous tensor"),
-    }
-}
-
 struct BiasAdd;
 
 impl CustomOp2 for BiasAdd {
@@ -59,7 +52,7 @@ impl CustomOp2 for BiasAdd {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, h, w) = l1.shape().dims4()?;
-        let (y, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (y, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
         let plane = (h * w).max(1);
         let mut out = y.to_vec();
         out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
@@ -89,7 +82,7 @@ impl CustomOp1 for ChannelSum {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        let g = f32_slice(s, l)?;
+        let g = contiguous::<f32>(s, l)?;
         let plane = h * w;
         let sums: Vec<f32> = (0..c)
             .into_par_iter()

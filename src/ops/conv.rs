@@ -13,12 +13,12 @@
 //! `conv2d` otherwise (other devices, other dtypes); [`set_fast_cpu_conv`] turns the fast path
 //! off, for comparisons.
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::{contiguous, sum_into, with_scratch, SendPtr};
 use crate::{Error, Result};
 
 /// Which kernels compute 3×3 convolutions on the CPU.
@@ -240,7 +240,7 @@ pub fn conv3x3_concat(
 
 fn cpu_f32<'a>(g: &'a candle_core::Storage, l: &Layout) -> Result<&'a [f32]> {
     match g {
-        candle_core::Storage::Cpu(s) => Ok(f32_slice(s, l, "input")?),
+        candle_core::Storage::Cpu(s) => Ok(contiguous::<f32>(s, l)?),
         _ => Err(Error::Shape("conv3x3_concat: expected CPU tensors".into())),
     }
 }
@@ -396,36 +396,6 @@ fn band_rows(k: usize, h: usize, w: usize, n: usize) -> usize {
     by_cache.min(by_threads).min(h)
 }
 
-/// A raw pointer that may cross threads: every task writes a disjoint part of the buffer.
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub(super) *mut f32);
-// SAFETY: tasks write disjoint regions (one band of rows of one image), and the buffer
-// outlives the parallel loop that uses the pointer.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that closures capture the whole `SendPtr`).
-    pub(super) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-thread_local! {
-    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-}
-
-/// Runs `f` with this thread's three scratch buffers. They are kept between calls, so the
-/// large temporaries of a convolution are not mapped and zeroed afresh by the OS each time
-/// (which cost 10–15% of a training step). A nested call on the same thread (rayon can run
-/// another task while one waits) gets fresh buffers.
-pub(super) fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
-    SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut bufs) => f(&mut bufs),
-        Err(_) => f(&mut [Vec::new(), Vec::new(), Vec::new()]),
-    })
-}
-
 /// Dimensions of a 3×3 convolution.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Dims {
@@ -473,9 +443,7 @@ fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32
             let band = |o: usize| {
                 // SAFETY: rows y0..y1 of channel o of image img lie inside `out` (n·o·p
                 // elements), and only this task touches them while the loop runs.
-                unsafe {
-                    std::slice::from_raw_parts_mut(dst.get().add((img * d.o + o) * p + y0 * d.w), t)
-                }
+                unsafe { dst.slice((img * d.o + o) * p + y0 * d.w, t) }
             };
             for (o, &b) in bias.iter().enumerate() {
                 band(o).fill(b);
@@ -578,21 +546,7 @@ fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
                 })
             },
         )
-        .reduce(
-            || vec![0f32; d.o * k],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv3x3: {what} must be contiguous"),
-    }
+        .reduce(|| vec![0f32; d.o * k], sum_into)
 }
 
 /// The kernel flipped in space with input and output channels swapped: the kernel whose
@@ -628,9 +582,9 @@ impl CustomOp3 for Conv3x3 {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (o, _, _, _) = l2.shape().dims4()?;
-        let x = f32_slice(s1, l1, "input")?;
-        let wt = f32_slice(s2, l2, "kernel")?;
-        let b = f32_slice(s3, l3, "bias")?;
+        let x = contiguous::<f32>(s1, l1)?;
+        let wt = contiguous::<f32>(s2, l2)?;
+        let b = contiguous::<f32>(s3, l3)?;
         let d = Dims { n, c, h, w, o };
         let out = forward_planes(&Planes::single(x, c, h * w), wt, b, self.relu, d);
         Ok((CpuStorage::F32(out), Shape::from((n, o, h, w))))
@@ -679,8 +633,8 @@ impl CustomOp2 for ReluMask {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = f32_slice(s1, l1, "gradient")?;
-        let y = f32_slice(s2, l2, "output")?;
+        let g = contiguous::<f32>(s1, l1)?;
+        let y = contiguous::<f32>(s2, l2)?;
         let mut out = g.to_vec();
         out.par_chunks_mut(1 << 14)
             .zip(y.par_chunks(1 << 14))
@@ -712,8 +666,8 @@ impl CustomOp2 for Conv3x3WeightGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (_, o, _, _) = l2.shape().dims4()?;
-        let x = f32_slice(s1, l1, "input")?;
-        let dy = f32_slice(s2, l2, "output gradient")?;
+        let x = contiguous::<f32>(s1, l1)?;
+        let dy = contiguous::<f32>(s2, l2)?;
         let d = Dims { n, c, h, w, o };
         let dw = if cpu_conv_algo() == CpuConvAlgo::Winograd && super::winograd_wgrad::pays(&d) {
             super::winograd_wgrad::weight_grad(x, dy, d)

@@ -3,6 +3,7 @@
 mod bilinear;
 mod channels;
 mod conv;
+mod cpu;
 mod transposed;
 mod winograd;
 mod winograd_wgrad;

@@ -9,15 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{with_scratch, SendPtr};
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv_transpose2x2 needs contiguous tensors"),
-    }
-}
+use super::cpu::{contiguous, with_scratch, SendPtr};
 
 /// `(x, w, b) ↦ conv_transpose2d(x, w, stride 2) + b` for `x` `(N, C, H, W)`, `w`
 /// `(C, O, 2, 2)`, `b` `(O)`.
@@ -39,7 +31,11 @@ impl CustomOp3 for ConvTranspose2x2 {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (_, o, _, _) = l2.shape().dims4()?;
-        let (x, wt, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, wt, b) = (
+            contiguous::<f32>(s1, l1)?,
+            contiguous::<f32>(s2, l2)?,
+            contiguous::<f32>(s3, l3)?,
+        );
         let (p, q) = (h * w, 4 * h * w);
         // Bands of input rows: about 1 MiB of product each, and enough for every thread.
         let threads = rayon::current_num_threads().max(1);
@@ -92,10 +88,7 @@ impl CustomOp3 for ConvTranspose2x2 {
                     // SAFETY: output rows 2·y0 .. 2·y1 of channel oc of image img lie inside
                     // `out` (n·o·4p elements); only this task writes them.
                     let rows_out = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            dst.get().add((img * o + oc) * q + 2 * y0 * 2 * w),
-                            2 * (y1 - y0) * 2 * w,
-                        )
+                        dst.slice((img * o + oc) * q + 2 * y0 * 2 * w, 2 * (y1 - y0) * 2 * w)
                     };
                     for ky in 0..2 {
                         let (t0, t1) = (

@@ -16,7 +16,8 @@
 
 use rayon::prelude::*;
 
-use super::conv::{with_scratch, Dims, Planes, SendPtr};
+use super::conv::{Dims, Planes};
+use super::cpu::{with_scratch, SendPtr};
 
 /// Output tile side.
 const M: usize = 4;
@@ -301,12 +302,8 @@ unsafe fn transform_outputs(
     for (o, &b) in bias.iter().enumerate() {
         // SAFETY: rows y_start..y_end of channel o of image img lie inside `out`
         // (n·o·p elements); this task is the only one to touch them.
-        let rows_out = unsafe {
-            std::slice::from_raw_parts_mut(
-                dst.get().add((img * d.o + o) * p + y_start * d.w),
-                (y_end - y_start) * d.w,
-            )
-        };
+        let rows_out =
+            unsafe { dst.slice((img * d.o + o) * p + y_start * d.w, (y_end - y_start) * d.w) };
         for ty in ty0..ty1 {
             let at0 = o * t + (ty - ty0) * tw;
             // Vertical pass: r[col][dy][tx] = (Aᵀ m)[dy][col] of tile tx.

@@ -11,7 +11,8 @@
 
 use rayon::prelude::*;
 
-use super::conv::{with_scratch, Dims};
+use super::conv::Dims;
+use super::cpu::{sum_into, with_scratch};
 
 /// Whether this beats banded unfolding + GEMM for the weight gradient (measured with a
 /// `examples/bench_conv.rs --backward` on the shapes of the paper's network): enough channels
@@ -223,13 +224,7 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
                 acc
             },
         )
-        .reduce(
-            || vec![0f32; m_len],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+        .reduce(|| vec![0f32; m_len], sum_into);
     // dw = Aᵀ M A with Aᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]].
     let at = |q: [f32; 4]| {
         [
