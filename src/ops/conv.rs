@@ -393,7 +393,7 @@ fn band_rows(k: usize, h: usize, w: usize, n: usize) -> usize {
     let by_cache = (TARGET_FLOATS / (k * w).max(1)).max(1);
     let bands_wanted = (2 * threads).div_ceil(n.max(1));
     let by_threads = h.div_ceil(bands_wanted).max(1);
-    by_cache.min(by_threads).min(h)
+    by_cache.min(by_threads).min(h).max(1)
 }
 
 /// Dimensions of a 3×3 convolution.
@@ -486,6 +486,9 @@ fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32
 
 /// The forward pass with the algorithm the process has chosen for this shape.
 fn forward_planes(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
+    if d.n * d.h * d.w == 0 {
+        return Vec::new();
+    }
     if cpu_conv_algo() == CpuConvAlgo::Winograd && super::winograd::pays(&d) {
         super::winograd::forward(x, wt, bias, relu, d)
     } else {
@@ -496,6 +499,9 @@ fn forward_planes(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> 
 /// `dw[o, c·9] = Σ_n Σ_pixels dy[n, o, pixel] · unfold(x)[n, c·9, pixel]`.
 fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
     let (p, k) = (d.h * d.w, d.c * 9);
+    if d.n * p == 0 {
+        return vec![0f32; d.o * k];
+    }
     let (rows, tasks) = d.bands();
     let par = d.gemm_parallelism(tasks.len());
     tasks

@@ -37,6 +37,12 @@ impl CustomOp3 for ConvTranspose2x2 {
             contiguous::<f32>(s3, l3)?,
         );
         let (p, q) = (h * w, 4 * h * w);
+        if n * p == 0 {
+            return Ok((
+                CpuStorage::F32(Vec::new()),
+                Shape::from((n, o, 2 * h, 2 * w)),
+            ));
+        }
         // Bands of input rows: about 1 MiB of product each, and enough for every thread.
         let threads = rayon::current_num_threads().max(1);
         let by_cache = ((1usize << 18) / (4 * o * w).max(1)).max(1);
