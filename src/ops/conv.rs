@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, sum_into, with_scratch, SendPtr};
+use super::cpu::{contiguous, matmul, sum_into, with_scratch, Mat, SendPtr};
 use crate::{Error, Result};
 
 /// Which kernels compute 3×3 convolutions on the CPU.
@@ -452,25 +452,21 @@ fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32
             // writes the o × t block at rows y0..y1 of image `img` (row stride p), which no other
             // task touches. `wt` is o × k and `cols` is k × t, both row-major and in bounds.
             unsafe {
-                gemm::gemm(
-                    d.o,
-                    t,
-                    k,
+                matmul(
+                    (d.o, t, k),
                     dst.get().add(img * d.o * p + y0 * d.w),
-                    1,
-                    p as isize,
+                    p,
                     true,
-                    wt.as_ptr(),
-                    1,
-                    k as isize,
-                    cols.as_ptr(),
-                    1,
-                    t as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    Mat {
+                        ptr: wt.as_ptr(),
+                        rs: k,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: cols.as_ptr(),
+                        rs: t,
+                        cs: 1,
+                    },
                     par,
                 )
             }
@@ -526,25 +522,21 @@ fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
                     // o × t block of `dy` at rows y0..y1 of image `img` (row stride p), in
                     // bounds; the rhs is `cols` (k × t row-major) read as its t × k transpose.
                     unsafe {
-                        gemm::gemm(
-                            d.o,
-                            k,
-                            t,
+                        matmul(
+                            (d.o, k, t),
                             dw.as_mut_ptr(),
-                            1,
-                            k as isize,
+                            k,
                             true,
-                            dy.as_ptr().add(img * d.o * p + y0 * d.w),
-                            1,
-                            p as isize,
-                            cols.as_ptr(),
-                            t as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
+                            Mat {
+                                ptr: dy.as_ptr().add(img * d.o * p + y0 * d.w),
+                                rs: p,
+                                cs: 1,
+                            },
+                            Mat {
+                                ptr: cols.as_ptr(),
+                                rs: 1,
+                                cs: t,
+                            },
                             par,
                         )
                     }

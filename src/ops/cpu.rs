@@ -61,3 +61,53 @@ pub(super) fn sum_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
     a
 }
+
+/// A matrix in memory: its first element and its row and column strides, in elements.
+#[derive(Clone, Copy)]
+pub(super) struct Mat {
+    pub(super) ptr: *const f32,
+    pub(super) rs: usize,
+    pub(super) cs: usize,
+}
+
+/// `dst ← lhs · rhs` for an `m × k` by `k × n` product, or `dst ← dst + lhs · rhs` when
+/// `accumulate`, with the `gemm` crate's kernels. `dst` is `m × n` with row stride `dst_rs`
+/// and column stride 1.
+///
+/// # Safety
+/// The three matrices must lie in valid memory of the given shapes and strides, `dst` must
+/// overlap neither operand, and no other thread may touch `dst` meanwhile.
+pub(super) unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    par: gemm::Parallelism,
+) {
+    // SAFETY: the caller's promise; gemm takes column strides before row strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.ptr,
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, with_scratch, SendPtr};
+use super::cpu::{contiguous, matmul, with_scratch, Mat, SendPtr};
 
 /// `(x, w, b) ↦ conv_transpose2d(x, w, stride 2) + b` for `x` `(N, C, H, W)`, `w`
 /// `(C, O, 2, 2)`, `b` `(O)`.
@@ -68,25 +68,21 @@ impl CustomOp3 for ConvTranspose2x2 {
                 // the C × t block of image img at rows y0..y1 (row stride p); `prod` is
                 // 4O × t. All in bounds.
                 unsafe {
-                    gemm::gemm(
-                        4 * o,
-                        t,
-                        c,
+                    matmul(
+                        (4 * o, t, c),
                         prod.as_mut_ptr(),
-                        1,
-                        t as isize,
+                        t,
                         false,
-                        wt.as_ptr(),
-                        (4 * o) as isize,
-                        1,
-                        x.as_ptr().add(img * c * p + y0 * w),
-                        1,
-                        p as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                        Mat {
+                            ptr: wt.as_ptr(),
+                            rs: 1,
+                            cs: 4 * o,
+                        },
+                        Mat {
+                            ptr: x.as_ptr().add(img * c * p + y0 * w),
+                            rs: p,
+                            cs: 1,
+                        },
                         par,
                     )
                 }

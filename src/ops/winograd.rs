@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::conv::{Dims, Planes};
-use super::cpu::{with_scratch, SendPtr};
+use super::cpu::{matmul, with_scratch, Mat, SendPtr};
 
 /// Output tile side.
 const M: usize = 4;
@@ -100,6 +100,25 @@ fn split_rows<const N: usize>(buf: &mut [f32], len: usize) -> [&mut [f32]; N] {
     })
 }
 
+/// One pass of the input transform over whole rows: `out[k][i] = (Bᵀ [in_0[i], …, in_5[i]])[k]`.
+/// All slices are cut to one length first, so that bounds checks vanish and the loop
+/// vectorises.
+#[inline(always)]
+fn bt_rows(inp: [&[f32]; A], out: [&mut [f32]; A]) {
+    let len = out[0].len();
+    let [i0, i1, i2, i3, i4, i5] = inp.map(|r| &r[..len]);
+    let [o0, o1, o2, o3, o4, o5] = out.map(|o| &mut o[..len]);
+    for x in 0..len {
+        let v = bt([i0[x], i1[x], i2[x], i3[x], i4[x], i5[x]]);
+        o0[x] = v[0];
+        o1[x] = v[1];
+        o2[x] = v[2];
+        o3[x] = v[3];
+        o4[x] = v[4];
+        o5[x] = v[5];
+    }
+}
+
 /// Writes `V = Bᵀ d B` of every tile of tile rows `ty0..ty1` of one image into `v`, laid
 /// out as 36 matrices `C × T` (T = tiles in the band), where `d` is the 6×6 input patch at
 /// `(4·ty − 1, 4·tx − 1)` with zeros outside the image.
@@ -132,19 +151,7 @@ fn transform_inputs(
                     &plane[(y - 1) * w..y * w]
                 }
             });
-            let qs: [&mut [f32]; A] = split_rows(&mut q, w);
-            // Re-sliced to one known length so that bounds checks vanish and the loop vectorises.
-            let [q0, q1, q2, q3, q4, q5] = qs.map(|q| &mut q[..w]);
-            let [r0, r1, r2, r3, r4, r5] = rows.map(|r| &r[..w]);
-            for x in 0..w {
-                let col = bt([r0[x], r1[x], r2[x], r3[x], r4[x], r5[x]]);
-                q0[x] = col[0];
-                q1[x] = col[1];
-                q2[x] = col[2];
-                q3[x] = col[3];
-                q4[x] = col[4];
-                q5[x] = col[5];
-            }
+            bt_rows(rows, split_rows(&mut q, w));
             let base = ci * t_count + (ty - ty0) * tw;
             for r in 0..A {
                 let qr = &q[r * w..(r + 1) * w];
@@ -171,18 +178,17 @@ fn transform_inputs(
                 // Horizontal pass: tile tx reads padded columns 4tx .. 4tx + 5, i.e. phases
                 // 0, 1, 2, 3 at j = tx and phases 0, 1 at j = tx + 1.
                 let hs: [&mut [f32]; A] = split_rows(&mut hv, tw);
-                let [h0, h1, h2, h3, h4, h5] = hs.map(|h| &mut h[..tw]);
-                let (a0, a1, a2, a3) = (&p0[..tw], &p1[..tw], &p2[..tw], &p3[..tw]);
-                let (a4, a5) = (&p0[1..=tw], &p1[1..=tw]);
-                for tx in 0..tw {
-                    let vals = bt([a0[tx], a1[tx], a2[tx], a3[tx], a4[tx], a5[tx]]);
-                    h0[tx] = vals[0];
-                    h1[tx] = vals[1];
-                    h2[tx] = vals[2];
-                    h3[tx] = vals[3];
-                    h4[tx] = vals[4];
-                    h5[tx] = vals[5];
-                }
+                bt_rows(
+                    [
+                        &p0[..tw],
+                        &p1[..tw],
+                        &p2[..tw],
+                        &p3[..tw],
+                        &p0[1..=tw],
+                        &p1[1..=tw],
+                    ],
+                    hs,
+                );
                 for col in 0..A {
                     let at = (r * A + col) * stride + base;
                     v[at..at + tw].copy_from_slice(&hv[col * tw..(col + 1) * tw]);
@@ -226,25 +232,21 @@ pub(super) fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims)
                 // matrices C × t and `m` 36
                 // matrices O × t, all row-major; matrix ξ of each is in bounds.
                 unsafe {
-                    gemm::gemm(
-                        d.o,
-                        t,
-                        d.c,
+                    matmul(
+                        (d.o, t, d.c),
                         m.as_mut_ptr().add(xi * d.o * t),
-                        1,
-                        t as isize,
+                        t,
                         false,
-                        u.as_ptr().add(xi),
-                        XI as isize,
-                        (XI * d.c) as isize,
-                        v.as_ptr().add(xi * d.c * t),
-                        1,
-                        t as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                        Mat {
+                            ptr: u.as_ptr().add(xi),
+                            rs: XI * d.c,
+                            cs: XI,
+                        },
+                        Mat {
+                            ptr: v.as_ptr().add(xi * d.c * t),
+                            rs: t,
+                            cs: 1,
+                        },
                         par,
                     )
                 }

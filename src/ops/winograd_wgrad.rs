@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::conv::Dims;
-use super::cpu::{sum_into, with_scratch};
+use super::cpu::{matmul, sum_into, with_scratch, Mat};
 
 /// Whether this beats banded unfolding + GEMM for the weight gradient (measured with a
 /// `examples/bench_conv.rs --backward` on the shapes of the paper's network): enough channels
@@ -197,25 +197,21 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
                         // SAFETY: `acc` holds 16 matrices O × C; `u` 16 matrices O × t and `v`
                         // 16 matrices C × t (read as t × C), all row-major and in bounds.
                         unsafe {
-                            gemm::gemm(
-                                d.o,
-                                d.c,
-                                t,
+                            matmul(
+                                (d.o, d.c, t),
                                 acc.as_mut_ptr().add(xi * d.o * d.c),
-                                1,
-                                d.c as isize,
+                                d.c,
                                 true,
-                                u.as_ptr().add(xi * d.o * t),
-                                1,
-                                t as isize,
-                                v.as_ptr().add(xi * d.c * t),
-                                t as isize,
-                                1,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
+                                Mat {
+                                    ptr: u.as_ptr().add(xi * d.o * t),
+                                    rs: t,
+                                    cs: 1,
+                                },
+                                Mat {
+                                    ptr: v.as_ptr().add(xi * d.c * t),
+                                    rs: 1,
+                                    cs: t,
+                                },
                                 par,
                             )
                         }
