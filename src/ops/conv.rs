@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, matmul, sum_into, with_scratch, Mat, SendPtr};
+use super::cpu::{bands, contiguous, matmul, sum_into, with_scratch, Bands, Mat, SendPtr};
 use crate::{Error, Result};
 
 /// Which kernels compute 3×3 convolutions on the CPU.
@@ -385,17 +385,6 @@ fn unfold_band<'a>(
     }
 }
 
-/// Rows per band: about `target` floats of unfolded input, and enough bands to keep every
-/// thread busy.
-fn band_rows(k: usize, h: usize, w: usize, n: usize) -> usize {
-    const TARGET_FLOATS: usize = 1 << 19; // 2 MiB of f32
-    let threads = rayon::current_num_threads().max(1);
-    let by_cache = (TARGET_FLOATS / (k * w).max(1)).max(1);
-    let bands_wanted = (2 * threads).div_ceil(n.max(1));
-    let by_threads = h.div_ceil(bands_wanted).max(1);
-    by_cache.min(by_threads).min(h).max(1)
-}
-
 /// Dimensions of a 3×3 convolution.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Dims {
@@ -407,22 +396,9 @@ pub(super) struct Dims {
 }
 
 impl Dims {
-    fn bands(&self) -> (usize, Vec<(usize, usize)>) {
-        let rows = band_rows(self.c * 9, self.h, self.w, self.n);
-        let tasks = (0..self.n)
-            .flat_map(|img| (0..self.h).step_by(rows).map(move |y0| (img, y0)))
-            .collect();
-        (rows, tasks)
-    }
-
-    /// Use the GEMM's own threads when there are too few bands to go round.
-    pub(super) fn gemm_parallelism(&self, tasks: usize) -> gemm::Parallelism {
-        let threads = rayon::current_num_threads();
-        if tasks < threads && threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        }
+    /// Bands of output rows with about 2 MiB of unfolded input each.
+    fn bands(&self) -> Bands {
+        bands(self.n, self.h, self.c * 9 * self.w, 1 << 19)
     }
 }
 
@@ -431,8 +407,7 @@ impl Dims {
 fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
     let (p, k) = (d.h * d.w, d.c * 9);
     let mut out = vec![0f32; d.n * d.o * p];
-    let (rows, tasks) = d.bands();
-    let par = d.gemm_parallelism(tasks.len());
+    let Bands { rows, tasks, par } = d.bands();
     let dst = SendPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&(img, y0)| {
         with_scratch(|[cols, _, _]| {
@@ -498,8 +473,7 @@ fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
     if d.n * p == 0 {
         return vec![0f32; d.o * k];
     }
-    let (rows, tasks) = d.bands();
-    let par = d.gemm_parallelism(tasks.len());
+    let Bands { rows, tasks, par } = d.bands();
     tasks
         .par_iter()
         .fold(

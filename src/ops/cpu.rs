@@ -111,3 +111,37 @@ pub(super) unsafe fn matmul(
         )
     }
 }
+
+/// How a kernel splits its work over rayon's pool.
+pub(super) struct Bands {
+    /// Rows per band (the last band may be shorter).
+    pub(super) rows: usize,
+    /// One task per band: (image, first row).
+    pub(super) tasks: Vec<(usize, usize)>,
+    /// Threads for each band's GEMMs: the GEMM's own only when there are fewer bands than
+    /// threads, so that threads are never oversubscribed.
+    pub(super) par: gemm::Parallelism,
+}
+
+/// Splits `n` images of `rows` rows into bands of about `target` floats of working data
+/// (`floats_per_row` per row, so that a band stays in cache), with at least two bands per
+/// thread where the rows allow.
+pub(super) fn bands(n: usize, rows: usize, floats_per_row: usize, target: usize) -> Bands {
+    let threads = rayon::current_num_threads().max(1);
+    let by_cache = (target / floats_per_row.max(1)).max(1);
+    let by_threads = rows.div_ceil((2 * threads).div_ceil(n.max(1))).max(1);
+    let per_band = by_cache.min(by_threads).min(rows).max(1);
+    let tasks: Vec<(usize, usize)> = (0..n)
+        .flat_map(|img| (0..rows).step_by(per_band).map(move |r0| (img, r0)))
+        .collect();
+    let par = if tasks.len() < threads && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    Bands {
+        rows: per_band,
+        tasks,
+        par,
+    }
+}

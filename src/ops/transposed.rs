@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, matmul, with_scratch, Mat, SendPtr};
+use super::cpu::{bands, contiguous, matmul, with_scratch, Bands, Mat, SendPtr};
 
 /// `(x, w, b) ↦ conv_transpose2d(x, w, stride 2) + b` for `x` `(N, C, H, W)`, `w`
 /// `(C, O, 2, 2)`, `b` `(O)`.
@@ -43,20 +43,8 @@ impl CustomOp3 for ConvTranspose2x2 {
                 Shape::from((n, o, 2 * h, 2 * w)),
             ));
         }
-        // Bands of input rows: about 1 MiB of product each, and enough for every thread.
-        let threads = rayon::current_num_threads().max(1);
-        let by_cache = ((1usize << 18) / (4 * o * w).max(1)).max(1);
-        let rows = by_cache
-            .min(h.div_ceil((2 * threads).div_ceil(n.max(1))).max(1))
-            .min(h.max(1));
-        let tasks: Vec<(usize, usize)> = (0..n)
-            .flat_map(|img| (0..h).step_by(rows).map(move |y0| (img, y0)))
-            .collect();
-        let par = if tasks.len() < threads && threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
+        // Bands of input rows with about 1 MiB of product each.
+        let Bands { rows, tasks, par } = bands(n, h, 4 * o * w, 1 << 18);
         let mut out = vec![0f32; n * o * q];
         let dst = SendPtr(out.as_mut_ptr());
         tasks.par_iter().for_each(|&(img, y0)| {

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::conv::{Dims, Planes};
-use super::cpu::{matmul, with_scratch, Mat, SendPtr};
+use super::cpu::{bands, matmul, with_scratch, Bands, Mat, SendPtr};
 
 /// Output tile side.
 const M: usize = 4;
@@ -198,26 +198,13 @@ fn transform_inputs(
     }
 }
 
-/// Tile rows per band: about 2 MiB of transformed input, and enough bands for every thread.
-fn band_tile_rows(c: usize, th: usize, tw: usize, n: usize) -> usize {
-    const TARGET_FLOATS: usize = 1 << 19;
-    let threads = rayon::current_num_threads().max(1);
-    let by_cache = (TARGET_FLOATS / (XI * c * tw).max(1)).max(1);
-    let bands_wanted = (2 * threads).div_ceil(n.max(1));
-    let by_threads = th.div_ceil(bands_wanted).max(1);
-    by_cache.min(by_threads).min(th)
-}
-
 /// `y[n, o] = b[o] + Σ_c w[o, c] ⋆ x[n, c]` (3×3, stride 1, padding 1), then `max(y, 0)`
 /// when `relu`; the same result as direct convolution, within rounding.
 pub(super) fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
     let (p, th, tw) = (d.h * d.w, d.h.div_ceil(M), d.w.div_ceil(M));
     let u = transform_kernels(wt, d.o, d.c);
-    let rows = band_tile_rows(d.c, th, tw, d.n);
-    let tasks: Vec<(usize, usize)> = (0..d.n)
-        .flat_map(|img| (0..th).step_by(rows).map(move |ty0| (img, ty0)))
-        .collect();
-    let par = d.gemm_parallelism(tasks.len());
+    // Bands of tile rows with about 2 MiB of transformed input each.
+    let Bands { rows, tasks, par } = bands(d.n, th, XI * d.c * tw, 1 << 19);
     let mut out = vec![0f32; d.n * d.o * p];
     let dst = SendPtr(out.as_mut_ptr());
     tasks.par_iter().for_each(|&(img, ty0)| {

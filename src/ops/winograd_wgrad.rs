@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::conv::Dims;
-use super::cpu::{matmul, sum_into, with_scratch, Mat};
+use super::cpu::{bands, matmul, sum_into, with_scratch, Bands, Mat};
 
 /// Whether this beats banded unfolding + GEMM for the weight gradient (measured with a
 /// `examples/bench_conv.rs --backward` on the shapes of the paper's network): enough channels
@@ -170,16 +170,8 @@ fn transform_grads(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, u: 
 /// [`super::conv`]'s banded version computes it, within rounding.
 pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
     let (p, th, tw) = (d.h * d.w, d.h.div_ceil(2), d.w.div_ceil(2));
-    // About 2 MiB of transformed input per band, and enough bands for every thread.
-    let threads = rayon::current_num_threads().max(1);
-    let by_cache = ((1usize << 19) / (16 * (d.c + d.o) * tw).max(1)).max(1);
-    let rows = by_cache
-        .min(th.div_ceil((2 * threads).div_ceil(d.n.max(1))).max(1))
-        .min(th);
-    let tasks: Vec<(usize, usize)> = (0..d.n)
-        .flat_map(|img| (0..th).step_by(rows).map(move |ty0| (img, ty0)))
-        .collect();
-    let par = d.gemm_parallelism(tasks.len());
+    // Bands of tile rows with about 2 MiB of transformed input and gradient each.
+    let Bands { rows, tasks, par } = bands(d.n, th, 16 * (d.c + d.o) * tw, 1 << 19);
     let m_len = 16 * d.o * d.c;
     let m = tasks
         .par_iter()
