@@ -80,12 +80,13 @@ pub fn takes_fast_path(x: &Tensor, w: &Tensor) -> bool {
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
-/// let x = Tensor::randn(0f32, 1., (1, 2, 5, 6), &Device::Cpu).unwrap();
-/// let w = Tensor::randn(0f32, 1., (4, 2, 3, 3), &Device::Cpu).unwrap();
-/// let y = unetpp::ops::conv3x3(&x, &w, None).unwrap();
-/// let reference = x.conv2d(&w, 1, 1, 1, 1).unwrap();
-/// let diff = (y - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+/// let x = Tensor::randn(0f32, 1., (1, 2, 5, 6), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1., (4, 2, 3, 3), &Device::Cpu)?;
+/// let y = unetpp::ops::conv3x3(&x, &w, None)?;
+/// let reference = x.conv2d(&w, 1, 1, 1, 1)?;
+/// let diff = (y - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
 /// assert!(diff < 1e-4);
+/// # Ok::<(), unetpp::Error>(())
 /// ```
 pub fn conv3x3(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     conv3x3_fused(x, w, bias, false)
@@ -113,32 +114,39 @@ pub fn conv3x3_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, relu: bool) 
             w.dims()
         )));
     }
-    if let Some(b) = bias {
-        if b.dims() != [o] {
-            return Err(Error::Shape(format!(
-                "conv3x3: bias {:?} does not fit {o} output channels",
-                b.dims()
-            )));
-        }
-    }
-    if takes_fast_path(x, w) && bias.is_none_or(|b| b.dtype() == DType::F32 && b.device().is_cpu())
-    {
-        let zeros;
-        let b = match bias {
-            Some(b) => b,
-            None => {
-                zeros = Tensor::zeros(o, DType::F32, x.device())?;
-                &zeros
-            }
-        };
-        return Ok(x.contiguous()?.apply_op3(
-            &w.contiguous()?,
-            &b.contiguous()?,
-            Conv3x3 { relu },
-        )?);
+    check_bias("conv3x3", bias, o)?;
+    if fast_with_bias(x, w, bias) {
+        let b = kernel_bias(bias, o, x.device())?;
+        return Ok(x
+            .contiguous()?
+            .apply_op3(&w.contiguous()?, &b, Conv3x3 { relu })?);
     }
     let y = add_bias(x.conv2d(w, 1, 1, 1, 1)?, bias)?;
     Ok(if relu { y.relu()? } else { y })
+}
+
+/// Checks that `bias`, if any, has one value per output channel of `op`.
+fn check_bias(op: &str, bias: Option<&Tensor>, o: usize) -> Result<()> {
+    match bias {
+        Some(b) if b.dims() != [o] => Err(Error::Shape(format!(
+            "{op}: bias {:?} does not fit {o} output channels",
+            b.dims()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the CPU kernels take these tensors (see [`takes_fast_path`]), bias included.
+fn fast_with_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
+    takes_fast_path(x, w) && bias.is_none_or(|b| b.dtype() == DType::F32 && b.device().is_cpu())
+}
+
+/// The bias as the CPU kernels read it: contiguous, or `o` zeros when there is none.
+fn kernel_bias(bias: Option<&Tensor>, o: usize, device: &candle_core::Device) -> Result<Tensor> {
+    Ok(match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(o, DType::F32, device)?,
+    })
 }
 
 fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -204,20 +212,8 @@ pub fn conv3x3_concat(
             w.dims()
         )));
     }
-    let zeros;
-    let b = match bias {
-        Some(b) if b.dims() == [o] => b.contiguous()?,
-        Some(b) => {
-            return Err(Error::Shape(format!(
-                "conv3x3_concat: bias {:?} does not fit {o} output channels",
-                b.dims()
-            )))
-        }
-        None => {
-            zeros = Tensor::zeros(o, DType::F32, &candle_core::Device::Cpu)?;
-            zeros
-        }
-    };
+    check_bias("conv3x3_concat", bias, o)?;
+    let b = kernel_bias(bias, o, first.device())?;
     let parts: Vec<Tensor> = parts
         .iter()
         .map(|p| p.contiguous())
@@ -286,18 +282,9 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resul
             w.dims()
         )));
     }
-    if takes_fast_path(x, w) && bias.is_none_or(|b| b.dtype() == DType::F32 && b.device().is_cpu())
-    {
-        let b = match bias {
-            Some(b) if b.dims() == [o] => b.contiguous()?,
-            Some(b) => {
-                return Err(Error::Shape(format!(
-                    "conv_transpose2x2: bias {:?} does not fit {o} output channels",
-                    b.dims()
-                )))
-            }
-            None => Tensor::zeros(o, DType::F32, x.device())?,
-        };
+    check_bias("conv_transpose2x2", bias, o)?;
+    if fast_with_bias(x, w, bias) {
+        let b = kernel_bias(bias, o, x.device())?;
         return Ok(x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b,
