@@ -4,21 +4,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_rel_diff as rel_diff;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use unetpp::ops::{conv3x3, conv3x3_fused, CpuConvAlgo};
-
-fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-6);
-    common::max_abs_diff(a, b) / scale
-}
 
 #[test]
 fn matches_candle_forward_and_backward_on_random_shapes() {

@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_rel_diff;
 use unetpp::ops::resize_bilinear;
 use unetpp::prelude::*;
 
@@ -10,28 +13,6 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture(name: &str) -> HashMap<String, Tensor> {
     unetpp::weights::load_tensors(format!("{FIXTURES}/{name}"), &Device::Cpu).unwrap()
-}
-
-fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        .max(1e-12);
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        / scale
 }
 
 #[test]
