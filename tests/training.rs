@@ -1,7 +1,9 @@
 //! A small UNet++ learns a tiny synthetic task with candle-nn's AdamW.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use unetpp::data::synthetic::circles_and_squares;
 use unetpp::loss::deep_supervision_bce_dice;
 use unetpp::prelude::*;
@@ -18,6 +20,7 @@ fn loss_falls_with_adamw() {
         .unwrap();
     let varmap = VarMap::new();
     let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    seeded_init(&varmap, 5);
     let mut opt = AdamW::new(
         varmap.all_vars(),
         ParamsAdamW {
@@ -46,4 +49,28 @@ fn loss_falls_with_adamw() {
     let iou = unetpp::metrics::iou_binary(&out.accurate().unwrap(), &test.masks).unwrap();
     println!("loss {first:.3} -> {last:.3}, held-out IoU {iou:.3}");
     assert!(iou > 0.7, "IoU on held-out images {iou}");
+}
+
+/// Re-draws every convolution weight and bias from a seeded generator (uniform in
+/// ±1/√fan_in, PyTorch's default scale), so that the run does not depend on candle's unseeded
+/// initialisation. Norm parameters and statistics keep their fixed initial values.
+fn seeded_init(varmap: &VarMap, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().filter(|n| !n.contains(".norm")).collect();
+    names.sort();
+    for name in names {
+        // Fan-in from the layer's weight: conv weights are (out, in, kh, kw), transposed
+        // ones (in, out, kh, kw).
+        let prefix = name.rsplit_once('.').map_or(name.as_str(), |(p, _)| p);
+        let w = data[&format!("{prefix}.weight")].dims().to_vec();
+        let inputs = if name.starts_with("up_") { w[0] } else { w[1] };
+        let bound = 1.0 / ((inputs * w[2] * w[3]) as f32).sqrt();
+        let var = &data[name];
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        var.set(&Tensor::from_vec(values, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
 }
