@@ -1,3 +1,127 @@
-//! Data for training and evaluation.
+//! Data for training and evaluation: samples, data sets, batches.
+//!
+//! A [`Dataset`] hands out [`Sample`]s (one image and its label mask, in plain vectors); a
+//! [`loader::DataLoader`] shuffles them with a seed, augments them and stacks them into
+//! [`Batch`]es of tensors. Two data sets come with the crate: seeded synthetic images
+//! ([`synthetic`]) and a folder of image / mask PNG pairs ([`folder`]).
 
+pub mod folder;
+pub mod loader;
+pub mod png_io;
 pub mod synthetic;
+
+use candle_core::{Device, Tensor};
+
+use crate::{Error, Result};
+
+/// One image and its label mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Pixel values, channel-major `(C, H, W)`, typically in `[0, 1]`.
+    pub image: Vec<f32>,
+    /// Class index of every pixel, `(H, W)`: 0 is background; a binary task uses 0 and 1.
+    pub mask: Vec<u32>,
+    /// `C`.
+    pub channels: usize,
+    /// `H`.
+    pub height: usize,
+    /// `W`.
+    pub width: usize,
+}
+
+impl Sample {
+    /// A sample, checked: `image` must hold `channels · height · width` values and `mask`
+    /// `height · width`.
+    pub fn new(
+        image: Vec<f32>,
+        mask: Vec<u32>,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Self> {
+        if image.len() != channels * height * width || mask.len() != height * width {
+            return Err(Error::Shape(format!(
+                "a {channels}x{height}x{width} sample needs {} image and {} mask values, got {} and {}",
+                channels * height * width,
+                height * width,
+                image.len(),
+                mask.len()
+            )));
+        }
+        Ok(Self {
+            image,
+            mask,
+            channels,
+            height,
+            width,
+        })
+    }
+}
+
+/// A data set of samples addressed by index.
+pub trait Dataset {
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    /// Whether it holds no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sample `index` (`< len()`); an index out of range is an error.
+    fn get(&self, index: usize) -> Result<Sample>;
+
+    /// Channels of every image.
+    fn channels(&self) -> usize;
+
+    /// Classes of the masks, background included (2 for a binary task).
+    fn num_classes(&self) -> usize;
+}
+
+/// A batch of images with their masks as tensors.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Images `(N, C, H, W)`, `f32`.
+    pub images: Tensor,
+    /// Foreground masks `(N, 1, H, W)`, `f32`: 1 where the label is not background. The
+    /// target of binary losses.
+    pub masks: Tensor,
+    /// Class labels `(N, H, W)`, `u32`. The target of multi-class losses.
+    pub labels: Tensor,
+}
+
+impl Batch {
+    /// Stacks samples of equal size into a batch on `device`.
+    pub fn from_samples(samples: &[Sample], device: &Device) -> Result<Self> {
+        let first = samples
+            .first()
+            .ok_or_else(|| Error::Shape("cannot make a batch of no samples".into()))?;
+        let (c, h, w) = (first.channels, first.height, first.width);
+        let n = samples.len();
+        let mut images = Vec::with_capacity(n * c * h * w);
+        let mut labels = Vec::with_capacity(n * h * w);
+        for (i, s) in samples.iter().enumerate() {
+            if (s.channels, s.height, s.width) != (c, h, w) {
+                return Err(Error::Shape(format!(
+                    "sample {i} is {}x{}x{} but sample 0 is {c}x{h}x{w}; a batch needs equal sizes",
+                    s.channels, s.height, s.width
+                )));
+            }
+            if s.image.len() != c * h * w || s.mask.len() != h * w {
+                return Err(Error::Shape(format!(
+                    "sample {i} holds {} image and {} mask values for {c}x{h}x{w}",
+                    s.image.len(),
+                    s.mask.len()
+                )));
+            }
+            images.extend_from_slice(&s.image);
+            labels.extend_from_slice(&s.mask);
+        }
+        let masks: Vec<f32> = labels.iter().map(|&l| (l > 0) as u8 as f32).collect();
+        Ok(Self {
+            images: Tensor::from_vec(images, (n, c, h, w), device)?,
+            masks: Tensor::from_vec(masks, (n, 1, h, w), device)?,
+            labels: Tensor::from_vec(labels, (n, h, w), device)?,
+        })
+    }
+}
