@@ -4,16 +4,8 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::Batch;
 use crate::{Error, Result};
-
-/// A batch of images and their binary masks, both `(N, 1, H, W)` in `f32`.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// Images: bright objects on a darker, noisy background.
-    pub images: Tensor,
-    /// Masks: 1 inside an object, 0 outside.
-    pub masks: Tensor,
-}
 
 /// `n` grey images of `h × w` pixels holding one to three filled circles and squares of
 /// widely varying size (radius or half-side from 2 pixels to a quarter of the shorter side),
@@ -68,8 +60,10 @@ pub fn circles_and_squares(
             *p = 0.25 + 0.5 * m + noise;
         }
     }
+    let labels: Vec<u32> = masks.iter().map(|&m| m as u32).collect();
     Ok(Batch {
         images: Tensor::from_vec(images, (n, 1, h, w), device)?,
         masks: Tensor::from_vec(masks, (n, 1, h, w), device)?,
+        labels: Tensor::from_vec(labels, (n, h, w), device)?,
     })
 }
