@@ -49,17 +49,26 @@ pub mod device;
 mod error;
 pub mod loss;
 pub mod metrics;
+pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod train;
+pub mod unet;
 pub mod unetpp;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use model::SegmentationModel;
+pub use unet::UNet;
 pub use unetpp::{Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
 
 /// The names most programs need.
 pub mod prelude {
+    pub use crate::loss::{BceDice, CeDice, DeepSupervisionLoss, SegmentationLoss};
+    pub use crate::metrics::SegmentationMetrics;
+    pub use crate::model::SegmentationModel;
     pub use crate::nn::{Activation, Norm, Upsample};
+    pub use crate::unet::UNet;
     pub use crate::unetpp::{ConcatOrder, Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
     pub use crate::{Error, Result};
 }

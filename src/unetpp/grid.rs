@@ -60,10 +60,23 @@ pub enum Input {
     Upsampled(Node),
 }
 
-/// The nodes of a UNet++ of some depth, in evaluation order.
+/// How the encoder reaches the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Skips {
+    /// UNet++: every node `X^{i,j}` with `i + j ≤ L`, each reading all of `X^{i,0..j-1}`.
+    #[default]
+    Nested,
+    /// U-Net: the encoder `X^{i,0}` and one decoder node per level, `X^{i,L-i}`, which reads
+    /// only `X^{i,0}` (the plain skip connection) beside the up-sampled node below it.
+    Plain,
+}
+
+/// The nodes of a UNet++ (or of the plain U-Net on the same grid) of some depth, in
+/// evaluation order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grid {
     depth: usize,
+    skips: Skips,
     nodes: Vec<Node>,
 }
 
@@ -83,12 +96,44 @@ impl Grid {
                 nodes.push(Node::new(diagonal - col, col));
             }
         }
-        Self { depth, nodes }
+        Self {
+            depth,
+            skips: Skips::Nested,
+            nodes,
+        }
     }
 
-    /// The sub-grid a network pruned to `L_k` needs: the nodes with `i + j ≤ k`.
+    /// The plain U-Net of `depth` on the same grid: the encoder `X^{0..L,0}`, then the decoder
+    /// `X^{L-1,1}, X^{L-2,2}, …, X^{0,L}`. Its single head sits on `X^{0,L}`.
+    ///
+    /// ```
+    /// use unetpp::unetpp::grid::{Grid, Node};
+    /// let g = Grid::plain(2);
+    /// assert_eq!(g.nodes(), &[Node::new(0, 0), Node::new(1, 0), Node::new(2, 0),
+    ///                         Node::new(1, 1), Node::new(0, 2)]);
+    /// ```
+    pub fn plain(depth: usize) -> Self {
+        let encoder = (0..=depth).map(|i| Node::new(i, 0));
+        let decoder = (0..depth).rev().map(|i| Node::new(i, depth - i));
+        Self {
+            depth,
+            skips: Skips::Plain,
+            nodes: encoder.chain(decoder).collect(),
+        }
+    }
+
+    /// Nested (UNet++) or plain (U-Net) skips.
+    pub fn skips(&self) -> Skips {
+        self.skips
+    }
+
+    /// The sub-grid a network pruned to `L_k` needs: the nodes with `i + j ≤ k`. A plain
+    /// grid has no sub-networks (its only head needs every node) and is returned whole.
     pub fn at_level(&self, k: usize) -> Grid {
-        Grid::new(k.min(self.depth))
+        match self.skips {
+            Skips::Nested => Grid::new(k.min(self.depth)),
+            Skips::Plain => self.clone(),
+        }
     }
 
     /// `L`, the largest `i + j`.
@@ -106,13 +151,19 @@ impl Grid {
         if node.level + node.col > self.depth {
             return None;
         }
+        if self.skips == Skips::Plain {
+            return self.nodes.iter().position(|&n| n == node);
+        }
         let d = node.level + node.col;
         Some(d * (d + 1) / 2 + node.col)
     }
 
-    /// The nodes that can carry a head: `X^{0,1}, …, X^{0,L}`.
+    /// The nodes that can carry a head: `X^{0,1}, …, X^{0,L}` (only `X^{0,L}` in a plain grid).
     pub fn head_nodes(&self) -> Vec<Node> {
-        (1..=self.depth).map(|j| Node::new(0, j)).collect()
+        match self.skips {
+            Skips::Nested => (1..=self.depth).map(|j| Node::new(0, j)).collect(),
+            Skips::Plain => vec![Node::new(0, self.depth)],
+        }
     }
 
     /// What `node` concatenates, in `order`.
@@ -125,7 +176,11 @@ impl Grid {
                 Input::Pooled(Node::new(i - 1, 0))
             }];
         }
-        let skips = (0..j).map(|c| Input::Skip(Node::new(i, c)));
+        let first_col = match self.skips {
+            Skips::Nested => 0..j,
+            Skips::Plain => 0..1,
+        };
+        let skips = first_col.map(|c| Input::Skip(Node::new(i, c)));
         let up = Input::Upsampled(Node::new(i + 1, j - 1));
         match order {
             ConcatOrder::UpsampledFirst => std::iter::once(up).chain(skips).collect(),
@@ -149,7 +204,11 @@ impl Grid {
             (_, 0) => widths.get(i - 1).copied(),
             _ => {
                 let up = widths.get(if up_keeps_channels { i + 1 } else { i })?;
-                Some(j * widths.get(i)? + up)
+                let skips = match self.skips {
+                    Skips::Nested => j,
+                    Skips::Plain => 1,
+                };
+                Some(skips * widths.get(i)? + up)
             }
         }
     }
@@ -184,6 +243,31 @@ mod tests {
             assert!(p.nodes().iter().all(|n| n.level + n.col <= k));
         }
         assert_eq!(g.at_level(2).nodes().len(), 6);
+    }
+
+    #[test]
+    fn plain_grid_is_a_u_net() {
+        let g = Grid::plain(4);
+        assert_eq!(g.nodes().len(), 9);
+        for (pos, &node) in g.nodes().iter().enumerate() {
+            assert_eq!(g.index(node), Some(pos));
+            for input in g.inputs(node, ConcatOrder::UpsampledFirst) {
+                if let Input::Pooled(n) | Input::Skip(n) | Input::Upsampled(n) = input {
+                    assert!(g.index(n).unwrap() < pos, "{n} must come before {node}");
+                }
+            }
+        }
+        assert_eq!(
+            g.inputs(Node::new(1, 3), ConcatOrder::SkipsFirst),
+            vec![
+                Input::Skip(Node::new(1, 0)),
+                Input::Upsampled(Node::new(2, 2))
+            ]
+        );
+        assert_eq!(g.index(Node::new(1, 1)), None);
+        let f = [32, 64, 128, 256, 512];
+        assert_eq!(g.in_channels(Node::new(0, 4), &f, 1, false), Some(64));
+        assert_eq!(g.head_nodes(), vec![Node::new(0, 4)]);
     }
 
     #[test]

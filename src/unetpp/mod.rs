@@ -6,6 +6,6 @@ pub mod model;
 pub mod outputs;
 
 pub use config::{UNetPlusPlusConfig, UNetPlusPlusConfigBuilder};
-pub use grid::{ConcatOrder, Grid, Input, Node};
+pub use grid::{ConcatOrder, Grid, Input, Node, Skips};
 pub use model::{Level, UNetPlusPlus};
 pub use outputs::Outputs;

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
 use super::config::UNetPlusPlusConfig;
-use super::grid::{Grid, Input, Node};
+use super::grid::{Grid, Input, Node, Skips};
 use super::outputs::Outputs;
 use crate::nn::{push, ConvBlock, NamedTensor, UpLayer};
 use crate::{weights, Error, Result};
@@ -67,7 +67,7 @@ impl UNetPlusPlus {
     /// The full network of `cfg`, with weights from `vb` (a `VarMap` to train, a file to
     /// infer).
     pub fn new(cfg: &UNetPlusPlusConfig, vb: VarBuilder) -> Result<Self> {
-        Self::build(cfg, cfg.depth, &cfg.heads, vb)
+        Self::build(cfg, Grid::new(cfg.depth), &cfg.heads, vb)
     }
 
     /// The network of `cfg` pruned to `level`: the nodes with `i + j ≤ k` and the head on
@@ -78,16 +78,21 @@ impl UNetPlusPlus {
         vb: VarBuilder,
     ) -> Result<Self> {
         let k = check_level(cfg, level.into())?;
-        Self::build(cfg, k, &[k], vb)
+        Self::build(cfg, Grid::new(cfg.depth).at_level(k), &[k], vb)
+    }
+
+    /// The plain U-Net of `cfg`'s depth and blocks, with one head on `X^{0,L}` (see
+    /// [`crate::unet::UNet`]).
+    pub(crate) fn new_plain(cfg: &UNetPlusPlusConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, Grid::plain(cfg.depth), &[cfg.depth], vb)
     }
 
     fn build(
         cfg: &UNetPlusPlusConfig,
-        level: usize,
+        grid: Grid,
         heads: &[usize],
         vb: VarBuilder,
     ) -> Result<Self> {
-        let grid = Grid::new(cfg.depth).at_level(level);
         let f = &cfg.widths;
         let keeps = cfg.upsample.keeps_channels();
         let mut blocks = Vec::with_capacity(grid.nodes().len());
@@ -269,6 +274,12 @@ impl UNetPlusPlus {
     /// head on `X^{0,k}`. Its forward equals that head of this network. It shares this
     /// network's tensors (no copy); [`Self::save`] writes only the weights it keeps.
     pub fn prune(&self, level: impl Into<Level>) -> Result<Self> {
+        if self.grid.skips() == Skips::Plain {
+            return Err(Error::config(
+                "level",
+                "a plain U-Net has a single head and cannot be pruned",
+            ));
+        }
         let k = check_level(&self.cfg, level.into())?;
         if k > self.level() {
             return Err(Error::config(

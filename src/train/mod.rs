@@ -1,0 +1,1 @@
+//! Training: an optimizer whose state can be saved, checkpoints, and resuming.
