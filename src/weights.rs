@@ -16,26 +16,85 @@ use crate::{Error, Result};
 
 /// Writes `tensors` to `path` as safetensors, atomically (temporary file, then rename).
 pub fn save_tensors(tensors: &[NamedTensor], path: impl AsRef<Path>) -> Result<()> {
-    let path = path.as_ref();
-    let map: HashMap<String, Tensor> = tensors
+    let list: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|t| (t.name.clone(), t.tensor.clone()))
         .collect();
-    let tmp = temporary_path(path);
-    if let Err(e) = candle_core::safetensors::save(&map, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::weights(
-            path.display().to_string(),
-            format!("could not write: {e}"),
-        ));
+    save_with_metadata(&list, None, path)
+}
+
+/// Writes named tensors and optional string metadata to `path` as safetensors, atomically.
+pub fn save_with_metadata(
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+    path: impl AsRef<Path>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let mut seen = HashSet::new();
+    for (name, _) in tensors {
+        if !seen.insert(name.as_str()) {
+            return Err(Error::weights(name.as_str(), "given twice"));
+        }
     }
-    std::fs::rename(&tmp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io {
+    // Safetensors wants contiguous data on the CPU.
+    let cpu = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::tensor::serialize(cpu.iter().map(|(n, t)| (n.as_str(), t)), metadata)
+        .map_err(|e| {
+            Error::weights(path.display().to_string(), format!("could not encode: {e}"))
+        })?;
+    atomic_write(path, |file| {
+        use std::io::Write;
+        file.write_all(&bytes).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
-        }
+        })
     })
+}
+
+/// Writes a file atomically: `write` fills a temporary file beside `path`, which is flushed to
+/// disk and then renamed over `path`. If `write` fails (or the process dies first), `path`
+/// keeps its old content and the temporary file is removed.
+///
+/// ```
+/// use std::io::Write;
+/// let path = std::env::temp_dir().join("unetpp-doc-atomic.txt");
+/// unetpp::weights::atomic_write(&path, |f| Ok(f.write_all(b"new").map_err(|e| unetpp::Error::Io {
+///     path: path.clone(),
+///     source: e,
+/// })?))?;
+/// assert_eq!(std::fs::read(&path).unwrap(), b"new");
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+pub fn atomic_write(
+    path: impl AsRef<Path>,
+    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let tmp = temporary_path(path);
+    let io = |source| Error::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let result = std::fs::File::create(&tmp)
+        .map_err(io)
+        .and_then(|mut file| {
+            write(&mut file)?;
+            file.sync_all().map_err(io)
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn temporary_path(path: &Path) -> PathBuf {
@@ -44,6 +103,22 @@ fn temporary_path(path: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "weights".to_string());
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Reads the string metadata of a safetensors file (empty when it has none).
+pub fn load_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        Error::weights(
+            path.display().to_string(),
+            format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+        )
+    })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 /// Reads every tensor of a safetensors file onto `device`.

@@ -1,10 +1,19 @@
 //! Seeded synthetic segmentation tasks.
+//!
+//! [`SyntheticDataset`] draws images of objects of widely varying size (the point of UNet++'s
+//! nested skip pathways is to segment both small and large objects well), possibly touching
+//! or overlapping, blurred and noisy. In a multi-class set an object's class is its shape, and
+//! its brightness is random, so shape is the cue to learn. [`circles_and_squares`] is a
+//! smaller, fixed binary task that makes a whole batch at once.
+
+use std::ops::RangeInclusive;
 
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::Batch;
+use super::loader::derive_seed;
+use super::{Batch, Dataset, Sample};
 use crate::{Error, Result};
 
 /// `n` grey images of `h × w` pixels holding one to three filled circles and squares of
@@ -66,4 +75,383 @@ pub fn circles_and_squares(
         masks: Tensor::from_vec(masks, (n, 1, h, w), device)?,
         labels: Tensor::from_vec(labels, (n, h, w), device)?,
     })
+}
+
+/// The shapes of [`SyntheticDataset`]'s objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A filled ellipse, semi-axes `r` and 0.5 to 1 times `r`.
+    Ellipse,
+    /// A filled rectangle, half-sides `r` and 0.5 to 1 times `r`.
+    Rectangle,
+    /// A filled equilateral triangle inscribed in the circle of radius `r`.
+    Triangle,
+    /// A ring of outer radius `r` and inner radius 0.4 to 0.65 times `r`; what lies under its
+    /// hole shows through.
+    Ring,
+    /// A plus sign of arm half-length `r` and arm half-width 0.3 times `r`.
+    Cross,
+}
+
+impl Shape {
+    /// Every shape, in the order in which classes cycle through them.
+    pub const ALL: [Shape; 5] = [
+        Shape::Ellipse,
+        Shape::Rectangle,
+        Shape::Triangle,
+        Shape::Ring,
+        Shape::Cross,
+    ];
+
+    /// The shape that class `class` is drawn as in a multi-class set: classes `1, 2, ...` cycle
+    /// through [`Shape::ALL`], so classes 1 and 6 share a shape. `None` for class 0
+    /// (background).
+    pub fn of_class(class: u32) -> Option<Shape> {
+        let i = (class as usize).checked_sub(1)?;
+        Some(Self::ALL[i % Self::ALL.len()])
+    }
+
+    /// Whether the point `(u, v)`, in the object's own frame, lies inside a shape of radius `r`
+    /// whose second parameter (aspect or hole) is `p`.
+    fn contains(self, u: f32, v: f32, r: f32, p: f32) -> bool {
+        match self {
+            Shape::Ellipse => (u / r).powi(2) + (v / (p * r)).powi(2) <= 1.0,
+            Shape::Rectangle => u.abs() <= r && v.abs() <= p * r,
+            Shape::Triangle => {
+                // Outward normals of the three sides; the inradius is half the circumradius.
+                const NORMALS: [(f32, f32); 3] =
+                    [(0.0, -1.0), (0.866_025_4, 0.5), (-0.866_025_4, 0.5)];
+                NORMALS.iter().all(|&(nu, nv)| u * nu + v * nv <= 0.5 * r)
+            }
+            Shape::Ring => {
+                let d2 = u * u + v * v;
+                d2 <= r * r && d2 >= (p * r).powi(2)
+            }
+            Shape::Cross => {
+                // At least a pixel wide, so that small crosses do not vanish.
+                let t = (0.3 * r).max(0.6);
+                (u.abs() <= r && v.abs() <= t) || (v.abs() <= r && u.abs() <= t)
+            }
+        }
+    }
+}
+
+/// The recipe of a [`SyntheticDataset`]; [`SyntheticDataset::new`] checks it.
+///
+/// Each image has a random background level per channel; each object a random shape (or, in a
+/// multi-class set, a random class and its [`Shape::of_class`]), size, position, rotation and
+/// brightness. The radius is drawn log-uniformly, so small and large objects are equally
+/// common on a log scale. Later objects paint over earlier ones, in the image and in the mask.
+/// The image is then blurred and noise is added; before noise its values lie in `[0, 1]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticConfig {
+    /// Number of samples, at least 1.
+    pub samples: usize,
+    /// Image height, at least 8.
+    pub height: usize,
+    /// Image width, at least 8.
+    pub width: usize,
+    /// Image channels: 1 (grey) or 3 (colour, each object a random colour).
+    pub channels: usize,
+    /// Classes, background included: 2 is binary (every object is class 1); `k > 2` makes
+    /// each object's class (1 to `k - 1`) decide its shape.
+    pub num_classes: usize,
+    /// How many objects an image holds, drawn uniformly.
+    pub objects: RangeInclusive<usize>,
+    /// Smallest object radius in pixels, at least 0.5.
+    pub min_radius: f32,
+    /// Largest object radius in pixels; `None` is a third of the shorter image side.
+    pub max_radius: Option<f32>,
+    /// Standard deviation in pixels of the Gaussian blur of the image (not the mask); 0 is
+    /// none.
+    pub blur_sigma: f32,
+    /// Standard deviation of the additive Gaussian noise.
+    pub noise_std: f32,
+    /// How much brighter than the background objects are, in `(0, 1]`: each object is
+    /// brighter by 0.6 to 1 times this.
+    pub contrast: f32,
+    /// Seed: sample `i` depends on `(seed, i)` only.
+    pub seed: u64,
+}
+
+impl Default for SyntheticConfig {
+    /// 64 binary grey 64×64 images of 2 to 8 objects of radius 2 to 21, blur 0.8, noise 0.1,
+    /// contrast 0.5, seed 0.
+    fn default() -> Self {
+        Self {
+            samples: 64,
+            height: 64,
+            width: 64,
+            channels: 1,
+            num_classes: 2,
+            objects: 2..=8,
+            min_radius: 2.0,
+            max_radius: None,
+            blur_sigma: 0.8,
+            noise_std: 0.1,
+            contrast: 0.5,
+            seed: 0,
+        }
+    }
+}
+
+/// A seeded synthetic segmentation data set (see [`SyntheticConfig`]). Sample `i` is a pure
+/// function of `(seed, i)`: samples can be fetched in any order, any number of times.
+///
+/// ```
+/// use unetpp::data::Dataset;
+/// use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
+///
+/// let data = SyntheticDataset::new(SyntheticConfig {
+///     samples: 8,
+///     num_classes: 4, // ellipses, rectangles and triangles on background
+///     seed: 7,
+///     ..Default::default()
+/// })?;
+/// let s = data.get(5)?;
+/// assert_eq!((s.channels, s.height, s.width), (1, 64, 64));
+/// assert!(s.mask.iter().all(|&class| class < 4));
+/// assert_eq!(s, data.get(5)?);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SyntheticDataset {
+    cfg: SyntheticConfig,
+    max_radius: f32,
+}
+
+/// One object to paint.
+struct Object {
+    shape: Shape,
+    label: u32,
+    cy: f32,
+    cx: f32,
+    r: f32,
+    /// Aspect ratio or hole size, see [`Shape::contains`].
+    p: f32,
+    cos: f32,
+    sin: f32,
+    brightness: [f32; 3],
+}
+
+impl SyntheticDataset {
+    /// Checks `cfg`; an error names the first bad field.
+    pub fn new(cfg: SyntheticConfig) -> Result<Self> {
+        let at_least = |field, v: usize, min: usize| {
+            if v < min {
+                Err(Error::config(
+                    field,
+                    format!("must be at least {min}, got {v}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_least("samples", cfg.samples, 1)?;
+        at_least("height", cfg.height, 8)?;
+        at_least("width", cfg.width, 8)?;
+        at_least("num_classes", cfg.num_classes, 2)?;
+        if cfg.channels != 1 && cfg.channels != 3 {
+            return Err(Error::config(
+                "channels",
+                format!("must be 1 or 3, got {}", cfg.channels),
+            ));
+        }
+        if cfg.objects.is_empty() || *cfg.objects.end() == 0 {
+            return Err(Error::config(
+                "objects",
+                format!(
+                    "must be a range `a..=b` with a <= b and b >= 1, got {:?}",
+                    cfg.objects
+                ),
+            ));
+        }
+        if !(cfg.min_radius.is_finite() && cfg.min_radius >= 0.5) {
+            return Err(Error::config(
+                "min_radius",
+                format!("must be at least 0.5 pixel, got {}", cfg.min_radius),
+            ));
+        }
+        let max_radius = cfg
+            .max_radius
+            .unwrap_or(cfg.height.min(cfg.width) as f32 / 3.0);
+        if !(max_radius.is_finite() && max_radius >= cfg.min_radius) {
+            return Err(Error::config(
+                "max_radius",
+                format!(
+                    "must be finite and at least min_radius {}, got {max_radius}{}",
+                    cfg.min_radius,
+                    if cfg.max_radius.is_none() {
+                        " (a third of the shorter side)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let non_negative = |field, v: f32| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::config(
+                    field,
+                    format!("must be finite and non-negative, got {v}"),
+                ))
+            }
+        };
+        non_negative("blur_sigma", cfg.blur_sigma)?;
+        non_negative("noise_std", cfg.noise_std)?;
+        if !(cfg.contrast > 0.0 && cfg.contrast <= 1.0) {
+            return Err(Error::config(
+                "contrast",
+                format!("must lie in (0, 1], got {}", cfg.contrast),
+            ));
+        }
+        Ok(Self { cfg, max_radius })
+    }
+
+    /// The recipe.
+    pub fn config(&self) -> &SyntheticConfig {
+        &self.cfg
+    }
+
+    fn draw_object(&self, rng: &mut StdRng) -> Object {
+        let cfg = &self.cfg;
+        let (shape, label) = if cfg.num_classes == 2 {
+            (Shape::ALL[rng.random_range(0..Shape::ALL.len())], 1)
+        } else {
+            let class = rng.random_range(1..cfg.num_classes as u32);
+            (Shape::of_class(class).unwrap_or(Shape::Ellipse), class)
+        };
+        let (lo, hi) = (cfg.min_radius.ln(), self.max_radius.ln());
+        let r = if hi > lo {
+            rng.random_range(lo..hi).exp()
+        } else {
+            cfg.min_radius
+        };
+        let p = match shape {
+            Shape::Ring => rng.random_range(0.4..0.65),
+            _ => rng.random_range(0.5..1.0),
+        };
+        let angle = rng.random_range(0.0..std::f32::consts::TAU);
+        let mut brightness = [0f32; 3];
+        for b in &mut brightness {
+            *b = cfg.contrast * rng.random_range(0.6..1.0);
+        }
+        Object {
+            shape,
+            label,
+            cy: rng.random_range(0.0..cfg.height as f32),
+            cx: rng.random_range(0.0..cfg.width as f32),
+            r,
+            p,
+            cos: angle.cos(),
+            sin: angle.sin(),
+            brightness,
+        }
+    }
+}
+
+impl Dataset for SyntheticDataset {
+    fn len(&self) -> usize {
+        self.cfg.samples
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        let cfg = &self.cfg;
+        if index >= cfg.samples {
+            return Err(Error::Shape(format!(
+                "sample {index} asked of a synthetic data set of {}",
+                cfg.samples
+            )));
+        }
+        let (c, h, w) = (cfg.channels, cfg.height, cfg.width);
+        let mut rng = StdRng::seed_from_u64(derive_seed(cfg.seed, &[index as u64]));
+        let mut image = vec![0f32; c * h * w];
+        let mut mask = vec![0u32; h * w];
+        let mut background = [0f32; 3];
+        for (plane, bg) in image.chunks_exact_mut(h * w).zip(&mut background) {
+            *bg = rng.random_range(0.0..=1.0 - cfg.contrast);
+            plane.fill(*bg);
+        }
+        for _ in 0..rng.random_range(cfg.objects.clone()) {
+            let o = self.draw_object(&mut rng);
+            let reach = o.r + 1.0;
+            let rows = span(o.cy - reach, o.cy + reach, h);
+            let cols = span(o.cx - reach, o.cx + reach, w);
+            for y in rows {
+                for x in cols.clone() {
+                    let (dy, dx) = (y as f32 + 0.5 - o.cy, x as f32 + 0.5 - o.cx);
+                    let (u, v) = (o.cos * dx + o.sin * dy, o.cos * dy - o.sin * dx);
+                    if o.shape.contains(u, v, o.r, o.p) {
+                        mask[y * w + x] = o.label;
+                        for ch in 0..c {
+                            image[ch * h * w + y * w + x] = background[ch] + o.brightness[ch];
+                        }
+                    }
+                }
+            }
+        }
+        for plane in image.chunks_exact_mut(h * w) {
+            gaussian_blur(plane, h, w, cfg.blur_sigma);
+        }
+        if cfg.noise_std > 0.0 {
+            for p in &mut image {
+                *p += cfg.noise_std * standard_normal(&mut rng);
+            }
+        }
+        Sample::new(image, mask, c, h, w)
+    }
+
+    fn channels(&self) -> usize {
+        self.cfg.channels
+    }
+
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+}
+
+/// The pixel indices whose centres may lie in `[lo, hi]`, clipped to `0..n`.
+fn span(lo: f32, hi: f32, n: usize) -> std::ops::Range<usize> {
+    let clip = |v: f32| (v.max(0.0) as usize).min(n);
+    clip(lo.floor())..clip(hi.ceil() + 1.0)
+}
+
+/// A standard normal draw (Box–Muller).
+fn standard_normal(rng: &mut impl Rng) -> f32 {
+    // 1 - [0, 1) is (0, 1], whose logarithm is finite.
+    let u1 = 1.0 - rng.random::<f32>();
+    let u2 = rng.random::<f32>();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// Separable Gaussian blur of an `h × w` plane in place, edges extended.
+fn gaussian_blur(plane: &mut [f32], h: usize, w: usize, sigma: f32) {
+    if sigma <= 0.0 {
+        return;
+    }
+    let radius = (3.0 * sigma).ceil() as isize;
+    let mut kernel: Vec<f32> = (-radius..=radius)
+        .map(|d| (-((d * d) as f32) / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    kernel.iter_mut().for_each(|k| *k /= total);
+    let taps = || kernel.iter().zip(-radius..=radius);
+    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+    let mut rows = vec![0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            rows[y * w + x] = taps()
+                .map(|(k, d)| k * plane[y * w + clamp(x as isize + d, w)])
+                .sum();
+        }
+    }
+    for y in 0..h {
+        for x in 0..w {
+            plane[y * w + x] = taps()
+                .map(|(k, d)| k * rows[clamp(y as isize + d, h) * w + x])
+                .sum();
+        }
+    }
 }
