@@ -25,6 +25,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::data::Batch;
 use crate::unetpp::Outputs;
 use crate::{Error, Result};
 
@@ -32,6 +33,12 @@ use crate::{Error, Result};
 pub trait SegmentationLoss {
     /// The loss, a scalar tensor.
     fn compute(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor>;
+
+    /// The targets this loss takes from a batch: the foreground masks (binary losses, the
+    /// default) or the class labels (multi-class losses).
+    fn targets<'a>(&self, batch: &'a Batch) -> &'a Tensor {
+        &batch.masks
+    }
 }
 
 fn same_shape(logits: &Tensor, targets: &Tensor) -> Result<()> {
@@ -372,6 +379,10 @@ impl CeDice {
 }
 
 impl SegmentationLoss for CeDice {
+    fn targets<'a>(&self, batch: &'a Batch) -> &'a Tensor {
+        &batch.labels
+    }
+
     fn compute(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let px = pixels(logits, labels, self.ignore_index)?;
         let ce = ce_of(&px, self.class_weights.as_deref())?;

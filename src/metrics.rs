@@ -86,6 +86,23 @@ pub fn labels_from_logits(logits: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// Class labels `(N, H, W)` (`u32`) from probabilities `(N, C, H, W)` (for example
+/// [`Outputs::accurate`](crate::Outputs::accurate)): the arg-max, or for one channel 1 where
+/// the probability exceeds 0.5.
+pub fn labels_from_probabilities(probs: &Tensor) -> Result<Tensor> {
+    let (_, c, _, _) = probs.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "probabilities must be (N, C, H, W), got {:?}",
+            probs.dims()
+        ))
+    })?;
+    Ok(if c == 1 {
+        probs.squeeze(1)?.gt(0.5)?.to_dtype(DType::U32)?
+    } else {
+        probs.argmax(D::Minus(3))?.to_dtype(DType::U32)?
+    })
+}
+
 fn label_vec(t: &Tensor, what: &str) -> Result<Vec<u32>> {
     Ok(match t.dtype() {
         DType::U32 => t.flatten_all()?.to_vec1()?,

@@ -16,6 +16,9 @@ pub trait SegmentationModel {
     /// Inference logits of the network's deepest (or only) head, recording no graph.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
+    /// Inference with every head: evaluation mode, no graph recorded.
+    fn infer(&self, x: &Tensor) -> Result<Outputs>;
+
     /// Every tensor under its stable name.
     fn named_tensors(&self) -> Vec<NamedTensor>;
 
@@ -38,6 +41,10 @@ impl SegmentationModel for UNetPlusPlus {
         UNetPlusPlus::forward(self, x)
     }
 
+    fn infer(&self, x: &Tensor) -> Result<Outputs> {
+        self.detach()?.forward_t(&x.detach(), false)
+    }
+
     fn named_tensors(&self) -> Vec<NamedTensor> {
         UNetPlusPlus::named_tensors(self)
     }
@@ -50,6 +57,10 @@ impl SegmentationModel for UNet {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         UNet::forward(self, x)
+    }
+
+    fn infer(&self, x: &Tensor) -> Result<Outputs> {
+        self.detach()?.forward_t(&x.detach(), false)
     }
 
     fn named_tensors(&self) -> Vec<NamedTensor> {

@@ -78,6 +78,80 @@ pub trait Dataset {
     fn num_classes(&self) -> usize;
 }
 
+macro_rules! forward_dataset {
+    ($($ty:ty),*) => {$(
+        impl<D: Dataset + ?Sized> Dataset for $ty {
+            fn len(&self) -> usize {
+                (**self).len()
+            }
+            fn get(&self, index: usize) -> Result<Sample> {
+                (**self).get(index)
+            }
+            fn channels(&self) -> usize {
+                (**self).channels()
+            }
+            fn num_classes(&self) -> usize {
+                (**self).num_classes()
+            }
+        }
+    )*};
+}
+
+forward_dataset!(&D, Box<D>, std::sync::Arc<D>);
+
+/// Some samples of another data set, in a given order (for a train / validation split).
+///
+/// ```
+/// use unetpp::data::{synthetic::{SyntheticConfig, SyntheticDataset}, Dataset, Subset};
+/// let all = SyntheticDataset::new(SyntheticConfig { samples: 10, ..Default::default() })?;
+/// let val = Subset::new(&all, (8..10).collect())?;
+/// assert_eq!(val.len(), 2);
+/// assert_eq!(val.get(0)?, all.get(8)?);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Subset<D> {
+    inner: D,
+    indices: Vec<usize>,
+}
+
+impl<D: Dataset> Subset<D> {
+    /// The samples `indices` of `inner`; an index out of range is an error.
+    pub fn new(inner: D, indices: Vec<usize>) -> Result<Self> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= inner.len()) {
+            return Err(Error::Shape(format!(
+                "subset index {i} out of range for a data set of {} samples",
+                inner.len()
+            )));
+        }
+        Ok(Self { inner, indices })
+    }
+}
+
+impl<D: Dataset> Dataset for Subset<D> {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        let &i = self.indices.get(index).ok_or_else(|| {
+            Error::Shape(format!(
+                "index {index} out of range for a subset of {} samples",
+                self.indices.len()
+            ))
+        })?;
+        self.inner.get(i)
+    }
+
+    fn channels(&self) -> usize {
+        self.inner.channels()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+}
+
 /// A batch of images with their masks as tensors.
 #[derive(Debug, Clone)]
 pub struct Batch {

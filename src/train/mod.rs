@@ -2,7 +2,11 @@
 //! training step and evaluation over any [`SegmentationModel`](crate::SegmentationModel).
 
 mod checkpoint;
+mod init;
 mod optimizer;
+mod step;
 
 pub use checkpoint::{save_checkpoint, Checkpoint};
+pub use init::seeded_init;
 pub use optimizer::{AdamW, AdamWState};
+pub use step::{evaluate, predict, train_step, Mode};

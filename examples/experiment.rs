@@ -1,0 +1,371 @@
+//! The paper's comparison on our synthetic data: U-Net, wide U-Net, UNet++ without and with
+//! deep supervision, then UNet++ with deep supervision in accurate mode and pruned to L1–L4
+//! in fast mode.
+//!
+//! ```text
+//! cargo run --release --example experiment -- [--size 64] [--train 256] [--test 128]
+//!     [--epochs 6] [--batch 8] [--lr 1e-3] [--seed 0] [--runs 10]
+//!     [--widths 32,64,128,256,512] [--doc docs/EXPERIMENTS.md] [--pictures docs/experiments]
+//! ```
+//!
+//! Every network starts from weights drawn with the same seed ([`unetpp::train::seeded_init`])
+//! and sees the same batches in the same order. Scores are on a held-out test set drawn with
+//! another seed: IoU and Dice of the foreground over the whole set, and IoU per image
+//! averaged. The CPU time is the median forward pass of one image. The table replaces the
+//! part of `--doc` between `<!-- experiment:begin -->` and `<!-- experiment:end -->` (the
+//! file is created if missing); loss curves and overlays go to `--pictures`. The defaults take
+//! about 25 minutes on two CPU cores.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
+use unetpp::data::loader::DataLoader;
+use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
+use unetpp::data::{Batch, Dataset};
+use unetpp::loss::DeepSupervisionLoss;
+use unetpp::prelude::{SegmentationModel, UNet, UNetPlusPlus, UNetPlusPlusConfig};
+use unetpp::train::{evaluate, predict, seeded_init, train_step, AdamW, Mode};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::median_seconds;
+#[path = "support/report.rs"]
+mod report;
+use report::{write_curve_svg, write_overlay};
+
+type AnyError = Box<dyn std::error::Error>;
+
+struct Args {
+    size: usize,
+    train: usize,
+    test: usize,
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    seed: u64,
+    runs: usize,
+    widths: Option<Vec<usize>>,
+    doc: PathBuf,
+    pictures: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        size: 64,
+        train: 256,
+        test: 128,
+        epochs: 6,
+        batch: 8,
+        lr: 1e-3,
+        seed: 0,
+        runs: 10,
+        widths: None,
+        doc: "docs/EXPERIMENTS.md".into(),
+        pictures: "docs/experiments".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--size" => a.size = value.parse().map_err(|e| bad(&e))?,
+            "--train" => a.train = value.parse().map_err(|e| bad(&e))?,
+            "--test" => a.test = value.parse().map_err(|e| bad(&e))?,
+            "--epochs" => a.epochs = value.parse().map_err(|e| bad(&e))?,
+            "--batch" => a.batch = value.parse().map_err(|e| bad(&e))?,
+            "--lr" => a.lr = value.parse().map_err(|e| bad(&e))?,
+            "--seed" => a.seed = value.parse().map_err(|e| bad(&e))?,
+            "--runs" => a.runs = value.parse().map_err(|e| bad(&e))?,
+            "--widths" => {
+                a.widths = Some(
+                    value
+                        .split(',')
+                        .map(|w| w.trim().parse::<usize>())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| bad(&e))?,
+                )
+            }
+            "--doc" => a.doc = value.into(),
+            "--pictures" => a.pictures = value.into(),
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag} (see the top of examples/experiment.rs)"
+                ))
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// One row of the table.
+struct Row {
+    name: String,
+    params: usize,
+    iou: f64,
+    dice: f64,
+    image_iou: f64,
+    seconds: f64,
+    train_seconds: Option<f64>,
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn synthetic(samples: usize, size: usize, seed: u64) -> unetpp::Result<SyntheticDataset> {
+    SyntheticDataset::new(SyntheticConfig {
+        samples,
+        height: size,
+        width: size,
+        seed,
+        ..Default::default()
+    })
+}
+
+fn with_widths(
+    cfg: unetpp::unetpp::UNetPlusPlusConfigBuilder,
+    widths: Option<&[usize]>,
+) -> unetpp::unetpp::UNetPlusPlusConfigBuilder {
+    match widths {
+        Some(w) => cfg.depth(w.len() - 1).widths(w.to_vec()),
+        None => cfg,
+    }
+}
+
+fn run(args: &Args) -> Result<(), AnyError> {
+    let device = Device::Cpu;
+    let train_set = synthetic(args.train, args.size, args.seed)?;
+    let test_set = synthetic(args.test, args.size, args.seed + 1_000_003)?;
+    let train = DataLoader::new(&train_set, args.batch)?.shuffle(args.seed);
+    let test = DataLoader::new(&test_set, args.batch)?;
+    std::fs::create_dir_all(&args.pictures)?;
+    let one = Batch::from_samples(&[test_set.get(0)?], &device)?;
+    let widths = args.widths.as_deref();
+    let wide_widths: Option<Vec<usize>> = widths.map(|w| w.iter().map(|&c| c * 35 / 32).collect());
+
+    let mut rows = Vec::new();
+    let mut pruned_rows = Vec::new();
+    let started = Instant::now();
+    let plans: [(&str, &str); 4] = [
+        ("U-Net", "unet"),
+        ("wide U-Net", "wide-unet"),
+        ("UNet++ without DS", "unetpp"),
+        ("UNet++ with DS", "unetpp-ds"),
+    ];
+    for (name, slug) in plans {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let model: Box<dyn SegmentationModel> = match slug {
+            "unet" => Box::new(UNet::new(&with_widths(UNet::paper(), widths).build()?, vb)?),
+            "wide-unet" => Box::new(UNet::new(
+                &with_widths(UNet::wide(), wide_widths.as_deref()).build()?,
+                vb,
+            )?),
+            "unetpp" => Box::new(UNetPlusPlus::new(
+                &with_widths(UNetPlusPlusConfig::paper().deep_supervision(false), widths)
+                    .build()?,
+                vb,
+            )?),
+            _ => Box::new(UNetPlusPlus::new(
+                &with_widths(UNetPlusPlusConfig::paper().deep_supervision(true), widths).build()?,
+                vb,
+            )?),
+        };
+        seeded_init(&varmap, args.seed)?;
+        let mut opt = AdamW::new(
+            &varmap,
+            ParamsAdamW {
+                lr: args.lr,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let loss = DeepSupervisionLoss::paper();
+        let t0 = Instant::now();
+        let mut losses = Vec::new();
+        for epoch in 0..args.epochs {
+            for batch in train.batches(epoch, &device) {
+                losses.push(train_step(&*model, &loss, &mut opt, &batch?)?);
+            }
+            let recent = &losses[losses.len().saturating_sub(train.num_batches())..];
+            println!(
+                "{name}: epoch {}/{}, mean loss {:.4} ({:.0} s)",
+                epoch + 1,
+                args.epochs,
+                recent.iter().sum::<f32>() / recent.len().max(1) as f32,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        write_curve_svg(
+            &args.pictures.join(format!("loss_{slug}.svg")),
+            &format!("{name}: training loss"),
+            &losses,
+            &[],
+            "",
+        )?;
+        let mode = if slug == "unetpp-ds" {
+            Mode::Accurate
+        } else {
+            Mode::Last
+        };
+        let score = |m: &dyn SegmentationModel, mode: Mode| evaluate(m, &test, &device, mode);
+        let timed = |m: &dyn SegmentationModel| -> Result<f64, AnyError> {
+            Ok(median_seconds(
+                || m.forward(&one.images).map(|_| ()),
+                args.runs,
+            )?)
+        };
+        let metrics = score(&*model, mode)?;
+        let pred = predict(&*model, &one.images, mode)?;
+        overlay(args, slug, &one, &pred)?;
+        rows.push(Row {
+            name: if slug == "unetpp-ds" {
+                format!("{name} (accurate mode)")
+            } else {
+                name.to_string()
+            },
+            params: model.num_parameters(),
+            iou: metrics.mean_iou(),
+            dice: metrics.mean_dice(),
+            image_iou: metrics.mean_image_iou(),
+            seconds: timed(&*model)?,
+            train_seconds: Some(train_seconds),
+        });
+        println!("{name}: test IoU {:.4}", metrics.mean_iou());
+
+        if slug == "unetpp-ds" {
+            // Downcast-free: rebuild the same network from its trained tensors to prune it.
+            let cfg =
+                with_widths(UNetPlusPlusConfig::paper().deep_supervision(true), widths).build()?;
+            let tensors = model
+                .named_tensors()
+                .into_iter()
+                .map(|t| (t.name, t.tensor))
+                .collect();
+            let full = UNetPlusPlus::from_tensors(&cfg, tensors, &device)?;
+            for k in 1..=cfg.depth() {
+                let pruned = full.prune(k)?;
+                let m = score(&pruned, Mode::Fast(k))?;
+                pruned_rows.push(Row {
+                    name: format!("UNet++ L{k} (pruned, fast mode)"),
+                    params: pruned.num_parameters(),
+                    iou: m.mean_iou(),
+                    dice: m.mean_dice(),
+                    image_iou: m.mean_image_iou(),
+                    seconds: timed(&pruned)?,
+                    train_seconds: None,
+                });
+            }
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+    write_doc(args, &rows, &pruned_rows, total)?;
+    println!(
+        "wrote {} and pictures in {}",
+        args.doc.display(),
+        args.pictures.display()
+    );
+    Ok(())
+}
+
+fn overlay(args: &Args, slug: &str, one: &Batch, pred: &Tensor) -> Result<(), AnyError> {
+    let (_, c, h, w) = one.images.dims4()?;
+    write_overlay(
+        &args.pictures.join(format!("test0_{slug}.png")),
+        &one.images.flatten_all()?.to_vec1::<f32>()?,
+        c,
+        h,
+        w,
+        &one.labels.flatten_all()?.to_vec1::<u32>()?,
+        &pred.flatten_all()?.to_vec1::<u32>()?,
+    )?;
+    Ok(())
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn write_doc(args: &Args, rows: &[Row], pruned: &[Row], total: f64) -> Result<(), AnyError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut t = String::new();
+    let cmd: Vec<String> = std::env::args().skip(1).collect();
+    writeln!(t, "<!-- experiment:begin -->")?;
+    writeln!(
+        t,
+        "Made by `cargo run --release --example experiment{}{}` on {} ({cores} threads), {:.0} min in all.\n",
+        if cmd.is_empty() { "" } else { " -- " },
+        cmd.join(" "),
+        cpu_name(),
+        total / 60.0
+    )?;
+    writeln!(
+        t,
+        "Synthetic binary task: {} training and {} test images of {}×{} (different seeds), {} epochs of batch {}, \
+         Adam (AdamW, weight decay 0) at learning rate {}, the paper's BCE + Dice loss (per head for deep supervision), \
+         weights drawn from seed {}. IoU and Dice: foreground over the whole test set; image IoU: mean over images. \
+         Time: median CPU forward pass of one image ({} runs).\n",
+        args.train, args.test, args.size, args.size, args.epochs, args.batch, args.lr, args.seed, args.runs
+    )?;
+    writeln!(
+        t,
+        "| network | parameters | IoU | Dice | image IoU | forward (ms) | training (s) |"
+    )?;
+    writeln!(t, "|---|---:|---:|---:|---:|---:|---:|")?;
+    let line = |t: &mut String, r: &Row| {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.4} | {:.4} | {:.4} | {:.1} | {} |",
+            r.name,
+            r.params,
+            r.iou,
+            r.dice,
+            r.image_iou,
+            r.seconds * 1e3,
+            r.train_seconds
+                .map_or("—".to_string(), |s| format!("{s:.0}"))
+        );
+    };
+    for r in rows.iter().chain(pruned) {
+        line(&mut t, r);
+    }
+    writeln!(t, "\nPictures: `{}/` (loss curves `loss_*.svg`, test image 0 with truth and prediction `test0_*.png`).", args.pictures.display())?;
+    writeln!(t, "<!-- experiment:end -->")?;
+
+    let doc = std::fs::read_to_string(&args.doc).unwrap_or_default();
+    let out = match (
+        doc.find("<!-- experiment:begin -->"),
+        doc.find("<!-- experiment:end -->"),
+    ) {
+        (Some(b), Some(e)) if b < e => {
+            let end = e + "<!-- experiment:end -->".len();
+            let rest = doc[end..].strip_prefix('\n').unwrap_or(&doc[end..]);
+            format!("{}{t}{rest}", &doc[..b])
+        }
+        _ => format!("# Experiments\n\n{t}"),
+    };
+    if let Some(dir) = args.doc.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.doc, out)?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! One training step and an evaluation pass, for any network and loss.
+
+use candle_core::{Device, Tensor};
+
+use super::AdamW;
+use crate::data::loader::DataLoader;
+use crate::data::{Batch, Dataset};
+use crate::loss::{DeepSupervisionLoss, SegmentationLoss};
+use crate::metrics::{labels_from_logits, labels_from_probabilities, SegmentationMetrics};
+use crate::model::SegmentationModel;
+use crate::{Error, Result};
+
+/// Which output of a network to score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The mean of every head's probabilities (the paper's accurate mode).
+    Accurate,
+    /// One head, `X^{0,j}` (the paper's fast mode; with a network pruned to `L_j` it is the
+    /// only head).
+    Fast(usize),
+    /// The deepest head the network has.
+    Last,
+}
+
+/// One step: forward in training mode, the deep-supervision loss over every head, backward,
+/// and an optimizer update. Returns the loss before the update.
+pub fn train_step<M, L>(
+    model: &M,
+    loss: &DeepSupervisionLoss<L>,
+    optimizer: &mut AdamW,
+    batch: &Batch,
+) -> Result<f32>
+where
+    M: SegmentationModel + ?Sized,
+    L: SegmentationLoss,
+{
+    let out = model.forward_t(&batch.images, true)?;
+    let value = loss.compute(&out, loss.loss().targets(batch))?;
+    optimizer.backward_step(&value)?;
+    let v = value
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    if !v.is_finite() {
+        return Err(Error::Shape(format!(
+            "the loss is {v}: training diverged (lower the learning rate?)"
+        )));
+    }
+    Ok(v)
+}
+
+/// Predicted labels `(N, H, W)` of `images` in `mode`.
+pub fn predict<M: SegmentationModel + ?Sized>(
+    model: &M,
+    images: &Tensor,
+    mode: Mode,
+) -> Result<Tensor> {
+    let out = model.infer(images)?;
+    match mode {
+        Mode::Accurate => labels_from_probabilities(&out.accurate()?),
+        Mode::Fast(col) => labels_from_logits(out.head(col)?),
+        Mode::Last => labels_from_logits(out.last()),
+    }
+}
+
+/// Scores `model` in `mode` on every batch of `loader`'s first epoch (use a loader without
+/// augmentation) against the batches' labels.
+pub fn evaluate<M, D>(
+    model: &M,
+    loader: &DataLoader<D>,
+    device: &Device,
+    mode: Mode,
+) -> Result<SegmentationMetrics>
+where
+    M: SegmentationModel + ?Sized,
+    D: Dataset,
+{
+    let mut metrics = SegmentationMetrics::new(loader.dataset().num_classes())?;
+    for batch in loader.batches(0, device) {
+        let batch = batch?;
+        metrics.update(&predict(model, &batch.images, mode)?, &batch.labels)?;
+    }
+    Ok(metrics)
+}
