@@ -119,7 +119,9 @@ impl AdamW {
             let decayed = (theta * (1.0 - p.lr * p.weight_decay))?;
             let adjusted = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
             var.set(&(decayed - (adjusted * p.lr)?)?)?;
-            *moments = Some((next_m, next_v));
+            // Gradients carry the step's graph; detached moments keep it from living on
+            // (and from chaining one step's graph to the next).
+            *moments = Some((next_m.detach(), next_v.detach()));
         }
         Ok(())
     }
