@@ -4,17 +4,18 @@
 //!
 //! ```text
 //! cargo run --release --example experiment -- [--size 64] [--train 256] [--test 128]
-//!     [--epochs 6] [--batch 8] [--lr 1e-3] [--seed 0] [--runs 10]
+//!     [--epochs 6] [--batch 8] [--lr 1e-3] [--seed 0] [--seeds 3] [--runs 20]
 //!     [--widths 32,64,128,256,512] [--doc docs/EXPERIMENTS.md] [--pictures docs/experiments]
 //! ```
 //!
-//! Every network starts from weights drawn with the same seed ([`unetpp::train::seeded_init`])
-//! and sees the same batches in the same order. Scores are on a held-out test set drawn with
+//! In each run (`--seeds`, default 3) every network starts from weights drawn with the run's
+//! seed ([`unetpp::train::seeded_init`]) and sees the same batches in the same order; scores
+//! are reported as mean ± standard deviation over the runs. Scores are on a held-out test set drawn with
 //! another seed: IoU and Dice of the foreground over the whole set, and IoU per image
 //! averaged. The CPU time is the median forward pass of one image. The table replaces the
 //! part of `--doc` between `<!-- experiment:begin -->` and `<!-- experiment:end -->` (the
 //! file is created if missing); loss curves and overlays go to `--pictures`. The defaults take
-//! about 25 minutes on two CPU cores.
+//! about 40 minutes on two CPU cores (`--seeds 1`: 13).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,9 +30,6 @@ use unetpp::loss::DeepSupervisionLoss;
 use unetpp::prelude::{SegmentationModel, UNet, UNetPlusPlus, UNetPlusPlusConfig};
 use unetpp::train::{evaluate, predict, seeded_init, train_step, AdamW, Mode};
 
-#[path = "support/mod.rs"]
-mod support;
-use support::median_seconds;
 #[path = "support/report.rs"]
 mod report;
 use report::{write_curve_svg, write_overlay};
@@ -46,6 +44,7 @@ struct Args {
     batch: usize,
     lr: f64,
     seed: u64,
+    seeds: usize,
     runs: usize,
     widths: Option<Vec<usize>>,
     doc: PathBuf,
@@ -61,7 +60,8 @@ fn parse_args() -> Result<Args, String> {
         batch: 8,
         lr: 1e-3,
         seed: 0,
-        runs: 10,
+        seeds: 3,
+        runs: 20,
         widths: None,
         doc: "docs/EXPERIMENTS.md".into(),
         pictures: "docs/experiments".into(),
@@ -78,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => a.batch = value.parse().map_err(|e| bad(&e))?,
             "--lr" => a.lr = value.parse().map_err(|e| bad(&e))?,
             "--seed" => a.seed = value.parse().map_err(|e| bad(&e))?,
+            "--seeds" => a.seeds = value.parse().map_err(|e| bad(&e))?,
             "--runs" => a.runs = value.parse().map_err(|e| bad(&e))?,
             "--widths" => {
                 a.widths = Some(
@@ -97,18 +98,57 @@ fn parse_args() -> Result<Args, String> {
             }
         }
     }
+    if a.seeds == 0 {
+        return Err("--seeds must be at least 1".into());
+    }
     Ok(a)
 }
 
-/// One row of the table.
+/// One row of the table: scores of every seed.
+#[derive(Default)]
 struct Row {
     name: String,
     params: usize,
-    iou: f64,
-    dice: f64,
-    image_iou: f64,
+    iou: Vec<f64>,
+    dice: Vec<f64>,
+    image_iou: Vec<f64>,
+    train_seconds: Vec<f64>,
     seconds: f64,
-    train_seconds: Option<f64>,
+}
+
+impl Row {
+    fn new(name: String, params: usize) -> Self {
+        Self {
+            name,
+            params,
+            ..Default::default()
+        }
+    }
+
+    fn record(&mut self, m: &unetpp::metrics::SegmentationMetrics) {
+        self.iou.push(m.mean_iou());
+        self.dice.push(m.mean_dice());
+        self.image_iou.push(m.mean_image_iou());
+    }
+}
+
+/// Mean and sample standard deviation.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n.max(1.0);
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+fn cell(v: &[f64], digits: usize) -> String {
+    match v.len() {
+        0 => "—".into(),
+        1 => format!("{:.*}", digits, v[0]),
+        _ => {
+            let (m, s) = mean_std(v);
+            format!("{m:.digits$} ± {s:.digits$}")
+        }
+    }
 }
 
 fn main() {
@@ -146,128 +186,140 @@ fn run(args: &Args) -> Result<(), AnyError> {
     let device = Device::Cpu;
     let train_set = synthetic(args.train, args.size, args.seed)?;
     let test_set = synthetic(args.test, args.size, args.seed + 1_000_003)?;
-    let train = DataLoader::new(&train_set, args.batch)?.shuffle(args.seed);
     let test = DataLoader::new(&test_set, args.batch)?;
     std::fs::create_dir_all(&args.pictures)?;
     let one = Batch::from_samples(&[test_set.get(0)?], &device)?;
     let widths = args.widths.as_deref();
     let wide_widths: Option<Vec<usize>> = widths.map(|w| w.iter().map(|&c| c * 35 / 32).collect());
 
-    let mut rows = Vec::new();
-    let mut pruned_rows = Vec::new();
-    let started = Instant::now();
     let plans: [(&str, &str); 4] = [
         ("U-Net", "unet"),
         ("wide U-Net", "wide-unet"),
         ("UNet++ without DS", "unetpp"),
         ("UNet++ with DS", "unetpp-ds"),
     ];
-    for (name, slug) in plans {
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-        let model: Box<dyn SegmentationModel> = match slug {
-            "unet" => Box::new(UNet::new(&with_widths(UNet::paper(), widths).build()?, vb)?),
-            "wide-unet" => Box::new(UNet::new(
-                &with_widths(UNet::wide(), wide_widths.as_deref()).build()?,
-                vb,
-            )?),
-            "unetpp" => Box::new(UNetPlusPlus::new(
-                &with_widths(UNetPlusPlusConfig::paper().deep_supervision(false), widths)
-                    .build()?,
-                vb,
-            )?),
-            _ => Box::new(UNetPlusPlus::new(
-                &with_widths(UNetPlusPlusConfig::paper().deep_supervision(true), widths).build()?,
-                vb,
-            )?),
-        };
-        seeded_init(&varmap, args.seed)?;
-        let mut opt = AdamW::new(
-            &varmap,
-            ParamsAdamW {
-                lr: args.lr,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
-        )?;
-        let loss = DeepSupervisionLoss::paper();
-        let t0 = Instant::now();
-        let mut losses = Vec::new();
-        for epoch in 0..args.epochs {
-            for batch in train.batches(epoch, &device) {
-                losses.push(train_step(&*model, &loss, &mut opt, &batch?)?);
+    let ds_cfg = with_widths(UNetPlusPlusConfig::paper().deep_supervision(true), widths).build()?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut pruned_rows: Vec<Row> = Vec::new();
+    // The networks of the last seed, timed at the end.
+    let mut timed: Vec<Box<dyn SegmentationModel>> = Vec::new();
+    let started = Instant::now();
+    for run in 0..args.seeds {
+        let seed = args.seed + run as u64;
+        let train = DataLoader::new(&train_set, args.batch)?.shuffle(seed);
+        timed.clear();
+        for (p, (name, slug)) in plans.into_iter().enumerate() {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            let model: Box<dyn SegmentationModel> = match slug {
+                "unet" => Box::new(UNet::new(&with_widths(UNet::paper(), widths).build()?, vb)?),
+                "wide-unet" => Box::new(UNet::new(
+                    &with_widths(UNet::wide(), wide_widths.as_deref()).build()?,
+                    vb,
+                )?),
+                "unetpp" => Box::new(UNetPlusPlus::new(
+                    &with_widths(UNetPlusPlusConfig::paper().deep_supervision(false), widths)
+                        .build()?,
+                    vb,
+                )?),
+                _ => Box::new(UNetPlusPlus::new(&ds_cfg, vb)?),
+            };
+            seeded_init(&varmap, seed)?;
+            let mut opt = AdamW::new(
+                &varmap,
+                ParamsAdamW {
+                    lr: args.lr,
+                    weight_decay: 0.0,
+                    ..Default::default()
+                },
+            )?;
+            let loss = DeepSupervisionLoss::paper();
+            let t0 = Instant::now();
+            let mut losses = Vec::new();
+            for epoch in 0..args.epochs {
+                for batch in train.batches(epoch, &device) {
+                    losses.push(train_step(&*model, &loss, &mut opt, &batch?)?);
+                }
+                let recent = &losses[losses.len().saturating_sub(train.num_batches())..];
+                println!(
+                    "seed {seed}, {name}: epoch {}/{}, mean loss {:.4} ({:.0} s)",
+                    epoch + 1,
+                    args.epochs,
+                    recent.iter().sum::<f32>() / recent.len().max(1) as f32,
+                    t0.elapsed().as_secs_f64()
+                );
             }
-            let recent = &losses[losses.len().saturating_sub(train.num_batches())..];
-            println!(
-                "{name}: epoch {}/{}, mean loss {:.4} ({:.0} s)",
-                epoch + 1,
-                args.epochs,
-                recent.iter().sum::<f32>() / recent.len().max(1) as f32,
-                t0.elapsed().as_secs_f64()
-            );
-        }
-        let train_seconds = t0.elapsed().as_secs_f64();
-        write_curve_svg(
-            &args.pictures.join(format!("loss_{slug}.svg")),
-            &format!("{name}: training loss"),
-            &losses,
-            &[],
-            "",
-        )?;
-        let mode = if slug == "unetpp-ds" {
-            Mode::Accurate
-        } else {
-            Mode::Last
-        };
-        let score = |m: &dyn SegmentationModel, mode: Mode| evaluate(m, &test, &device, mode);
-        let timed = |m: &dyn SegmentationModel| -> Result<f64, AnyError> {
-            Ok(median_seconds(
-                || m.forward(&one.images).map(|_| ()),
-                args.runs,
-            )?)
-        };
-        let metrics = score(&*model, mode)?;
-        let pred = predict(&*model, &one.images, mode)?;
-        overlay(args, slug, &one, &pred)?;
-        rows.push(Row {
-            name: if slug == "unetpp-ds" {
-                format!("{name} (accurate mode)")
+            let train_seconds = t0.elapsed().as_secs_f64();
+            let mode = if slug == "unetpp-ds" {
+                Mode::Accurate
             } else {
-                name.to_string()
-            },
-            params: model.num_parameters(),
-            iou: metrics.mean_iou(),
-            dice: metrics.mean_dice(),
-            image_iou: metrics.mean_image_iou(),
-            seconds: timed(&*model)?,
-            train_seconds: Some(train_seconds),
-        });
-        println!("{name}: test IoU {:.4}", metrics.mean_iou());
-
-        if slug == "unetpp-ds" {
-            // Downcast-free: rebuild the same network from its trained tensors to prune it.
-            let cfg =
-                with_widths(UNetPlusPlusConfig::paper().deep_supervision(true), widths).build()?;
-            let tensors = model
-                .named_tensors()
-                .into_iter()
-                .map(|t| (t.name, t.tensor))
-                .collect();
-            let full = UNetPlusPlus::from_tensors(&cfg, tensors, &device)?;
-            for k in 1..=cfg.depth() {
-                let pruned = full.prune(k)?;
-                let m = score(&pruned, Mode::Fast(k))?;
-                pruned_rows.push(Row {
-                    name: format!("UNet++ L{k} (pruned, fast mode)"),
-                    params: pruned.num_parameters(),
-                    iou: m.mean_iou(),
-                    dice: m.mean_dice(),
-                    image_iou: m.mean_image_iou(),
-                    seconds: timed(&pruned)?,
-                    train_seconds: None,
-                });
+                Mode::Last
+            };
+            let metrics = evaluate(&*model, &test, &device, mode)?;
+            println!("seed {seed}, {name}: test IoU {:.4}", metrics.mean_iou());
+            if run == 0 {
+                write_curve_svg(
+                    &args.pictures.join(format!("loss_{slug}.svg")),
+                    &format!("{name}: training loss (seed {seed})"),
+                    &losses,
+                    &[],
+                    "",
+                )?;
+                overlay(args, slug, &one, &predict(&*model, &one.images, mode)?)?;
+                let label = if slug == "unetpp-ds" {
+                    format!("{name} (accurate mode)")
+                } else {
+                    name.to_string()
+                };
+                rows.push(Row::new(label, model.num_parameters()));
             }
+            rows[p].record(&metrics);
+            rows[p].train_seconds.push(train_seconds);
+
+            if slug == "unetpp-ds" {
+                // Rebuilt from its trained tensors as a UNet++ to prune it.
+                let tensors = model
+                    .named_tensors()
+                    .into_iter()
+                    .map(|t| (t.name, t.tensor))
+                    .collect();
+                let full = UNetPlusPlus::from_tensors(&ds_cfg, tensors, &device)?;
+                for k in 1..=ds_cfg.depth() {
+                    let pruned = full.prune(k)?;
+                    if run == 0 {
+                        pruned_rows.push(Row::new(
+                            format!("UNet++ L{k} (pruned, fast mode)"),
+                            pruned.num_parameters(),
+                        ));
+                    }
+                    pruned_rows[k - 1].record(&evaluate(&pruned, &test, &device, Mode::Fast(k))?);
+                    timed.push(Box::new(pruned));
+                }
+            }
+            timed.insert(p, model);
         }
+    }
+
+    // CPU time of one image: interleaved rounds, so that a slow spell of a shared machine
+    // hits every network alike; the median per network.
+    let mut times = vec![Vec::with_capacity(args.runs); timed.len()];
+    for m in &timed {
+        m.forward(&one.images)?;
+    }
+    for _ in 0..args.runs.max(1) {
+        for (m, t) in timed.iter().zip(times.iter_mut()) {
+            let t0 = Instant::now();
+            m.forward(&one.images)?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    for (row, t) in rows
+        .iter_mut()
+        .chain(pruned_rows.iter_mut())
+        .zip(times.iter_mut())
+    {
+        t.sort_by(f64::total_cmp);
+        row.seconds = t[t.len() / 2];
     }
     let total = started.elapsed().as_secs_f64();
     write_doc(args, &rows, &pruned_rows, total)?;
@@ -320,11 +372,13 @@ fn write_doc(args: &Args, rows: &[Row], pruned: &[Row], total: f64) -> Result<()
     )?;
     writeln!(
         t,
-        "Synthetic binary task: {} training and {} test images of {}×{} (different seeds), {} epochs of batch {}, \
-         Adam (AdamW, weight decay 0) at learning rate {}, the paper's BCE + Dice loss (per head for deep supervision), \
-         weights drawn from seed {}. IoU and Dice: foreground over the whole test set; image IoU: mean over images. \
-         Time: median CPU forward pass of one image ({} runs).\n",
-        args.train, args.test, args.size, args.size, args.epochs, args.batch, args.lr, args.seed, args.runs
+        "Synthetic binary task: {} training and {} test images of {}×{} (data sets of different seeds), {} epochs of batch {}, \
+         Adam (AdamW, weight decay 0) at learning rate {}, the paper's BCE + Dice loss (per head for deep supervision). \
+         {} run(s) with seeds {}..={} for the initial weights and the batch order; scores are mean ± standard deviation over the runs. \
+         IoU and Dice: foreground over the whole test set; image IoU: mean over images. \
+         Forward: median CPU time of one image over {} interleaved rounds (networks of the last run).\n",
+        args.train, args.test, args.size, args.size, args.epochs, args.batch, args.lr,
+        args.seeds, args.seed, args.seed + args.seeds as u64 - 1, args.runs
     )?;
     writeln!(
         t,
@@ -334,21 +388,20 @@ fn write_doc(args: &Args, rows: &[Row], pruned: &[Row], total: f64) -> Result<()
     let line = |t: &mut String, r: &Row| {
         let _ = writeln!(
             t,
-            "| {} | {} | {:.4} | {:.4} | {:.4} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {} |",
             r.name,
             r.params,
-            r.iou,
-            r.dice,
-            r.image_iou,
+            cell(&r.iou, 4),
+            cell(&r.dice, 4),
+            cell(&r.image_iou, 4),
             r.seconds * 1e3,
-            r.train_seconds
-                .map_or("—".to_string(), |s| format!("{s:.0}"))
+            cell(&r.train_seconds, 0)
         );
     };
     for r in rows.iter().chain(pruned) {
         line(&mut t, r);
     }
-    writeln!(t, "\nPictures: `{}/` (loss curves `loss_*.svg`, test image 0 with truth and prediction `test0_*.png`).", args.pictures.display())?;
+    writeln!(t, "\nPictures of the first run: `{}/` (loss curves `loss_*.svg`; test image 0 with truth and prediction, `test0_*.png`).", args.pictures.display())?;
     writeln!(t, "<!-- experiment:end -->")?;
 
     let doc = std::fs::read_to_string(&args.doc).unwrap_or_default();

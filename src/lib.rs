@@ -35,9 +35,12 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 //!
-//! Modules: [`unetpp`] (config, grid, model, outputs), [`nn`] (blocks), [`ops`] (fast CPU
-//! convolutions and bilinear resize, with backward passes), [`loss`], [`metrics`], [`data`],
-//! [`weights`] (safetensors I/O), [`device`].
+//! Modules: [`unetpp`] (config, grid, model, outputs), [`unet`] (the U-Net baselines),
+//! [`nn`] (blocks), [`ops`] (fast CPU convolutions and bilinear resize, with backward
+//! passes), [`loss`] (BCE + Dice, CE + Dice, deep supervision), [`metrics`] (IoU, Dice),
+//! [`data`] (synthetic and PNG-folder data sets, batching, augmentation), [`train`]
+//! (optimizer, checkpoints, training step, evaluation), [`weights`] (safetensors I/O),
+//! [`device`].
 //!
 //! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.

@@ -232,3 +232,18 @@ fn optimizer_rejects_nonsense() {
     };
     assert!(AdamW::new(&varmap, neg).is_err());
 }
+
+#[test]
+fn optimizer_state_keeps_no_graph_alive() {
+    // Moments computed from gradients must not hold on to the step's graph: if they did,
+    // each step's graph would chain to the next and memory would grow without bound.
+    let cfg = small().depth(2).widths([4, 6, 8]).build().unwrap();
+    let (varmap, net) = seeded_net(&cfg, 3);
+    let mut opt = AdamW::new(&varmap, params()).unwrap();
+    train_steps(&net, &mut opt, 0..2);
+    let state = opt.state();
+    assert!(!state.m.is_empty());
+    for (name, t) in state.m.iter().chain(state.v.iter()) {
+        assert!(!t.track_op(), "the moment of {name} records a graph");
+    }
+}
