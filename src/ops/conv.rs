@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{bands, contiguous, matmul, sum_into, with_scratch, Bands, Mat, SendPtr};
+use super::cpu::{bands, contiguous, fold_sum, matmul, with_scratch, Bands, Mat, SendPtr};
 use crate::{Error, Result};
 
 /// Which kernels compute 3×3 convolutions on the CPU.
@@ -461,51 +461,44 @@ fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
         return vec![0f32; d.o * k];
     }
     let Bands { rows, tasks, par } = d.bands();
-    tasks
-        .par_iter()
-        .fold(
-            || vec![0f32; d.o * k],
-            |mut dw, &(img, y0)| {
-                with_scratch(|[cols, _, _]| {
-                    let y1 = (y0 + rows).min(d.h);
-                    let t = (y1 - y0) * d.w;
-                    cols.resize(k * t, 0.0);
-                    unfold_band(
-                        x[img * d.c * p..(img + 1) * d.c * p].chunks_exact(p.max(1)),
-                        d.c,
-                        d.h,
-                        d.w,
-                        y0,
-                        y1,
-                        cols,
-                    );
-                    // SAFETY: `dw` is o × k row-major and owned by this fold; the lhs is the
-                    // o × t block of `dy` at rows y0..y1 of image `img` (row stride p), in
-                    // bounds; the rhs is `cols` (k × t row-major) read as its t × k transpose.
-                    unsafe {
-                        matmul(
-                            (d.o, k, t),
-                            dw.as_mut_ptr(),
-                            k,
-                            true,
-                            Mat {
-                                ptr: dy.as_ptr().add(img * d.o * p + y0 * d.w),
-                                rs: p,
-                                cs: 1,
-                            },
-                            Mat {
-                                ptr: cols.as_ptr(),
-                                rs: 1,
-                                cs: t,
-                            },
-                            par,
-                        )
-                    }
-                    dw
-                })
-            },
-        )
-        .reduce(|| vec![0f32; d.o * k], sum_into)
+    fold_sum(&tasks, d.o * k, |dw, &(img, y0)| {
+        with_scratch(|[cols, _, _]| {
+            let y1 = (y0 + rows).min(d.h);
+            let t = (y1 - y0) * d.w;
+            cols.resize(k * t, 0.0);
+            unfold_band(
+                x[img * d.c * p..(img + 1) * d.c * p].chunks_exact(p.max(1)),
+                d.c,
+                d.h,
+                d.w,
+                y0,
+                y1,
+                cols,
+            );
+            // SAFETY: `dw` is o × k row-major and owned by this share; the lhs is the
+            // o × t block of `dy` at rows y0..y1 of image `img` (row stride p), in
+            // bounds; the rhs is `cols` (k × t row-major) read as its t × k transpose.
+            unsafe {
+                matmul(
+                    (d.o, k, t),
+                    dw.as_mut_ptr(),
+                    k,
+                    true,
+                    Mat {
+                        ptr: dy.as_ptr().add(img * d.o * p + y0 * d.w),
+                        rs: p,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: cols.as_ptr(),
+                        rs: 1,
+                        cs: t,
+                    },
+                    par,
+                )
+            }
+        })
+    })
 }
 
 /// The kernel flipped in space with input and output channels swapped: the kernel whose

@@ -1,6 +1,7 @@
 //! Small shared pieces of the CPU kernels: contiguous views of storage, a pointer that may
 //! cross threads for disjoint writes, per-thread scratch buffers, and sums of partial results.
 
+use rayon::prelude::*;
 use std::cell::RefCell;
 
 use candle_core::{CpuStorage, Layout, WithDType};
@@ -56,10 +57,33 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
     })
 }
 
-/// Adds `b` into `a` element by element (the reduction of per-thread partial sums).
-pub(super) fn sum_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
-    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-    a
+/// `Σ_task f(task)` into a vector of `len` floats, computed in parallel but summed in an order
+/// that depends only on the tasks and the number of threads: each thread folds an equal,
+/// fixed share of the tasks, and the shares are added in order. (Rayon's `fold`/`reduce`
+/// splits adaptively, so float sums would differ from run to run.)
+pub(super) fn fold_sum<T: Sync>(
+    tasks: &[T],
+    len: usize,
+    f: impl Fn(&mut [f32], &T) + Sync,
+) -> Vec<f32> {
+    let groups = rayon::current_num_threads().clamp(1, tasks.len().max(1));
+    let share = tasks.len().div_ceil(groups).max(1);
+    let partial: Vec<Vec<f32>> = tasks
+        .par_chunks(share)
+        .map(|chunk| {
+            let mut acc = vec![0f32; len];
+            for t in chunk {
+                f(&mut acc, t);
+            }
+            acc
+        })
+        .collect();
+    let mut it = partial.into_iter();
+    let mut total = it.next().unwrap_or_else(|| vec![0f32; len]);
+    for p in it {
+        total.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
+    }
+    total
 }
 
 /// A matrix in memory: its first element and its row and column strides, in elements.

@@ -9,10 +9,8 @@
 //! `O·C·4·tiles`, 2.25× fewer multiply-adds. The input patches are those of the forward
 //! F(2×2, 3×3) (`Bᵀ` is the same); `G` and `Aᵀ` are the forward's `Aᵀ` and `G` transposed.
 
-use rayon::prelude::*;
-
 use super::conv::Dims;
-use super::cpu::{bands, matmul, sum_into, with_scratch, Bands, Mat};
+use super::cpu::{bands, fold_sum, matmul, with_scratch, Bands, Mat};
 
 /// Whether this beats banded unfolding + GEMM for the weight gradient (measured with a
 /// `examples/bench_conv.rs --backward` on the shapes of the paper's network): enough channels
@@ -173,46 +171,39 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
     // Bands of tile rows with about 2 MiB of transformed input and gradient each.
     let Bands { rows, tasks, par } = bands(d.n, th, 16 * (d.c + d.o) * tw, 1 << 19);
     let m_len = 16 * d.o * d.c;
-    let m = tasks
-        .par_iter()
-        .fold(
-            || vec![0f32; m_len],
-            |mut acc, &(img, ty0)| {
-                with_scratch(|[v, u, _]| {
-                    let ty1 = (ty0 + rows).min(th);
-                    let t = (ty1 - ty0) * tw;
-                    v.resize(16 * d.c * t, 0.0);
-                    u.resize(16 * d.o * t, 0.0);
-                    transform_inputs(&x[img * d.c * p..(img + 1) * d.c * p], &d, ty0, ty1, tw, v);
-                    transform_grads(&dy[img * d.o * p..(img + 1) * d.o * p], &d, ty0, ty1, tw, u);
-                    for xi in 0..16 {
-                        // SAFETY: `acc` holds 16 matrices O × C; `u` 16 matrices O × t and `v`
-                        // 16 matrices C × t (read as t × C), all row-major and in bounds.
-                        unsafe {
-                            matmul(
-                                (d.o, d.c, t),
-                                acc.as_mut_ptr().add(xi * d.o * d.c),
-                                d.c,
-                                true,
-                                Mat {
-                                    ptr: u.as_ptr().add(xi * d.o * t),
-                                    rs: t,
-                                    cs: 1,
-                                },
-                                Mat {
-                                    ptr: v.as_ptr().add(xi * d.c * t),
-                                    rs: 1,
-                                    cs: t,
-                                },
-                                par,
-                            )
-                        }
-                    }
-                });
-                acc
-            },
-        )
-        .reduce(|| vec![0f32; m_len], sum_into);
+    let m = fold_sum(&tasks, m_len, |acc, &(img, ty0)| {
+        with_scratch(|[v, u, _]| {
+            let ty1 = (ty0 + rows).min(th);
+            let t = (ty1 - ty0) * tw;
+            v.resize(16 * d.c * t, 0.0);
+            u.resize(16 * d.o * t, 0.0);
+            transform_inputs(&x[img * d.c * p..(img + 1) * d.c * p], &d, ty0, ty1, tw, v);
+            transform_grads(&dy[img * d.o * p..(img + 1) * d.o * p], &d, ty0, ty1, tw, u);
+            for xi in 0..16 {
+                // SAFETY: `acc` holds 16 matrices O × C; `u` 16 matrices O × t and `v`
+                // 16 matrices C × t (read as t × C), all row-major and in bounds.
+                unsafe {
+                    matmul(
+                        (d.o, d.c, t),
+                        acc.as_mut_ptr().add(xi * d.o * d.c),
+                        d.c,
+                        true,
+                        Mat {
+                            ptr: u.as_ptr().add(xi * d.o * t),
+                            rs: t,
+                            cs: 1,
+                        },
+                        Mat {
+                            ptr: v.as_ptr().add(xi * d.c * t),
+                            rs: 1,
+                            cs: t,
+                        },
+                        par,
+                    )
+                }
+            }
+        });
+    });
     // dw = Aᵀ M A with Aᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]].
     let at = |q: [f32; 4]| {
         [
