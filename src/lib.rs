@@ -49,6 +49,7 @@
 
 pub mod data;
 pub mod device;
+pub mod encoders;
 mod error;
 pub mod loss;
 pub mod metrics;

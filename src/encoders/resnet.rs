@@ -1,0 +1,386 @@
+//! ResNet (He et al. 2016) as torchvision builds it (v1.5: a Bottleneck strides in its 3×3
+//! convolution), with torchvision's weight names, so that its `state_dict` loads unchanged.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, VarBuilder};
+
+use crate::{weights, Error, Result};
+
+/// Which ResNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResNetDepth {
+    /// ResNet-18: basic blocks 2, 2, 2, 2.
+    R18,
+    /// ResNet-34: basic blocks 3, 4, 6, 3.
+    R34,
+    /// ResNet-50: bottleneck blocks 3, 4, 6, 3.
+    R50,
+}
+
+impl ResNetDepth {
+    fn blocks(self) -> [usize; 4] {
+        match self {
+            ResNetDepth::R18 => [2, 2, 2, 2],
+            ResNetDepth::R34 | ResNetDepth::R50 => [3, 4, 6, 3],
+        }
+    }
+
+    fn expansion(self) -> usize {
+        match self {
+            ResNetDepth::R50 => 4,
+            _ => 1,
+        }
+    }
+}
+
+/// Configuration of a [`ResNet`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResNetConfig {
+    /// Which ResNet.
+    pub depth: ResNetDepth,
+    /// Image channels (3 for torchvision's weights).
+    pub in_channels: usize,
+    /// Batch-norm layers always use their running statistics and are never updated (PyTorch's
+    /// `FrozenBatchNorm2d`, as detection models use them).
+    pub frozen_bn: bool,
+    /// Batch-norm epsilon: 1e-5 (PyTorch's default; torchvision's COCO detection weights
+    /// were trained with frozen batch-norm of epsilon 0).
+    pub bn_eps: f64,
+}
+
+impl ResNetConfig {
+    /// ResNet-18 on RGB images, trainable batch-norm.
+    pub fn resnet18() -> Self {
+        Self::new(ResNetDepth::R18)
+    }
+
+    /// ResNet-34 on RGB images, trainable batch-norm.
+    pub fn resnet34() -> Self {
+        Self::new(ResNetDepth::R34)
+    }
+
+    /// ResNet-50 on RGB images, trainable batch-norm.
+    pub fn resnet50() -> Self {
+        Self::new(ResNetDepth::R50)
+    }
+
+    fn new(depth: ResNetDepth) -> Self {
+        Self {
+            depth,
+            in_channels: 3,
+            frozen_bn: false,
+            bn_eps: 1e-5,
+        }
+    }
+
+    /// Channels of the five feature taps: the stem (stride 2) and layers 1–4 (strides 4 to 32).
+    pub fn out_channels(&self) -> [usize; 5] {
+        let e = self.depth.expansion();
+        [64, 64 * e, 128 * e, 256 * e, 512 * e]
+    }
+}
+
+/// Convolution + batch-norm, named as torchvision names them (`conv{k}` / `bn{k}` or
+/// `downsample.0` / `downsample.1`).
+#[derive(Debug, Clone)]
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        cfg: &ResNetConfig,
+        vb_conv: VarBuilder,
+        vb_bn: VarBuilder,
+    ) -> Result<Self> {
+        let conv = candle_nn::conv2d_no_bias(
+            c_in,
+            c_out,
+            k,
+            Conv2dConfig {
+                padding: k / 2,
+                stride,
+                ..Default::default()
+            },
+            vb_conv,
+        )?;
+        let bn = candle_nn::batch_norm(
+            c_out,
+            BatchNormConfig {
+                eps: cfg.bn_eps,
+                remove_mean: true,
+                affine: true,
+                momentum: 0.1,
+            },
+            vb_bn,
+        )?;
+        let bn = if cfg.frozen_bn {
+            // Detached, so that training never updates them (the optimiser sees no gradient).
+            let (w, b) = bn.weight_and_bias().ok_or_else(|| {
+                Error::config("frozen_bn", "batch-norm without affine parameters")
+            })?;
+            BatchNorm::new(
+                c_out,
+                bn.running_mean().detach(),
+                bn.running_var().detach(),
+                w.detach(),
+                b.detach(),
+                cfg.bn_eps,
+            )?
+        } else {
+            bn
+        };
+        Ok(Self { conv, bn })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.bn.forward_t(&self.conv.forward(x)?, train)
+    }
+}
+
+/// A residual block: basic (two 3×3) or bottleneck (1×1, 3×3, 1×1), with the projection of
+/// the shortcut where the shape changes.
+#[derive(Debug, Clone)]
+struct Block {
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    fn new(
+        c_in: usize,
+        width: usize,
+        stride: usize,
+        cfg: &ResNetConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let e = cfg.depth.expansion();
+        let c_out = width * e;
+        let shapes: Vec<(usize, usize, usize, usize)> = if e == 1 {
+            vec![(c_in, width, 3, stride), (width, width, 3, 1)]
+        } else {
+            vec![
+                (c_in, width, 1, 1),
+                (width, width, 3, stride),
+                (width, c_out, 1, 1),
+            ]
+        };
+        let convs = shapes
+            .into_iter()
+            .enumerate()
+            .map(|(k, (ci, co, ks, s))| {
+                ConvBn::new(
+                    ci,
+                    co,
+                    ks,
+                    s,
+                    cfg,
+                    vb.pp(format!("conv{}", k + 1)),
+                    vb.pp(format!("bn{}", k + 1)),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let downsample = if stride != 1 || c_in != c_out {
+            let d = vb.pp("downsample");
+            Some(ConvBn::new(
+                c_in,
+                c_out,
+                1,
+                stride,
+                cfg,
+                d.pp("0"),
+                d.pp("1"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self { convs, downsample })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (k, cb) in self.convs.iter().enumerate() {
+            y = cb.forward(&y, train)?;
+            if k < last {
+                y = y.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x, train)?,
+            None => x.clone(),
+        };
+        (y + shortcut)?.relu()
+    }
+}
+
+/// Max-pool 3×3, stride 2, padding 1, as the maximum of nine strided views, because
+/// candle's max-pool has no backward pass for overlapping windows. Its input is a ReLU's
+/// output (≥ 0), so zero padding pools exactly as PyTorch's −∞ padding does. (Where values
+/// tie, the gradient is shared between them rather than given to the first; tied values
+/// here are ReLU zeros, whose gradient the ReLU stops anyway.)
+fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    // One row / column of padding before, enough after for every view to have 2·ho rows.
+    let p = x
+        .pad_with_zeros(2, 1, 2 * ho + 1 - h)?
+        .pad_with_zeros(3, 1, 2 * wo + 1 - w)?;
+    let mut out: Option<Tensor> = None;
+    for dy in 0..3 {
+        for dx in 0..3 {
+            let v = p
+                .narrow(2, dy, 2 * ho)?
+                .narrow(3, dx, 2 * wo)?
+                .reshape((n, c, ho, 2, 2 * wo))?
+                .narrow(3, 0, 1)?
+                .reshape((n, c, ho, wo, 2))?
+                .narrow(4, 0, 1)?
+                .squeeze(4)?;
+            out = Some(match out {
+                Some(m) => m.maximum(&v)?,
+                None => v,
+            });
+        }
+    }
+    out.ok_or_else(|| candle_core::Error::Msg("empty pooling window".into()))
+}
+
+/// A ResNet body without its classifier: the stem (7×7 convolution, stride 2, batch-norm,
+/// ReLU), a 3×3 max-pool of stride 2, and four stages of residual blocks. [`ResNet::features`]
+/// returns the five taps an encoder-decoder reads.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use unetpp::encoders::{ResNet, ResNetConfig};
+///
+/// let varmap = VarMap::new();
+/// let net = ResNet::new(&ResNetConfig::resnet18(), VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+/// let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?;
+/// let taps = net.features(&x, false)?;
+/// assert_eq!(taps[4].dims(), &[1, 512, 2, 2]);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ResNet {
+    cfg: ResNetConfig,
+    stem: ConvBn,
+    layers: Vec<Vec<Block>>,
+}
+
+impl ResNet {
+    /// The body of `cfg` with weights from `vb` under torchvision's names (`conv1.weight`,
+    /// `bn1.*`, `layer{1-4}.{b}.conv{k}.weight`, `…bn{k}.*`, `…downsample.{0,1}.*`).
+    pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.in_channels == 0 {
+            return Err(Error::config("in_channels", "must be at least 1"));
+        }
+        if !(cfg.bn_eps.is_finite() && cfg.bn_eps >= 0.0) {
+            return Err(Error::config(
+                "bn_eps",
+                format!("must be finite and non-negative, got {}", cfg.bn_eps),
+            ));
+        }
+        let stem = ConvBn::new(cfg.in_channels, 64, 7, 2, cfg, vb.pp("conv1"), vb.pp("bn1"))?;
+        let mut layers = Vec::with_capacity(4);
+        let mut c_in = 64;
+        for (stage, &n) in cfg.depth.blocks().iter().enumerate() {
+            let width = 64 << stage;
+            let vb_layer = vb.pp(format!("layer{}", stage + 1));
+            let mut blocks = Vec::with_capacity(n);
+            for b in 0..n {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                blocks.push(Block::new(
+                    c_in,
+                    width,
+                    stride,
+                    cfg,
+                    vb_layer.pp(b.to_string()),
+                )?);
+                c_in = width * cfg.depth.expansion();
+            }
+            layers.push(blocks);
+        }
+        Ok(Self {
+            cfg: *cfg,
+            stem,
+            layers,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ResNetConfig {
+        &self.cfg
+    }
+
+    /// The feature taps of `x (N, C, H, W)`: the stem after its ReLU (stride 2), then the
+    /// outputs of layers 1–4 (strides 4, 8, 16, 32), with the channels of
+    /// [`ResNetConfig::out_channels`]. `train` switches batch-norm to batch statistics (never
+    /// with `frozen_bn`).
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let (_, c, h, w) = x.dims4().map_err(|_| {
+            Error::Shape(format!(
+                "expected an (N, C, H, W) image batch, got {:?}",
+                x.dims()
+            ))
+        })?;
+        if c != self.cfg.in_channels {
+            return Err(Error::Shape(format!(
+                "expected {} input channel(s), got {c}",
+                self.cfg.in_channels
+            )));
+        }
+        if h < 2 || w < 2 {
+            return Err(Error::Shape(format!(
+                "image of {h}x{w} is too small for a ResNet"
+            )));
+        }
+        let train = train && !self.cfg.frozen_bn;
+        let stem = self.stem.forward(x, train)?.relu()?;
+        let mut taps = Vec::with_capacity(5);
+        let mut y = max_pool_3x3_s2(&stem)?;
+        taps.push(stem);
+        for blocks in &self.layers {
+            for b in blocks {
+                y = b.forward(&y, train)?;
+            }
+            taps.push(y.clone());
+        }
+        Ok(taps)
+    }
+
+    /// Builds the body of `cfg` from a torchvision `state_dict` (as named tensors, for example
+    /// read from a safetensors export). The classifier (`fc.*`) and `num_batches_tracked`
+    /// counters are skipped; any other missing, extra or mis-shaped tensor is an
+    /// [`Error::Weights`] naming it.
+    pub fn from_torchvision(
+        cfg: &ResNetConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let kept = tensors
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("fc.") && !n.ends_with("num_batches_tracked"))
+            .collect();
+        weights::build_checked(kept, DType::F32, device, |vb| Self::new(cfg, vb))
+    }
+
+    /// [`Self::from_torchvision`] from a safetensors file.
+    pub fn load_torchvision(
+        cfg: &ResNetConfig,
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::from_torchvision(cfg, weights::load_tensors(path, device)?, device)
+    }
+}

@@ -1,0 +1,149 @@
+//! ResNet-18/34/50 against torchvision (fixture from `scripts/make_resnet_fixtures.py`: the
+//! weights are set from a formula of each tensor's name and index on both sides, so the
+//! fixture holds only the input and torchvision's feature taps).
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use common::max_rel_diff;
+use unetpp::encoders::{ResNet, ResNetConfig};
+
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0, |h, b| (h * 31 + b as u64) % 1_000_003)
+}
+
+/// The formula of the fixture script, element by element.
+fn formula(name: &str, dims: &[usize]) -> Tensor {
+    let n: usize = dims.iter().product();
+    let h = name_hash(name);
+    let leaf = name.rsplit('.').next().unwrap();
+    let v: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let u = ((i * 7919 + h) % 1000) as f64 / 1000.0 - 0.5;
+            let x = if dims.len() == 4 {
+                let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
+                u * 2.0 * (3.0 / fan_in).sqrt()
+            } else {
+                match leaf {
+                    "weight" => 1.0 + 0.2 * u,
+                    "bias" | "running_mean" => 0.2 * u,
+                    "running_var" => 1.0 + u,
+                    other => panic!("unexpected tensor {other}"),
+                }
+            };
+            x as f32
+        })
+        .collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+/// The named tensors of a ResNet of `cfg`, filled by the formula.
+fn formula_weights(cfg: &ResNetConfig) -> HashMap<String, Tensor> {
+    let varmap = VarMap::new();
+    ResNet::new(
+        cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let data = varmap.data().lock().unwrap();
+    data.iter()
+        .map(|(n, v)| (n.clone(), formula(n, v.dims())))
+        .collect()
+}
+
+fn fixture() -> HashMap<String, Tensor> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/resnet_torchvision.safetensors"
+    );
+    unetpp::weights::load_tensors(path, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn resnets_match_torchvision() {
+    let f = fixture();
+    let x = &f["input"];
+    for (arch, cfg) in [
+        ("resnet18", ResNetConfig::resnet18()),
+        ("resnet34", ResNetConfig::resnet34()),
+        ("resnet50", ResNetConfig::resnet50()),
+    ] {
+        let mut tensors = formula_weights(&cfg);
+        // What a torchvision state_dict holds beside the body: skipped on import.
+        tensors.insert(
+            "fc.weight".into(),
+            Tensor::zeros((1000, cfg.out_channels()[4]), DType::F32, &Device::Cpu).unwrap(),
+        );
+        tensors.insert(
+            "bn1.num_batches_tracked".into(),
+            Tensor::new(0i64, &Device::Cpu).unwrap(),
+        );
+        let net = ResNet::from_torchvision(&cfg, tensors, &Device::Cpu).unwrap();
+        let taps = net.features(x, false).unwrap();
+        assert_eq!(taps.len(), 5);
+        for (k, t) in taps.iter().enumerate() {
+            let want = &f[&format!("{arch}.tap{k}")];
+            assert_eq!(t.dims(), want.dims(), "{arch} tap {k}");
+            assert_eq!(t.dim(1).unwrap(), cfg.out_channels()[k]);
+            let d = max_rel_diff(t, want);
+            assert!(d < 1e-4, "{arch} tap {k} differs from torchvision by {d}");
+        }
+    }
+}
+
+#[test]
+fn frozen_batch_norm_ignores_training_mode_and_gets_no_gradient() {
+    let cfg = ResNetConfig {
+        frozen_bn: true,
+        ..ResNetConfig::resnet18()
+    };
+    let varmap = VarMap::new();
+    let net = ResNet::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
+    let train = net.features(&x, true).unwrap();
+    let eval = net.features(&x, false).unwrap();
+    assert_eq!(common::max_abs_diff(&train[4], &eval[4]), 0.0);
+    let grads = train[4].sum_all().unwrap().backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    assert!(grads.get(data["conv1.weight"].as_tensor()).is_some());
+    assert!(
+        grads.get(data["bn1.weight"].as_tensor()).is_none(),
+        "frozen scale was trained"
+    );
+}
+
+#[test]
+fn weight_and_input_errors_name_the_problem() {
+    let cfg = ResNetConfig::resnet18();
+    let mut tensors = formula_weights(&cfg);
+    tensors.remove("layer3.0.downsample.1.running_var");
+    let e = ResNet::from_torchvision(&cfg, tensors, &Device::Cpu).unwrap_err();
+    assert!(
+        e.to_string().contains("layer3.0.downsample.1.running_var"),
+        "{e}"
+    );
+    // ResNet-50 weights for a ResNet-18.
+    let e = ResNet::from_torchvision(
+        &cfg,
+        formula_weights(&ResNetConfig::resnet50()),
+        &Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("shape") || e.to_string().contains("unexpected"),
+        "{e}"
+    );
+
+    let net = ResNet::from_torchvision(&cfg, formula_weights(&cfg), &Device::Cpu).unwrap();
+    let grey = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    assert!(net.features(&grey, false).is_err());
+    let flat = Tensor::zeros((3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    assert!(net.features(&flat, false).is_err());
+}
