@@ -51,6 +51,7 @@ pub mod data;
 pub mod device;
 pub mod encoders;
 mod error;
+pub mod interop;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -1,0 +1,98 @@
+//! MONAI `BasicUNetPlusPlus` weights load with the configuration read from their shapes and
+//! give MONAI's outputs (fixture made by pip-installed MONAI with
+//! `scripts/make_interop_fixtures.py`); export under MONAI's names round-trips.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use common::{max_rel_diff, tmp_path};
+use unetpp::interop::monai::{from_monai, load_monai, save_monai, MonaiConfig};
+use unetpp::prelude::*;
+
+fn fixture(key: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/monai_unetpp.safetensors"
+    );
+    let all = unetpp::weights::load_tensors(path, &Device::Cpu).unwrap();
+    let mut state = HashMap::new();
+    let mut io = HashMap::new();
+    for (name, t) in all {
+        let Some(rest) = name.strip_prefix(&format!("{key}/")) else {
+            continue;
+        };
+        if rest == "input" || rest.starts_with("output") {
+            io.insert(rest.to_string(), t);
+        } else {
+            state.insert(rest.to_string(), t);
+        }
+    }
+    (state, io)
+}
+
+#[test]
+fn monai_outputs_are_reproduced() {
+    for (key, heads) in [("a", 4), ("b", 1)] {
+        let (state, io) = fixture(key);
+        let detected = MonaiConfig::detect(&state).unwrap();
+        let (net, cfg) = from_monai(state, &Device::Cpu).unwrap();
+        assert_eq!(cfg.in_channels(), detected.in_channels);
+        let out = net.forward_t(&io["input"], false).unwrap();
+        // With deep supervision MONAI returns X^{0,1..4}; without, X^{0,4} alone.
+        let ours: Vec<&Tensor> = if heads == 4 {
+            out.logits().iter().collect()
+        } else {
+            vec![out.last()]
+        };
+        for (k, y) in ours.iter().enumerate() {
+            let want = &io[&format!("output{k}")];
+            let d = max_rel_diff(y, want);
+            assert!(
+                d < 1e-4,
+                "config {key}, output {k}: differs from MONAI by {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn export_under_monai_names_round_trips() {
+    let (state, io) = fixture("a");
+    let names: Vec<String> = state.keys().cloned().collect();
+    let (net, _) = from_monai(state, &Device::Cpu).unwrap();
+    let path = tmp_path("monai-export.safetensors");
+    save_monai(&net, &path).unwrap();
+    let written = unetpp::weights::load_tensors(&path, &Device::Cpu).unwrap();
+    let mut expected = names.clone();
+    expected.sort();
+    let mut got: Vec<String> = written.keys().cloned().collect();
+    got.sort();
+    assert_eq!(got, expected, "exactly MONAI's names");
+    let (again, _) = load_monai(&path, &Device::Cpu).unwrap();
+    let a = again.forward(&io["input"]).unwrap();
+    let b = net.forward(&io["input"]).unwrap();
+    assert_eq!(common::max_abs_diff(&a, &b), 0.0);
+    std::fs::remove_file(&path).unwrap();
+    assert!(save_monai(&net.prune(Level::L2).unwrap(), &path).is_err());
+}
+
+#[test]
+fn mismatched_monai_files_are_errors_that_name_the_tensor() {
+    let (mut state, _) = fixture("a");
+    let t = state.remove("upcat_1_2.convs.conv_1.adn.N.weight").unwrap();
+    let e = from_monai(state.clone(), &Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("x_1_2.norm2.weight"), "{e}");
+    state.insert(
+        "upcat_1_2.convs.conv_1.adn.N.weight".into(),
+        t.narrow(0, 0, 2).unwrap(),
+    );
+    let e = from_monai(state.clone(), &Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("shape"), "{e}");
+    let mut odd = MonaiConfig::detect(&fixture("a").0).unwrap();
+    odd.features[5] = 8;
+    assert!(odd.to_unetpp().is_err());
+    state.insert("extra.weight".into(), t);
+    assert!(from_monai(state, &Device::Cpu).is_err());
+}
