@@ -39,8 +39,8 @@
 //! [`nn`] (blocks), [`ops`] (fast CPU convolutions and bilinear resize, with backward
 //! passes), [`loss`] (BCE + Dice, CE + Dice, deep supervision), [`metrics`] (IoU, Dice),
 //! [`data`] (synthetic and PNG-folder data sets, batching, augmentation), [`train`]
-//! (optimizer, checkpoints, training step, evaluation), [`weights`] (safetensors I/O),
-//! [`device`].
+//! (optimizer, checkpoints, training step, evaluation), [`encoders`] (ResNet in torchvision's
+//! layout), [`interop`] (weights from MONAI), [`weights`] (safetensors I/O), [`device`].
 //!
 //! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.

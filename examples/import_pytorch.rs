@@ -1,0 +1,107 @@
+//! Loads UNet++ weights trained in PyTorch, prints what was detected, segments an image and
+//! writes the mask as a PNG.
+//!
+//! ```text
+//! python scripts/export_monai.py model.pt monai.safetensors
+//! cargo run --release --example import_pytorch -- --monai monai.safetensors
+//!     [--image in.png] [--out mask.png] [--export-monai back.safetensors]
+//! ```
+//!
+//! Sources so far: MONAI's `BasicUNetPlusPlus` (`--monai`). Without `--image` it segments a
+//! synthetic 64×64 image. The mask holds the arg-max class of each pixel (for one output
+//! channel, 255 where the probability exceeds 0.5). `--export-monai` writes the network back
+//! under MONAI's names (`BasicUNetPlusPlus.load_state_dict` takes it, see
+//! `scripts/roundtrip_monai.py`).
+
+use candle_core::{Device, Tensor};
+use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
+use unetpp::data::Dataset;
+use unetpp::interop::monai;
+
+type AnyError = Box<dyn std::error::Error>;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), AnyError> {
+    let mut source = None;
+    let mut image = None;
+    let mut out = std::path::PathBuf::from("mask.png");
+    let mut export = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--monai" => source = Some(value),
+            "--image" => image = Some(value),
+            "--out" => out = value.into(),
+            "--export-monai" => export = Some(value),
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag} (see the top of examples/import_pytorch.rs)"
+                )
+                .into())
+            }
+        }
+    }
+    let path = source.ok_or("name the weights: --monai FILE.safetensors")?;
+    let device = Device::Cpu;
+    let tensors = unetpp::weights::load_tensors(&path, &device)?;
+    let detected = monai::MonaiConfig::detect(&tensors)?;
+    let (net, cfg) = monai::from_monai(tensors, &device)?;
+    println!(
+        "MONAI BasicUNetPlusPlus: in_channels {}, out_channels {}, features {:?}",
+        detected.in_channels, detected.out_channels, detected.features
+    );
+    println!(
+        "as UNet++: widths {:?}, depth {}, heads {:?}, {} parameters",
+        cfg.widths(),
+        cfg.depth(),
+        cfg.heads(),
+        net.num_parameters()
+    );
+
+    let (pixels, c, h, w) = match &image {
+        Some(p) => unetpp::data::png_io::read_image(p)?,
+        None => {
+            let s = SyntheticDataset::new(SyntheticConfig {
+                samples: 1,
+                channels: if cfg.in_channels() == 3 { 3 } else { 1 },
+                ..Default::default()
+            })?
+            .get(0)?;
+            (s.image, s.channels, s.height, s.width)
+        }
+    };
+    if c != cfg.in_channels() {
+        return Err(format!(
+            "the image has {c} channel(s), the network takes {}",
+            cfg.in_channels()
+        )
+        .into());
+    }
+    let x = Tensor::from_vec(pixels, (1, c, h, w), &device)?;
+    let logits = net.forward(&x)?;
+    let labels = unetpp::metrics::labels_from_logits(&logits)?;
+    let classes = cfg.num_classes().max(2) as u32;
+    let mask: Vec<u8> = labels
+        .flatten_all()?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|l| (l * 255 / (classes - 1)) as u8)
+        .collect();
+    unetpp::data::png_io::write_gray(&out, &mask, w, h)?;
+    println!(
+        "segmented a {c}x{h}x{w} image; mask written to {}",
+        out.display()
+    );
+    if let Some(dst) = export {
+        monai::save_monai(&net, &dst)?;
+        println!("exported under MONAI's names to {dst}");
+    }
+    Ok(())
+}
