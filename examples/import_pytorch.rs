@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! python scripts/export_monai.py model.pt monai.safetensors
-//! cargo run --release --example import_pytorch -- --monai monai.safetensors
+//! cargo run --release --example import_pytorch -- --monai monai.safetensors   (or --nested-unet FILE)
 //!     [--image in.png] [--out mask.png] [--export-monai back.safetensors]
 //! ```
 //!
-//! Sources so far: MONAI's `BasicUNetPlusPlus` (`--monai`). Without `--image` it segments a
+//! Sources so far: MONAI's `BasicUNetPlusPlus` (`--monai`) and pytorch-nested-unet's
+//! `NestedUNet` (`--nested-unet`). Without `--image` it segments a
 //! synthetic 64×64 image. The mask holds the arg-max class of each pixel (for one output
 //! channel, 255 where the probability exceeds 0.5). `--export-monai` writes the network back
 //! under MONAI's names (`BasicUNetPlusPlus.load_state_dict` takes it, see
@@ -36,7 +37,8 @@ fn run() -> Result<(), AnyError> {
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--monai" => source = Some(value),
+            "--monai" => source = Some(("monai", value)),
+            "--nested-unet" => source = Some(("nested-unet", value)),
             "--image" => image = Some(value),
             "--out" => out = value.into(),
             "--export-monai" => export = Some(value),
@@ -48,15 +50,21 @@ fn run() -> Result<(), AnyError> {
             }
         }
     }
-    let path = source.ok_or("name the weights: --monai FILE.safetensors")?;
+    let (kind, path) = source
+        .ok_or("name the weights: --monai FILE.safetensors or --nested-unet FILE.safetensors")?;
     let device = Device::Cpu;
     let tensors = unetpp::weights::load_tensors(&path, &device)?;
-    let detected = monai::MonaiConfig::detect(&tensors)?;
-    let (net, cfg) = monai::from_monai(tensors, &device)?;
-    println!(
-        "MONAI BasicUNetPlusPlus: in_channels {}, out_channels {}, features {:?}",
-        detected.in_channels, detected.out_channels, detected.features
-    );
+    let (net, cfg) = if kind == "monai" {
+        let detected = monai::MonaiConfig::detect(&tensors)?;
+        println!(
+            "MONAI BasicUNetPlusPlus: in_channels {}, out_channels {}, features {:?}",
+            detected.in_channels, detected.out_channels, detected.features
+        );
+        monai::from_monai(tensors, &device)?
+    } else {
+        println!("pytorch-nested-unet NestedUNet");
+        unetpp::interop::nested_unet::from_nested_unet(tensors, &device)?
+    };
     println!(
         "as UNet++: widths {:?}, depth {}, heads {:?}, {} parameters",
         cfg.widths(),
@@ -100,6 +108,9 @@ fn run() -> Result<(), AnyError> {
         out.display()
     );
     if let Some(dst) = export {
+        if kind != "monai" {
+            return Err("--export-monai needs MONAI weights".into());
+        }
         monai::save_monai(&net, &dst)?;
         println!("exported under MONAI's names to {dst}");
     }

@@ -1,6 +1,8 @@
 //! MONAI `BasicUNetPlusPlus` weights load with the configuration read from their shapes and
 //! give MONAI's outputs (fixture made by pip-installed MONAI with
-//! `scripts/make_interop_fixtures.py`); export under MONAI's names round-trips.
+//! `scripts/make_interop_fixtures.py`); export under MONAI's names round-trips. The same for
+//! the NestedUNet layout (its fixture comes from the script's rebuild of that layout: the
+//! original code is not on PyPI).
 
 mod common;
 
@@ -9,12 +11,18 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use common::{max_rel_diff, tmp_path};
 use unetpp::interop::monai::{from_monai, load_monai, save_monai, MonaiConfig};
+use unetpp::interop::nested_unet::{from_nested_unet, load_nested_unet, save_nested_unet};
 use unetpp::prelude::*;
 
 fn fixture(key: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/monai_unetpp.safetensors"
+    let file = if key < "c" {
+        "monai_unetpp"
+    } else {
+        "nested_unet"
+    };
+    let path = format!(
+        "{}/tests/fixtures/{file}.safetensors",
+        env!("CARGO_MANIFEST_DIR")
     );
     let all = unetpp::weights::load_tensors(path, &Device::Cpu).unwrap();
     let mut state = HashMap::new();
@@ -95,4 +103,33 @@ fn mismatched_monai_files_are_errors_that_name_the_tensor() {
     assert!(odd.to_unetpp().is_err());
     state.insert("extra.weight".into(), t);
     assert!(from_monai(state, &Device::Cpu).is_err());
+}
+
+#[test]
+fn nested_unet_outputs_are_reproduced_and_round_trip() {
+    for (key, deep) in [("c", false), ("d", true)] {
+        let (state, io) = fixture(key);
+        let mut names: Vec<String> = state.keys().cloned().collect();
+        names.sort();
+        let (net, cfg) = from_nested_unet(state, &Device::Cpu).unwrap();
+        assert_eq!(cfg.deep_supervision(), deep);
+        let out = net.forward_t(&io["input"], false).unwrap();
+        for (k, y) in out.logits().iter().enumerate() {
+            let d = max_rel_diff(y, &io[&format!("output{k}")]);
+            assert!(d < 1e-4, "config {key}, output {k}: differs by {d}");
+        }
+        let path = tmp_path(&format!("nested-{key}.safetensors"));
+        save_nested_unet(&net, &path).unwrap();
+        let written = unetpp::weights::load_tensors(&path, &Device::Cpu).unwrap();
+        let mut got: Vec<String> = written.keys().cloned().collect();
+        got.sort();
+        assert_eq!(
+            got, names,
+            "exactly NestedUNet's names, num_batches_tracked included"
+        );
+        let (again, _) = load_nested_unet(&path, &Device::Cpu).unwrap();
+        let a = again.forward(&io["input"]).unwrap();
+        assert_eq!(common::max_abs_diff(&a, out.last()), 0.0);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
