@@ -53,23 +53,28 @@ def fill(model):
             t.copy_(torch.from_numpy(v.reshape(tuple(t.shape))).to(t.dtype))
 
 
-torch.manual_seed(0)
-x = torch.randn(2, 3, 40, 56)
-out = {"input": x}
-for arch in ["resnet18", "resnet34", "resnet50"]:
-    m = getattr(torchvision.models, arch)(weights=None).eval()
-    fill(m)
-    with torch.no_grad():
-        s = m.relu(m.bn1(m.conv1(x)))
-        taps = [s]
-        y = m.maxpool(s)
-        for layer in [m.layer1, m.layer2, m.layer3, m.layer4]:
-            y = layer(y)
-            taps.append(y)
-    for k, t in enumerate(taps):
-        out[f"{arch}.tap{k}"] = t.contiguous()
-    print(arch, [tuple(t.shape) for t in taps], [round(float(t.abs().max()), 3) for t in taps])
+def main():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 40, 56)
+    out = {"input": x}
+    for arch in ["resnet18", "resnet34", "resnet50"]:
+        m = getattr(torchvision.models, arch)(weights=None).eval()
+        fill(m)
+        with torch.no_grad():
+            s = m.relu(m.bn1(m.conv1(x)))
+            taps = [s]
+            y = m.maxpool(s)
+            for layer in [m.layer1, m.layer2, m.layer3, m.layer4]:
+                y = layer(y)
+                taps.append(y)
+        for k, t in enumerate(taps):
+            out[f"{arch}.tap{k}"] = t.contiguous()
+        print(arch, [tuple(t.shape) for t in taps], [round(float(t.abs().max()), 3) for t in taps])
 
-path = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "resnet_torchvision.safetensors"
-save_file(out, str(path))
-print(f"wrote {path} ({path.stat().st_size} bytes, torch {torch.__version__}, torchvision {torchvision.__version__})")
+    path = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "resnet_torchvision.safetensors"
+    save_file(out, str(path))
+    print(f"wrote {path} ({path.stat().st_size} bytes, torch {torch.__version__}, torchvision {torchvision.__version__})")
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,7 @@
 //! passes), [`loss`] (BCE + Dice, CE + Dice, deep supervision), [`metrics`] (IoU, Dice),
 //! [`data`] (synthetic and PNG-folder data sets, batching, augmentation), [`train`]
 //! (optimizer, checkpoints, training step, evaluation), [`encoders`] (ResNet in torchvision's
-//! layout), [`interop`] (weights from MONAI and NestedUNet), [`weights`] (safetensors I/O), [`device`].
+//! layout), [`interop`] (weights from MONAI, NestedUNet and segmentation_models_pytorch), [`weights`] (safetensors I/O), [`device`].
 //!
 //! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.

@@ -8,37 +8,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use common::max_rel_diff;
+use common::{formula, max_rel_diff};
 use unetpp::encoders::{ResNet, ResNetConfig};
-
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0, |h, b| (h * 31 + b as u64) % 1_000_003)
-}
-
-/// The formula of the fixture script, element by element.
-fn formula(name: &str, dims: &[usize]) -> Tensor {
-    let n: usize = dims.iter().product();
-    let h = name_hash(name);
-    let leaf = name.rsplit('.').next().unwrap();
-    let v: Vec<f32> = (0..n as u64)
-        .map(|i| {
-            let u = ((i * 7919 + h) % 1000) as f64 / 1000.0 - 0.5;
-            let x = if dims.len() == 4 {
-                let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
-                u * 2.0 * (3.0 / fan_in).sqrt()
-            } else {
-                match leaf {
-                    "weight" => 1.0 + 0.2 * u,
-                    "bias" | "running_mean" => 0.2 * u,
-                    "running_var" => 1.0 + u,
-                    other => panic!("unexpected tensor {other}"),
-                }
-            };
-            x as f32
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-}
 
 /// The named tensors of a ResNet of `cfg`, filled by the formula.
 fn formula_weights(cfg: &ResNetConfig) -> HashMap<String, Tensor> {

@@ -8,10 +8,14 @@ mod common;
 
 use std::collections::HashMap;
 
+use candle_core::DType;
 use candle_core::{Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 use common::{max_rel_diff, tmp_path};
+use unetpp::encoders::ResNetConfig;
 use unetpp::interop::monai::{from_monai, load_monai, save_monai, MonaiConfig};
 use unetpp::interop::nested_unet::{from_nested_unet, load_nested_unet, save_nested_unet};
+use unetpp::interop::smp::{SmpConfig, SmpUnetPlusPlus};
 use unetpp::prelude::*;
 
 fn fixture(key: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
@@ -132,4 +136,55 @@ fn nested_unet_outputs_are_reproduced_and_round_trip() {
         assert_eq!(common::max_abs_diff(&a, out.last()), 0.0);
         std::fs::remove_file(&path).unwrap();
     }
+}
+
+#[test]
+fn smp_unetplusplus_matches_segmentation_models_pytorch() {
+    // Fixture from scripts/make_smp_fixtures.py (smp 0.6.0): weights set by the shared formula.
+    let path = format!(
+        "{}/tests/fixtures/smp_unetpp.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let f = unetpp::weights::load_tensors(path, &Device::Cpu).unwrap();
+    for (name, encoder, classes, dec) in [
+        ("resnet18", ResNetConfig::resnet18(), 2, [32, 16, 8, 8, 4]),
+        ("resnet34", ResNetConfig::resnet34(), 1, [16, 16, 8, 8, 8]),
+        ("resnet50", ResNetConfig::resnet50(), 3, [32, 16, 8, 8, 4]),
+    ] {
+        let cfg = SmpConfig {
+            encoder,
+            decoder_channels: dec,
+            classes,
+        };
+        let varmap = VarMap::new();
+        SmpUnetPlusPlus::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let tensors: HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, v)| (n.clone(), common::formula(n, v.dims())))
+            .collect();
+        let net = SmpUnetPlusPlus::from_smp(&cfg, tensors, &Device::Cpu).unwrap();
+        let y = net.forward(&f[&format!("{name}/input")]).unwrap();
+        let d = max_rel_diff(&y, &f[&format!("{name}/output")]);
+        assert!(d < 1e-4, "{name}: differs from smp by {d}");
+    }
+    let cfg = SmpConfig {
+        encoder: ResNetConfig::resnet18(),
+        decoder_channels: [32, 16, 8, 8, 4],
+        classes: 2,
+    };
+    let varmap = VarMap::new();
+    let net = SmpUnetPlusPlus::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let odd = Tensor::zeros((1, 3, 48, 64), DType::F32, &Device::Cpu).unwrap();
+    assert!(net.forward(&odd).is_err(), "48 is not a multiple of 32");
 }

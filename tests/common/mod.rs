@@ -60,3 +60,33 @@ pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
         / scale
 }
+
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0, |h, b| (h * 31 + b as u64) % 1_000_003)
+}
+
+/// The weight formula of `scripts/make_resnet_fixtures.py` (also used by the smp fixtures),
+/// element by element: fixtures then hold no weights.
+pub fn formula(name: &str, dims: &[usize]) -> Tensor {
+    let n: usize = dims.iter().product();
+    let h = name_hash(name);
+    let leaf = name.rsplit('.').next().unwrap();
+    let v: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let u = ((i * 7919 + h) % 1000) as f64 / 1000.0 - 0.5;
+            let x = if dims.len() == 4 {
+                let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
+                u * 2.0 * (3.0 / fan_in).sqrt()
+            } else {
+                match leaf {
+                    "weight" => 1.0 + 0.2 * u,
+                    "bias" | "running_mean" => 0.2 * u,
+                    "running_var" => 1.0 + u,
+                    other => panic!("unexpected tensor {other}"),
+                }
+            };
+            x as f32
+        })
+        .collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}

@@ -1,0 +1,246 @@
+//! segmentation_models_pytorch's `UnetPlusPlus` with a ResNet encoder, under its own weight
+//! names, so that its `state_dict` loads unchanged.
+//!
+//! smp builds the nested decoder on the encoder's five taps, deepest first: its block
+//! `x_{d}_{l}` is our node `X^{i,j}` with `i = 3 − l`, `j = l − d + 1`. Each block up-samples
+//! its input ×2 (nearest), concatenates it *first*, then the earlier nodes of its level in
+//! descending order and the encoder tap last, and applies two 3×3 convolutions with
+//! batch-norm and ReLU (no conv bias). Widths are not uniform per level: the outer diagonal
+//! uses `decoder_channels`, the inner nodes the encoder's width. A last block `x_0_4` goes to
+//! full resolution without a skip, and the head is one 3×3 convolution. There is no deep
+//! supervision. Inputs must be multiples of 32.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, VarBuilder};
+
+use crate::encoders::{ResNet, ResNetConfig};
+use crate::{weights, Error, Result};
+
+/// Configuration of an smp `UnetPlusPlus` (encoder depth 5, batch-norm decoder).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmpConfig {
+    /// The encoder (`encoder_name` resnet18 / resnet34 / resnet50, `in_channels`).
+    pub encoder: ResNetConfig,
+    /// `decoder_channels`, five widths (smp's default `(256, 128, 64, 32, 16)`).
+    pub decoder_channels: [usize; 5],
+    /// `classes`.
+    pub classes: usize,
+}
+
+/// `Conv2dReLU` with batch-norm: `conv{k}.0` (no bias), `conv{k}.1`, ReLU.
+#[derive(Debug, Clone)]
+struct ConvBnRelu {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBnRelu {
+    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        let conv_cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        Ok(Self {
+            conv: candle_nn::conv2d_no_bias(c_in, c_out, 3, conv_cfg, vb.pp("0"))?,
+            bn: candle_nn::batch_norm(c_out, BatchNormConfig::default(), vb.pp("1"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderBlock {
+    conv1: ConvBnRelu,
+    conv2: ConvBnRelu,
+}
+
+impl DecoderBlock {
+    fn new(c_in: usize, skip: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            conv1: ConvBnRelu::new(c_in + skip, c_out, vb.pp("conv1"))?,
+            conv2: ConvBnRelu::new(c_out, c_out, vb.pp("conv2"))?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let x = x.upsample_nearest2d(2 * h, 2 * w)?;
+        let x = match skip {
+            Some(s) => Tensor::cat(&[&x, s], 1)?,
+            None => x,
+        };
+        self.conv2.forward(&self.conv1.forward(&x, train)?, train)
+    }
+}
+
+/// smp's `UnetPlusPlus` (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct SmpUnetPlusPlus {
+    cfg: SmpConfig,
+    encoder: ResNet,
+    blocks: HashMap<(usize, usize), DecoderBlock>,
+    head: Conv2d,
+}
+
+/// Decoder depth: blocks `x_{d}_{l}` with `d ≤ l < DEPTH`, plus `x_0_{DEPTH}`.
+const DEPTH: usize = 4;
+
+impl SmpUnetPlusPlus {
+    /// The network of `cfg` with weights from `vb` under smp's names (`encoder.*`,
+    /// `decoder.blocks.x_{d}_{l}.conv{1,2}.{0,1}.*`, `segmentation_head.0.*`).
+    pub fn new(cfg: &SmpConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.classes == 0 || cfg.decoder_channels.contains(&0) {
+            return Err(Error::config(
+                "classes",
+                "classes and decoder channels must be at least 1",
+            ));
+        }
+        let encoder = ResNet::new(&cfg.encoder, vb.pp("encoder"))?;
+        let e = cfg.encoder.out_channels(); // taps at strides 2..32
+        let dec = cfg.decoder_channels;
+        // smp's lists, deepest first: the input widths, skip widths and output widths per layer.
+        let head_ch = e[4];
+        let in_ch = [head_ch, dec[0], dec[1], dec[2], dec[3]];
+        let skip_ch = [e[3], e[2], e[1], e[0], 0];
+        let vb_blocks = vb.pp("decoder").pp("blocks");
+        let mut blocks = HashMap::new();
+        for l in 0..DEPTH {
+            for d in 0..=l {
+                let (c_in, skip, c_out) = if d == 0 {
+                    (in_ch[l], skip_ch[l] * (l + 1), dec[l])
+                } else {
+                    (skip_ch[l - 1], skip_ch[l] * (l + 1 - d), skip_ch[l])
+                };
+                blocks.insert(
+                    (d, l),
+                    DecoderBlock::new(c_in, skip, c_out, vb_blocks.pp(format!("x_{d}_{l}")))?,
+                );
+            }
+        }
+        blocks.insert(
+            (0, DEPTH),
+            DecoderBlock::new(
+                in_ch[DEPTH],
+                0,
+                dec[DEPTH],
+                vb_blocks.pp(format!("x_0_{DEPTH}")),
+            )?,
+        );
+        let head = candle_nn::conv2d(
+            dec[DEPTH],
+            cfg.classes,
+            3,
+            Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            },
+            vb.pp("segmentation_head").pp("0"),
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoder,
+            blocks,
+            head,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SmpConfig {
+        &self.cfg
+    }
+
+    fn block(&self, d: usize, l: usize) -> Result<&DecoderBlock> {
+        self.blocks
+            .get(&(d, l))
+            .ok_or_else(|| Error::config("decoder", format!("no block x_{d}_{l}")))
+    }
+
+    /// Logits `(N, classes, H, W)`; `train` switches batch-norm to batch statistics. `H` and `W`
+    /// must be multiples of 32.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4().map_err(|_| {
+            Error::Shape(format!(
+                "expected an (N, C, H, W) image batch, got {:?}",
+                x.dims()
+            ))
+        })?;
+        if h % 32 != 0 || w % 32 != 0 || h == 0 || w == 0 {
+            return Err(Error::Shape(format!(
+                "input is {h}x{w}; segmentation_models_pytorch's UnetPlusPlus needs multiples of 32"
+            )));
+        }
+        let mut feats = self.encoder.features(x, train)?;
+        feats.reverse(); // deepest first, as smp orders them
+        let mut dense: HashMap<(usize, usize), Tensor> = HashMap::new();
+        for l in 0..DEPTH {
+            for d in 0..DEPTH - l {
+                let out = if l == 0 {
+                    self.block(d, d)?
+                        .forward(&feats[d], Some(&feats[d + 1]), train)?
+                } else {
+                    let to = d + l;
+                    let mut parts = Vec::with_capacity(l + 1);
+                    for k in d + 1..=to {
+                        parts.push(dense.get(&(k, to)).ok_or_else(|| {
+                            Error::config(
+                                "decoder",
+                                format!("x_{k}_{to} read before it is computed"),
+                            )
+                        })?);
+                    }
+                    parts.push(&feats[to + 1]);
+                    let skip = Tensor::cat(&parts, 1)?;
+                    let prev = dense.get(&(d, to - 1)).ok_or_else(|| {
+                        Error::config(
+                            "decoder",
+                            format!("x_{d}_{} read before it is computed", to - 1),
+                        )
+                    })?;
+                    self.block(d, to)?.forward(prev, Some(&skip), train)?
+                };
+                dense.insert((d, d + l), out);
+            }
+        }
+        let last = dense
+            .get(&(0, DEPTH - 1))
+            .ok_or_else(|| Error::config("decoder", "the last node is missing"))?;
+        let y = self.block(0, DEPTH)?.forward(last, None, train)?;
+        Ok(self.head.forward(&y)?)
+    }
+
+    /// Inference logits in evaluation mode.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
+    }
+
+    /// Builds the network of `cfg` from an smp `state_dict` (named tensors). The
+    /// `num_batches_tracked` counters are skipped; a missing, extra or mis-shaped tensor is an
+    /// [`Error::Weights`] naming it.
+    pub fn from_smp(
+        cfg: &SmpConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let kept = tensors
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
+            .collect();
+        weights::build_checked(kept, DType::F32, device, |vb| Self::new(cfg, vb))
+    }
+
+    /// [`Self::from_smp`] from a safetensors file.
+    pub fn load_smp(cfg: &SmpConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::from_smp(cfg, weights::load_tensors(path, device)?, device)
+    }
+}
