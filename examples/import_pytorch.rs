@@ -7,8 +7,9 @@
 //!     [--image in.png] [--out mask.png] [--export-monai back.safetensors]
 //! ```
 //!
-//! Sources so far: MONAI's `BasicUNetPlusPlus` (`--monai`) and pytorch-nested-unet's
-//! `NestedUNet` (`--nested-unet`). Without `--image` it segments a
+//! Sources: MONAI's `BasicUNetPlusPlus` (`--monai`), pytorch-nested-unet's `NestedUNet`
+//! (`--nested-unet`) and segmentation_models_pytorch's `UnetPlusPlus` with a ResNet encoder
+//! (`--smp`; inputs must be multiples of 32). Without `--image` it segments a
 //! synthetic 64×64 image. The mask holds the arg-max class of each pixel (for one output
 //! channel, 255 where the probability exceeds 0.5). `--export-monai` writes the network back
 //! under MONAI's names (`BasicUNetPlusPlus.load_state_dict` takes it, see
@@ -39,6 +40,7 @@ fn run() -> Result<(), AnyError> {
         match flag.as_str() {
             "--monai" => source = Some(("monai", value)),
             "--nested-unet" => source = Some(("nested-unet", value)),
+            "--smp" => source = Some(("smp", value)),
             "--image" => image = Some(value),
             "--out" => out = value.into(),
             "--export-monai" => export = Some(value),
@@ -54,48 +56,68 @@ fn run() -> Result<(), AnyError> {
         .ok_or("name the weights: --monai FILE.safetensors or --nested-unet FILE.safetensors")?;
     let device = Device::Cpu;
     let tensors = unetpp::weights::load_tensors(&path, &device)?;
-    let (net, cfg) = if kind == "monai" {
-        let detected = monai::MonaiConfig::detect(&tensors)?;
+    // One forward function whatever the source: (input channels, classes, the network's forward).
+    type Forward = Box<dyn Fn(&Tensor) -> unetpp::Result<Tensor>>;
+    let (in_channels, classes, forward, unet): (usize, usize, Forward, Option<_>) = if kind == "smp"
+    {
+        let cfg = unetpp::interop::smp::SmpConfig::detect(&tensors)?;
+        let net = unetpp::interop::smp::SmpUnetPlusPlus::from_smp(&cfg, tensors, &device)?;
         println!(
-            "MONAI BasicUNetPlusPlus: in_channels {}, out_channels {}, features {:?}",
-            detected.in_channels, detected.out_channels, detected.features
+            "segmentation_models_pytorch UnetPlusPlus: encoder {:?}, decoder_channels {:?}, classes {}",
+            cfg.encoder.depth, cfg.decoder_channels, cfg.classes
         );
-        monai::from_monai(tensors, &device)?
+        let (c, k) = (cfg.encoder.in_channels, cfg.classes);
+        (c, k, Box::new(move |x: &Tensor| net.forward(x)), None)
     } else {
-        println!("pytorch-nested-unet NestedUNet");
-        unetpp::interop::nested_unet::from_nested_unet(tensors, &device)?
+        let (net, cfg) = if kind == "monai" {
+            let detected = monai::MonaiConfig::detect(&tensors)?;
+            println!(
+                "MONAI BasicUNetPlusPlus: in_channels {}, out_channels {}, features {:?}",
+                detected.in_channels, detected.out_channels, detected.features
+            );
+            monai::from_monai(tensors, &device)?
+        } else {
+            println!("pytorch-nested-unet NestedUNet");
+            unetpp::interop::nested_unet::from_nested_unet(tensors, &device)?
+        };
+        println!(
+            "as UNet++: widths {:?}, depth {}, heads {:?}, {} parameters",
+            cfg.widths(),
+            cfg.depth(),
+            cfg.heads(),
+            net.num_parameters()
+        );
+        let (c, k) = (cfg.in_channels(), cfg.num_classes());
+        let runner = net.clone();
+        (
+            c,
+            k,
+            Box::new(move |x: &Tensor| runner.forward(x)),
+            Some(net),
+        )
     };
-    println!(
-        "as UNet++: widths {:?}, depth {}, heads {:?}, {} parameters",
-        cfg.widths(),
-        cfg.depth(),
-        cfg.heads(),
-        net.num_parameters()
-    );
 
     let (pixels, c, h, w) = match &image {
         Some(p) => unetpp::data::png_io::read_image(p)?,
         None => {
             let s = SyntheticDataset::new(SyntheticConfig {
                 samples: 1,
-                channels: if cfg.in_channels() == 3 { 3 } else { 1 },
+                channels: if in_channels == 3 { 3 } else { 1 },
                 ..Default::default()
             })?
             .get(0)?;
             (s.image, s.channels, s.height, s.width)
         }
     };
-    if c != cfg.in_channels() {
-        return Err(format!(
-            "the image has {c} channel(s), the network takes {}",
-            cfg.in_channels()
-        )
-        .into());
+    if c != in_channels {
+        return Err(
+            format!("the image has {c} channel(s), the network takes {in_channels}").into(),
+        );
     }
     let x = Tensor::from_vec(pixels, (1, c, h, w), &device)?;
-    let logits = net.forward(&x)?;
+    let logits = forward(&x)?;
     let labels = unetpp::metrics::labels_from_logits(&logits)?;
-    let classes = cfg.num_classes().max(2) as u32;
+    let classes = classes.max(2) as u32;
     let mask: Vec<u8> = labels
         .flatten_all()?
         .to_vec1::<u32>()?
@@ -108,10 +130,10 @@ fn run() -> Result<(), AnyError> {
         out.display()
     );
     if let Some(dst) = export {
-        if kind != "monai" {
-            return Err("--export-monai needs MONAI weights".into());
+        match (&unet, kind) {
+            (Some(net), "monai") => monai::save_monai(net, &dst)?,
+            _ => return Err("--export-monai needs MONAI weights".into()),
         }
-        monai::save_monai(&net, &dst)?;
         println!("exported under MONAI's names to {dst}");
     }
     Ok(())

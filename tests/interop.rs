@@ -169,6 +169,11 @@ fn smp_unetplusplus_matches_segmentation_models_pytorch() {
             .iter()
             .map(|(n, v)| (n.clone(), common::formula(n, v.dims())))
             .collect();
+        assert_eq!(
+            SmpConfig::detect(&tensors).unwrap(),
+            cfg,
+            "{name}: detected configuration"
+        );
         let net = SmpUnetPlusPlus::from_smp(&cfg, tensors, &Device::Cpu).unwrap();
         let y = net.forward(&f[&format!("{name}/input")]).unwrap();
         let d = max_rel_diff(&y, &f[&format!("{name}/output")]);

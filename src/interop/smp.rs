@@ -30,6 +30,43 @@ pub struct SmpConfig {
     pub classes: usize,
 }
 
+impl SmpConfig {
+    /// Reads the configuration from an smp `state_dict`'s shapes: the encoder (ResNet-50 has
+    /// `conv3` in its blocks; ResNet-34 six blocks in `layer3`, ResNet-18 two), its input
+    /// channels, the decoder channels and the classes.
+    pub fn detect(tensors: &HashMap<String, Tensor>) -> Result<Self> {
+        let dim = |name: &str, d: usize| -> Result<usize> {
+            let t = tensors.get(name).ok_or_else(|| {
+                Error::weights(
+                    name,
+                    "missing: not an smp UnetPlusPlus state_dict with a ResNet encoder?",
+                )
+            })?;
+            t.dims()
+                .get(d)
+                .copied()
+                .ok_or_else(|| Error::weights(name, format!("unexpected shape {:?}", t.dims())))
+        };
+        let mut encoder = if tensors.contains_key("encoder.layer1.0.conv3.weight") {
+            ResNetConfig::resnet50()
+        } else if tensors.contains_key("encoder.layer3.5.conv1.weight") {
+            ResNetConfig::resnet34()
+        } else {
+            ResNetConfig::resnet18()
+        };
+        encoder.in_channels = dim("encoder.conv1.weight", 1)?;
+        let mut decoder_channels = [0usize; 5];
+        for (l, c) in decoder_channels.iter_mut().enumerate() {
+            *c = dim(&format!("decoder.blocks.x_0_{l}.conv1.0.weight"), 0)?;
+        }
+        Ok(Self {
+            encoder,
+            decoder_channels,
+            classes: dim("segmentation_head.0.weight", 0)?,
+        })
+    }
+}
+
 /// `Conv2dReLU` with batch-norm: `conv{k}.0` (no bias), `conv{k}.1`, ReLU.
 #[derive(Debug, Clone)]
 struct ConvBnRelu {
@@ -242,5 +279,13 @@ impl SmpUnetPlusPlus {
     /// [`Self::from_smp`] from a safetensors file.
     pub fn load_smp(cfg: &SmpConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::from_smp(cfg, weights::load_tensors(path, device)?, device)
+    }
+
+    /// Loads a safetensors export of an smp `state_dict`, with the configuration read from
+    /// its shapes ([`SmpConfig::detect`]).
+    pub fn load_detected(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let tensors = weights::load_tensors(path, device)?;
+        let cfg = SmpConfig::detect(&tensors)?;
+        Self::from_smp(&cfg, tensors, device)
     }
 }
