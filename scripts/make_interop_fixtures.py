@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 torch.manual_seed(0)
 out = {}
 configs = {
-    # deep supervision on, 1 input channel, 2 classes, square input
-    "a": dict(in_channels=1, out_channels=2, features=(4, 4, 8, 16, 32, 4), deep_supervision=True, shape=(2, 1, 32, 32)),
+    # deep supervision on, 1 input channel, 3 classes, square input
+    "a": dict(in_channels=1, out_channels=3, features=(4, 4, 8, 16, 32, 4), deep_supervision=True, shape=(2, 1, 32, 32)),
     # deep supervision off, 3 input channels, 1 class, non-square input
     "b": dict(in_channels=3, out_channels=1, features=(6, 6, 12, 24, 48, 6), deep_supervision=False, shape=(1, 3, 48, 32)),
 }
