@@ -4,7 +4,7 @@
 //! ```text
 //! python scripts/export_monai.py model.pt monai.safetensors
 //! cargo run --release --example import_pytorch -- --monai monai.safetensors   (or --nested-unet FILE)
-//!     [--image in.png] [--out mask.png] [--export-monai back.safetensors]
+//!     [--image in.png] [--out mask.png] [--export-monai FILE | --export-smp FILE]
 //! ```
 //!
 //! Sources: MONAI's `BasicUNetPlusPlus` (`--monai`), pytorch-nested-unet's `NestedUNet`
@@ -13,7 +13,8 @@
 //! synthetic 64×64 image. The mask holds the arg-max class of each pixel (for one output
 //! channel, 255 where the probability exceeds 0.5). `--export-monai` writes the network back
 //! under MONAI's names (`BasicUNetPlusPlus.load_state_dict` takes it, see
-//! `scripts/roundtrip_monai.py`).
+//! `scripts/roundtrip_monai.py`); `--export-smp` does the same for smp weights
+//! (`scripts/roundtrip_smp.py`).
 
 use candle_core::{Device, Tensor};
 use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
@@ -43,7 +44,7 @@ fn run() -> Result<(), AnyError> {
             "--smp" => source = Some(("smp", value)),
             "--image" => image = Some(value),
             "--out" => out = value.into(),
-            "--export-monai" => export = Some(value),
+            "--export-monai" | "--export-smp" => export = Some(value),
             _ => {
                 return Err(format!(
                     "unknown flag {flag} (see the top of examples/import_pytorch.rs)"
@@ -62,6 +63,10 @@ fn run() -> Result<(), AnyError> {
     {
         let cfg = unetpp::interop::smp::SmpConfig::detect(&tensors)?;
         let net = unetpp::interop::smp::SmpUnetPlusPlus::from_smp(&cfg, tensors, &device)?;
+        if let Some(dst) = &export {
+            net.save_smp(dst)?;
+            println!("exported under smp's names to {dst}");
+        }
         println!(
             "segmentation_models_pytorch UnetPlusPlus: encoder {:?}, decoder_channels {:?}, classes {}",
             cfg.encoder.depth, cfg.decoder_channels, cfg.classes
@@ -131,10 +136,13 @@ fn run() -> Result<(), AnyError> {
     );
     if let Some(dst) = export {
         match (&unet, kind) {
-            (Some(net), "monai") => monai::save_monai(net, &dst)?,
-            _ => return Err("--export-monai needs MONAI weights".into()),
+            (Some(net), "monai") => {
+                monai::save_monai(net, &dst)?;
+                println!("exported under MONAI's names to {dst}");
+            }
+            (_, "smp") => {} // written above
+            _ => return Err("export is available for MONAI and smp weights".into()),
         }
-        println!("exported under MONAI's names to {dst}");
     }
     Ok(())
 }

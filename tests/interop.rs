@@ -178,6 +178,27 @@ fn smp_unetplusplus_matches_segmentation_models_pytorch() {
         let y = net.forward(&f[&format!("{name}/input")]).unwrap();
         let d = max_rel_diff(&y, &f[&format!("{name}/output")]);
         assert!(d < 1e-4, "{name}: differs from smp by {d}");
+        // Export under smp's names, every batch-norm with its counter, and back.
+        let path = tmp_path(&format!("smp-{name}.safetensors"));
+        net.save_smp(&path).unwrap();
+        let written = unetpp::weights::load_tensors(&path, &Device::Cpu).unwrap();
+        let counters = written
+            .keys()
+            .filter(|k| k.ends_with("num_batches_tracked"))
+            .count();
+        let stats = written
+            .keys()
+            .filter(|k| k.ends_with("running_var"))
+            .count();
+        assert_eq!(counters, stats);
+        assert_eq!(
+            written.len() - counters,
+            varmap.data().lock().unwrap().len()
+        );
+        let again = SmpUnetPlusPlus::load_detected(&path, &Device::Cpu).unwrap();
+        let y2 = again.forward(&f[&format!("{name}/input")]).unwrap();
+        assert_eq!(common::max_abs_diff(&y, &y2), 0.0);
+        std::fs::remove_file(&path).unwrap();
     }
     let cfg = SmpConfig {
         encoder: ResNetConfig::resnet18(),

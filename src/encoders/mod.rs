@@ -1,6 +1,6 @@
 //! Encoders shared by the segmentation and detection models: ResNet-18/34/50 in torchvision's
 //! layout and weight names.
 
-mod resnet;
+pub(crate) mod resnet;
 
 pub use resnet::{ResNet, ResNetConfig, ResNetDepth};

@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, VarBuilder};
 
+use crate::nn::{push, NamedTensor};
 use crate::{weights, Error, Result};
 
 /// Which ResNet.
@@ -145,6 +146,31 @@ impl ConvBn {
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.bn.forward_t(&self.conv.forward(x)?, train)
     }
+
+    fn named_tensors(&self, conv: &str, bn: &str, out: &mut Vec<NamedTensor>) {
+        conv_bn_tensors(&self.conv, &self.bn, conv, bn, out);
+    }
+}
+
+/// The tensors of a convolution (weight, optional bias) and its batch-norm under PyTorch's
+/// names; the batch-norm's running statistics are buffers.
+pub(crate) fn conv_bn_tensors(
+    conv: &Conv2d,
+    bn: &BatchNorm,
+    conv_prefix: &str,
+    bn_prefix: &str,
+    out: &mut Vec<NamedTensor>,
+) {
+    push(out, conv_prefix, "weight", conv.weight(), true);
+    if let Some(b) = conv.bias() {
+        push(out, conv_prefix, "bias", b, true);
+    }
+    if let Some((w, b)) = bn.weight_and_bias() {
+        push(out, bn_prefix, "weight", w, true);
+        push(out, bn_prefix, "bias", b, true);
+    }
+    push(out, bn_prefix, "running_mean", bn.running_mean(), false);
+    push(out, bn_prefix, "running_var", bn.running_var(), false);
 }
 
 /// A residual block: basic (two 3×3) or bottleneck (1×1, 3×3, 1×1), with the projection of
@@ -321,6 +347,40 @@ impl ResNet {
     /// The configuration.
     pub fn config(&self) -> &ResNetConfig {
         &self.cfg
+    }
+
+    /// Every tensor under torchvision's name, each prefixed with `prefix` and a dot when
+    /// `prefix` is not empty (smp nests the body under `encoder`).
+    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
+        let p = |name: &str| {
+            if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            }
+        };
+        let mut out = Vec::new();
+        self.stem.named_tensors(&p("conv1"), &p("bn1"), &mut out);
+        for (stage, blocks) in self.layers.iter().enumerate() {
+            for (b, block) in blocks.iter().enumerate() {
+                let at = p(&format!("layer{}.{b}", stage + 1));
+                for (k, cb) in block.convs.iter().enumerate() {
+                    cb.named_tensors(
+                        &format!("{at}.conv{}", k + 1),
+                        &format!("{at}.bn{}", k + 1),
+                        &mut out,
+                    );
+                }
+                if let Some(d) = &block.downsample {
+                    d.named_tensors(
+                        &format!("{at}.downsample.0"),
+                        &format!("{at}.downsample.1"),
+                        &mut out,
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// The feature taps of `x (N, C, H, W)`: the stem after its ReLU (stride 2), then the

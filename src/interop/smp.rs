@@ -16,7 +16,9 @@ use std::path::Path;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, VarBuilder};
 
+use crate::encoders::resnet::conv_bn_tensors;
 use crate::encoders::{ResNet, ResNetConfig};
+use crate::nn::{push, NamedTensor};
 use crate::{weights, Error, Result};
 
 /// Configuration of an smp `UnetPlusPlus` (encoder depth 5, batch-norm decoder).
@@ -254,6 +256,53 @@ impl SmpUnetPlusPlus {
             .ok_or_else(|| Error::config("decoder", "the last node is missing"))?;
         let y = self.block(0, DEPTH)?.forward(last, None, train)?;
         Ok(self.head.forward(&y)?)
+    }
+
+    /// Every tensor under smp's name (batch-norm statistics included, as buffers).
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        let mut out = self.encoder.named_tensors("encoder");
+        let mut keys: Vec<&(usize, usize)> = self.blocks.keys().collect();
+        keys.sort();
+        for &(d, l) in keys {
+            let b = &self.blocks[&(d, l)];
+            let at = format!("decoder.blocks.x_{d}_{l}");
+            for (k, c) in [(1, &b.conv1), (2, &b.conv2)] {
+                conv_bn_tensors(
+                    &c.conv,
+                    &c.bn,
+                    &format!("{at}.conv{k}.0"),
+                    &format!("{at}.conv{k}.1"),
+                    &mut out,
+                );
+            }
+        }
+        push(
+            &mut out,
+            "segmentation_head.0",
+            "weight",
+            self.head.weight(),
+            true,
+        );
+        if let Some(b) = self.head.bias() {
+            push(&mut out, "segmentation_head.0", "bias", b, true);
+        }
+        out
+    }
+
+    /// Writes the network under smp's names so that `UnetPlusPlus.load_state_dict` takes it
+    /// (each batch-norm's `num_batches_tracked` is written as 0).
+    pub fn save_smp(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut tensors = Vec::new();
+        for t in self.named_tensors() {
+            if let Some(bn) = t.name.strip_suffix(".running_var") {
+                tensors.push((
+                    format!("{bn}.num_batches_tracked"),
+                    Tensor::new(0i64, t.tensor.device())?,
+                ));
+            }
+            tensors.push((t.name, t.tensor));
+        }
+        weights::save_with_metadata(&tensors, None, path)
     }
 
     /// Inference logits in evaluation mode.
