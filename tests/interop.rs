@@ -46,7 +46,7 @@ fn fixture(key: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
 
 #[test]
 fn monai_outputs_are_reproduced() {
-    for (key, heads) in [("a", 4), ("b", 1)] {
+    for (key, heads) in [("a", 4), ("a2", 4), ("b", 1)] {
         let (state, io) = fixture(key);
         let detected = MonaiConfig::detect(&state).unwrap();
         let (net, cfg) = from_monai(state, &Device::Cpu).unwrap();

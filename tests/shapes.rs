@@ -138,3 +138,16 @@ fn multi_class_probabilities_sum_to_one() {
     let ones = s.ones_like().unwrap();
     assert!(max_abs_diff(&s, &ones) < 1e-5);
 }
+
+#[test]
+fn pad_upsampled_runs_any_size_as_monai_does() {
+    let cfg = common::small().pad_upsampled(true).build().unwrap();
+    let (_, net) = common::build(&cfg);
+    let x = common::randn(&[1, 1, 37, 45]);
+    let out = net.forward_t(&x, false).unwrap();
+    for y in out.logits() {
+        assert_eq!(y.dims(), &[1, 1, 37, 45]);
+    }
+    let e = net.forward(&common::randn(&[1, 1, 8, 37])).unwrap_err();
+    assert!(e.to_string().contains("at least 16"), "{e}");
+}

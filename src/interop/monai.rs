@@ -17,7 +17,8 @@
 //! its sixth feature is the width of `X^{0,4}`. That equals our layout when
 //! `f0 = f1 = f5` and `f_{i+1} = 2·f_i` for `i ≥ 1`, as in MONAI's default
 //! `(32, 32, 64, 128, 256, 32)`; other feature tuples are refused with an error that says so.
-//! Inputs must be multiples of 16 (MONAI pads odd sizes its own way).
+//! Inputs of any size run as in MONAI (pooling floors odd sizes; an up-sampled map one pixel
+//! short is replicate-padded at its end: [`UNetPlusPlusConfigBuilder::pad_upsampled`](crate::unetpp::UNetPlusPlusConfigBuilder::pad_upsampled)).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -62,6 +63,7 @@ impl MonaiConfig {
             .activation(Activation::LeakyRelu(0.1))
             .concat_order(ConcatOrder::SkipsFirst)
             .heads([1, 2, 3, 4])
+            .pad_upsampled(true)
             .build()
     }
 

@@ -28,6 +28,7 @@ pub struct UNetPlusPlusConfig {
     pub(crate) concat: ConcatOrder,
     pub(crate) conv_bias: bool,
     pub(crate) pad_to_multiple: bool,
+    pub(crate) pad_upsampled: bool,
 }
 
 /// Chained setters for a [`UNetPlusPlusConfig`]; nothing is checked until [`Self::build`].
@@ -58,6 +59,7 @@ impl UNetPlusPlusConfig {
                 concat: ConcatOrder::UpsampledFirst,
                 conv_bias: true,
                 pad_to_multiple: false,
+                pad_upsampled: false,
             },
             deep_supervision: true,
             heads: None,
@@ -128,6 +130,12 @@ impl UNetPlusPlusConfig {
     pub fn pad_to_multiple(&self) -> bool {
         self.pad_to_multiple
     }
+
+    /// Whether inputs of any size run, an up-sampled map one pixel short of its level being
+    /// replicate-padded at its end (MONAI's way).
+    pub fn pad_upsampled(&self) -> bool {
+        self.pad_upsampled
+    }
 }
 
 impl UNetPlusPlusConfigBuilder {
@@ -197,6 +205,15 @@ impl UNetPlusPlusConfigBuilder {
     /// border), run, and crop the outputs back to the input's size.
     pub fn pad_to_multiple(mut self, on: bool) -> Self {
         self.cfg.pad_to_multiple = on;
+        self
+    }
+
+    /// Run inputs of any size (at least `2^depth` pixels each way) as MONAI's
+    /// `BasicUNetPlusPlus` does: pooling floors odd sizes, and where an up-sampled map is one
+    /// pixel short of the maps of its level, its last row or column is repeated. Used for
+    /// MONAI weights; [`Self::pad_to_multiple`] takes precedence when both are on.
+    pub fn pad_upsampled(mut self, on: bool) -> Self {
+        self.cfg.pad_upsampled = on;
         self
     }
 

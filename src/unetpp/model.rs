@@ -189,6 +189,14 @@ impl UNetPlusPlus {
         let m = 1usize << self.cfg.depth;
         let (x, pad) = if h % m == 0 && w % m == 0 {
             (x.clone(), None)
+        } else if self.cfg.pad_upsampled && !self.cfg.pad_to_multiple {
+            if h >> self.cfg.depth == 0 || w >> self.cfg.depth == 0 {
+                return Err(Error::Shape(format!(
+                    "input is {h}x{w} but a UNet++ of depth {} needs at least {m} pixels each way",
+                    self.cfg.depth
+                )));
+            }
+            (x.clone(), None)
         } else if self.cfg.pad_to_multiple {
             let (ph, pw) = (h.next_multiple_of(m) - h, w.next_multiple_of(m) - w);
             let x =
@@ -212,7 +220,15 @@ impl UNetPlusPlus {
                     Input::Pooled(src) => self.output_of(&outs, src)?.max_pool2d(2)?,
                     Input::Skip(src) => self.output_of(&outs, src)?.clone(),
                     Input::Upsampled(src) => match &self.ups[idx] {
-                        Some(up) => up.forward(self.output_of(&outs, src)?)?,
+                        Some(up) => {
+                            let y = up.forward(self.output_of(&outs, src)?)?;
+                            if self.cfg.pad_upsampled {
+                                let level = self.output_of(&outs, Node::new(node.level, 0))?;
+                                pad_end_to(&y, level.dim(2)?, level.dim(3)?)?
+                            } else {
+                                y
+                            }
+                        }
                         None => {
                             return Err(Error::config(
                                 "upsample",
@@ -406,6 +422,20 @@ impl UNetPlusPlus {
             Self::new_pruned(cfg, level, vb)
         })
     }
+}
+
+/// `y` replicate-padded at its end to `h × w` (MONAI pads an up-sampled map one pixel short
+/// of its level this way).
+fn pad_end_to(y: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (yh, yw) = (y.dim(2)?, y.dim(3)?);
+    let mut y = y.clone();
+    if yh < h {
+        y = y.pad_with_same(2, 0, h - yh)?;
+    }
+    if yw < w {
+        y = y.pad_with_same(3, 0, w - yw)?;
+    }
+    Ok(y)
 }
 
 fn check_level(cfg: &UNetPlusPlusConfig, level: Level) -> Result<usize> {
