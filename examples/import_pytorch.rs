@@ -4,7 +4,7 @@
 //! ```text
 //! python scripts/export_monai.py model.pt monai.safetensors
 //! cargo run --release --example import_pytorch -- --monai monai.safetensors   (or --nested-unet FILE)
-//!     [--image in.png] [--out mask.png] [--export-monai FILE | --export-smp FILE]
+//!     [--image in.png] [--out mask.png] [--export-monai FILE | --export-smp FILE | --export-nested-unet FILE]
 //! ```
 //!
 //! Sources: MONAI's `BasicUNetPlusPlus` (`--monai`), pytorch-nested-unet's `NestedUNet`
@@ -44,7 +44,7 @@ fn run() -> Result<(), AnyError> {
             "--smp" => source = Some(("smp", value)),
             "--image" => image = Some(value),
             "--out" => out = value.into(),
-            "--export-monai" | "--export-smp" => export = Some(value),
+            "--export-monai" | "--export-smp" | "--export-nested-unet" => export = Some(value),
             _ => {
                 return Err(format!(
                     "unknown flag {flag} (see the top of examples/import_pytorch.rs)"
@@ -140,8 +140,12 @@ fn run() -> Result<(), AnyError> {
                 monai::save_monai(net, &dst)?;
                 println!("exported under MONAI's names to {dst}");
             }
+            (Some(net), "nested-unet") => {
+                unetpp::interop::nested_unet::save_nested_unet(net, &dst)?;
+                println!("exported under NestedUNet's names to {dst}");
+            }
             (_, "smp") => {} // written above
-            _ => return Err("export is available for MONAI and smp weights".into()),
+            _ => return Err("export needs weights of the same source".into()),
         }
     }
     Ok(())
