@@ -2,7 +2,7 @@
 
 - tests/fixtures/monai_unetpp.safetensors: two BasicUNetPlusPlus (spatial_dims=2) from
   pip-installed MONAI with small features and random weights (instance-norm scales and shifts
-  randomised too), in eval mode: their state_dicts, an input and every output (prefixes `a/`, `a2/`, `b/`).
+  randomised too), in eval mode: their state_dicts, an input and every output (prefixes `a/`, `a2/`, `a3/`, `b/`).
 - tests/fixtures/nested_unet.safetensors: the same for the NestedUNet layout of
   pytorch-nested-unet (prefixes `c/`, `d/`). That code is not on PyPI (and GitHub is not
   reachable from here), so `scripts/nested_unet_layout.py` rebuilds it from its documented structure
@@ -30,6 +30,8 @@ configs = {
     "a": dict(in_channels=1, out_channels=3, features=(4, 4, 8, 16, 32, 4), deep_supervision=True, shape=(2, 1, 32, 32)),
     # deep supervision on, odd sizes (MONAI replicate-pads each short up-sampled map)
     "a2": dict(in_channels=1, out_channels=2, features=(4, 4, 8, 16, 32, 4), deep_supervision=True, shape=(1, 1, 37, 45)),
+    # deep supervision on, features unlike the default's shape (f0 != f1, f5 of its own)
+    "a3": dict(in_channels=1, out_channels=2, features=(4, 6, 8, 12, 16, 5), deep_supervision=True, shape=(1, 1, 32, 48)),
     # deep supervision off, 3 input channels, 1 class, non-square input
     "b": dict(in_channels=3, out_channels=1, features=(6, 6, 12, 24, 48, 6), deep_supervision=False, shape=(1, 3, 48, 32)),
 }

@@ -158,3 +158,19 @@ fn saving_into_a_missing_directory_is_an_error_and_leaves_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn up_and_top_widths_are_checked() {
+    use unetpp::prelude::*;
+    let bilinear = UNetPlusPlusConfig::nested_unet()
+        .up_widths([32, 32, 64, 128])
+        .build();
+    assert!(
+        matches!(bilinear, Err(Error::Config { .. })),
+        "interpolation keeps channels"
+    );
+    let short = UNetPlusPlusConfig::paper().up_widths([32, 32]).build();
+    assert!(matches!(short, Err(Error::Config { .. })));
+    let zero = UNetPlusPlusConfig::paper().top_width(0).build();
+    assert!(matches!(zero, Err(Error::Config { .. })));
+}

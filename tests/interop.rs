@@ -46,7 +46,7 @@ fn fixture(key: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
 
 #[test]
 fn monai_outputs_are_reproduced() {
-    for (key, heads) in [("a", 4), ("a2", 4), ("b", 1)] {
+    for (key, heads) in [("a", 4), ("a2", 4), ("a3", 4), ("b", 1)] {
         let (state, io) = fixture(key);
         let detected = MonaiConfig::detect(&state).unwrap();
         let (net, cfg) = from_monai(state, &Device::Cpu).unwrap();
@@ -103,7 +103,7 @@ fn mismatched_monai_files_are_errors_that_name_the_tensor() {
     let e = from_monai(state.clone(), &Device::Cpu).unwrap_err();
     assert!(e.to_string().contains("shape"), "{e}");
     let mut odd = MonaiConfig::detect(&fixture("a").0).unwrap();
-    odd.features[5] = 8;
+    odd.features[2] = 1;
     assert!(odd.to_unetpp().is_err());
     state.insert("extra.weight".into(), t);
     assert!(from_monai(state, &Device::Cpu).is_err());

@@ -14,9 +14,9 @@
 //! | `final_conv_0_{j}.*` | `head_{j}.*` |
 //!
 //! MONAI's up-sampling halves the channels of the level below (keeping them at level 0) and
-//! its sixth feature is the width of `X^{0,4}`. That equals our layout when
-//! `f0 = f1 = f5` and `f_{i+1} = 2·f_i` for `i ≥ 1`, as in MONAI's default
-//! `(32, 32, 64, 128, 256, 32)`; other feature tuples are refused with an error that says so.
+//! its sixth feature is the width of `X^{0,4}`: the configuration says so with
+//! [`up_widths`](crate::unetpp::UNetPlusPlusConfigBuilder::up_widths) and
+//! [`top_width`](crate::unetpp::UNetPlusPlusConfigBuilder::top_width).
 //! Inputs of any size run as in MONAI (pooling floors odd sizes; an up-sampled map one pixel
 //! short is replicate-padded at its end: [`UNetPlusPlusConfigBuilder::pad_upsampled`](crate::unetpp::UNetPlusPlusConfigBuilder::pad_upsampled)).
 
@@ -44,17 +44,16 @@ impl MonaiConfig {
     /// The equivalent UNet++ configuration (all four heads, as MONAI always builds them).
     pub fn to_unetpp(&self) -> Result<UNetPlusPlusConfig> {
         let f = self.features;
-        let doubling = (1..4).all(|i| f[i + 1] == 2 * f[i]);
-        if f[0] != f[1] || f[5] != f[0] || !doubling {
+        if f[2..5].iter().any(|&w| w < 2) {
             return Err(Error::config(
                 "features",
-                format!(
-                    "MONAI features {f:?} are not supported: need f0 = f1 = f5 and each of f2..f4 \
-                     twice the one before (as in the default (32, 32, 64, 128, 256, 32))"
-                ),
+                format!("MONAI features {f:?}: f2..f4 must be at least 2 (they are halved)"),
             ));
         }
         UNetPlusPlusConfig::paper()
+            // MONAI's UpCat keeps f1 into level 0 and halves f_{i+1} into level i >= 1.
+            .up_widths([f[1], f[2] / 2, f[3] / 2, f[4] / 2])
+            .top_width(f[5])
             .in_channels(self.in_channels)
             .num_classes(self.out_channels)
             .widths(f[..5].to_vec())

@@ -29,6 +29,8 @@ pub struct UNetPlusPlusConfig {
     pub(crate) conv_bias: bool,
     pub(crate) pad_to_multiple: bool,
     pub(crate) pad_upsampled: bool,
+    pub(crate) up_widths: Option<Vec<usize>>,
+    pub(crate) top_width: Option<usize>,
 }
 
 /// Chained setters for a [`UNetPlusPlusConfig`]; nothing is checked until [`Self::build`].
@@ -60,6 +62,8 @@ impl UNetPlusPlusConfig {
                 conv_bias: true,
                 pad_to_multiple: false,
                 pad_upsampled: false,
+                up_widths: None,
+                top_width: None,
             },
             deep_supervision: true,
             heads: None,
@@ -129,6 +133,33 @@ impl UNetPlusPlusConfig {
     /// cropped back) instead of rejected.
     pub fn pad_to_multiple(&self) -> bool {
         self.pad_to_multiple
+    }
+
+    /// Channels the transposed up-sampling produces into each level `i` (default `f_i`).
+    pub fn up_widths(&self) -> Option<&[usize]> {
+        self.up_widths.as_deref()
+    }
+
+    /// Width of the last node `X^{0,L}` (default `f_0`).
+    pub fn top_width(&self) -> Option<usize> {
+        self.top_width
+    }
+
+    /// Channels node `X^{i,j}` computes.
+    pub(crate) fn node_width(&self, i: usize, j: usize) -> usize {
+        match self.top_width {
+            Some(w) if i == 0 && j == self.depth => w,
+            _ => self.widths[i],
+        }
+    }
+
+    /// Channels the up-sampled map entering level `i` has.
+    pub(crate) fn up_channels(&self, i: usize) -> usize {
+        match (&self.up_widths, self.upsample.keeps_channels()) {
+            (Some(u), false) => u[i],
+            (_, true) => self.widths[i + 1],
+            (None, false) => self.widths[i],
+        }
     }
 
     /// Whether inputs of any size run, an up-sampled map one pixel short of its level being
@@ -208,6 +239,19 @@ impl UNetPlusPlusConfigBuilder {
         self
     }
 
+    /// Channels of the transposed up-sampling into each level `i = 0..depth` (by default `f_i`;
+    /// MONAI halves `f_{i+1}` instead). Only with transposed-convolution up-sampling.
+    pub fn up_widths(mut self, widths: impl Into<Vec<usize>>) -> Self {
+        self.cfg.up_widths = Some(widths.into());
+        self
+    }
+
+    /// Width of the last node `X^{0,L}` (by default `f_0`; MONAI's sixth feature).
+    pub fn top_width(mut self, width: usize) -> Self {
+        self.cfg.top_width = Some(width);
+        self
+    }
+
     /// Run inputs of any size (at least `2^depth` pixels each way) as MONAI's
     /// `BasicUNetPlusPlus` does: pooling floors odd sizes, and where an up-sampled map is one
     /// pixel short of the maps of its level, its last row or column is repeated. Used for
@@ -256,6 +300,31 @@ impl UNetPlusPlusConfigBuilder {
                 "widths",
                 format!("f_{pos} is 0; every width must be at least 1"),
             ));
+        }
+        if let Some(u) = &cfg.up_widths {
+            if cfg.upsample.keeps_channels() {
+                return Err(Error::config(
+                    "up_widths",
+                    "only transposed-convolution up-sampling has its own channels",
+                ));
+            }
+            if u.len() < cfg.depth || u[..cfg.depth].contains(&0) {
+                return Err(Error::config(
+                    "up_widths",
+                    format!(
+                        "depth {} needs {} non-zero widths, got {u:?}",
+                        cfg.depth, cfg.depth
+                    ),
+                ));
+            }
+        }
+        if cfg.up_widths.as_ref().is_some_and(|u| u.len() > cfg.depth) {
+            if let Some(u) = cfg.up_widths.as_mut() {
+                u.truncate(cfg.depth);
+            }
+        }
+        if cfg.top_width == Some(0) {
+            return Err(Error::config("top_width", "must be at least 1"));
         }
         if !(0.0..1.0).contains(&cfg.dropout) {
             return Err(Error::config(

@@ -99,12 +99,22 @@ impl UNetPlusPlus {
         let mut ups = Vec::with_capacity(grid.nodes().len());
         for &node in grid.nodes() {
             let Node { level: i, col: j } = node;
-            let c_in = grid
-                .in_channels(node, f, cfg.in_channels, keeps)
-                .ok_or_else(|| Error::config("widths", format!("no width for {node}")))?;
+            let c_in = if j == 0 || (cfg.up_widths.is_none() && cfg.top_width.is_none()) {
+                grid.in_channels(node, f, cfg.in_channels, keeps)
+            } else {
+                // The dense skips (never X^{0,L}, the only node of another width) and the
+                // up-sampled map, whose channels the configuration may set.
+                let skips = grid
+                    .inputs(node, cfg.concat)
+                    .iter()
+                    .filter(|inp| matches!(inp, Input::Skip(_)))
+                    .count();
+                f.get(i).map(|&fi| skips * fi + cfg.up_channels(i))
+            }
+            .ok_or_else(|| Error::config("widths", format!("no width for {node}")))?;
             blocks.push(ConvBlock::new(
                 c_in,
-                f[i],
+                cfg.node_width(i, j),
                 cfg.norm,
                 cfg.activation,
                 cfg.dropout,
@@ -117,7 +127,7 @@ impl UNetPlusPlus {
                 Some(UpLayer::new(
                     cfg.upsample,
                     f[i + 1],
-                    f[i],
+                    cfg.up_channels(i),
                     vb.pp(format!("up_{i}_{j}")),
                 )?)
             });
@@ -126,7 +136,7 @@ impl UNetPlusPlus {
             .iter()
             .map(|&col| {
                 let conv = candle_nn::conv2d(
-                    f[0],
+                    cfg.node_width(0, col),
                     cfg.num_classes,
                     1,
                     Default::default(),
