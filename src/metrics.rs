@@ -73,33 +73,25 @@ impl ClassCounts {
 /// Class labels `(N, H, W)` (`u32`) from logits `(N, C, H, W)`: the arg-max over classes, or
 /// for one channel (binary logits) 1 where the logit is positive (probability above 0.5).
 pub fn labels_from_logits(logits: &Tensor) -> Result<Tensor> {
-    let (_, c, _, _) = logits.dims4().map_err(|_| {
-        Error::Shape(format!(
-            "logits must be (N, C, H, W), got {:?}",
-            logits.dims()
-        ))
-    })?;
-    Ok(if c == 1 {
-        logits.squeeze(1)?.gt(0.0)?.to_dtype(DType::U32)?
-    } else {
-        logits.argmax(D::Minus(3))?.to_dtype(DType::U32)?
-    })
+    labels_above(logits, "logits", 0.0)
 }
 
 /// Class labels `(N, H, W)` (`u32`) from probabilities `(N, C, H, W)` (for example
 /// [`Outputs::accurate`](crate::Outputs::accurate)): the arg-max, or for one channel 1 where
 /// the probability exceeds 0.5.
 pub fn labels_from_probabilities(probs: &Tensor) -> Result<Tensor> {
-    let (_, c, _, _) = probs.dims4().map_err(|_| {
-        Error::Shape(format!(
-            "probabilities must be (N, C, H, W), got {:?}",
-            probs.dims()
-        ))
-    })?;
+    labels_above(probs, "probabilities", 0.5)
+}
+
+/// The arg-max over classes, or for one channel the values above `threshold`.
+fn labels_above(t: &Tensor, what: &str, threshold: f64) -> Result<Tensor> {
+    let (_, c, _, _) = t
+        .dims4()
+        .map_err(|_| Error::Shape(format!("{what} must be (N, C, H, W), got {:?}", t.dims())))?;
     Ok(if c == 1 {
-        probs.squeeze(1)?.gt(0.5)?.to_dtype(DType::U32)?
+        t.squeeze(1)?.gt(threshold)?.to_dtype(DType::U32)?
     } else {
-        probs.argmax(D::Minus(3))?.to_dtype(DType::U32)?
+        t.argmax(D::Minus(3))?.to_dtype(DType::U32)?
     })
 }
 

@@ -68,15 +68,8 @@ impl MonaiConfig {
 
     /// Reads the configuration from a `state_dict`'s shapes.
     pub fn detect(tensors: &HashMap<String, Tensor>) -> Result<Self> {
-        let dim = |name: &str, d: usize| -> Result<usize> {
-            let t = tensors.get(name).ok_or_else(|| {
-                Error::weights(name, "missing: not a MONAI BasicUNetPlusPlus state_dict?")
-            })?;
-            t.dims()
-                .get(d)
-                .copied()
-                .ok_or_else(|| Error::weights(name, format!("unexpected shape {:?}", t.dims())))
-        };
+        let dim =
+            |name: &str, d: usize| super::dim_of(tensors, "a MONAI BasicUNetPlusPlus", name, d);
         let mut features = [0usize; 6];
         features[0] = dim("conv_0_0.conv_0.conv.weight", 0)?;
         for (i, f) in features.iter_mut().enumerate().take(5).skip(1) {

@@ -60,15 +60,7 @@ pub fn to_nested_unet_name(name: &str, deep_supervision: bool) -> Option<String>
 
 /// The configuration of a `NestedUNet` `state_dict`, read from its shapes.
 pub fn detect(tensors: &HashMap<String, Tensor>) -> Result<UNetPlusPlusConfig> {
-    let dim = |name: &str, d: usize| -> Result<usize> {
-        let t = tensors
-            .get(name)
-            .ok_or_else(|| Error::weights(name, "missing: not a NestedUNet state_dict?"))?;
-        t.dims()
-            .get(d)
-            .copied()
-            .ok_or_else(|| Error::weights(name, format!("unexpected shape {:?}", t.dims())))
-    };
+    let dim = |name: &str, d: usize| super::dim_of(tensors, "a NestedUNet", name, d);
     let widths = (0..5)
         .map(|i| dim(&format!("conv{i}_0.conv1.weight"), 0))
         .collect::<Result<Vec<_>>>()?;

@@ -37,17 +37,8 @@ impl SmpConfig {
     /// `conv3` in its blocks; ResNet-34 six blocks in `layer3`, ResNet-18 two), its input
     /// channels, the decoder channels and the classes.
     pub fn detect(tensors: &HashMap<String, Tensor>) -> Result<Self> {
-        let dim = |name: &str, d: usize| -> Result<usize> {
-            let t = tensors.get(name).ok_or_else(|| {
-                Error::weights(
-                    name,
-                    "missing: not an smp UnetPlusPlus state_dict with a ResNet encoder?",
-                )
-            })?;
-            t.dims()
-                .get(d)
-                .copied()
-                .ok_or_else(|| Error::weights(name, format!("unexpected shape {:?}", t.dims())))
+        let dim = |name: &str, d: usize| {
+            super::dim_of(tensors, "an smp UnetPlusPlus (ResNet encoder)", name, d)
         };
         let mut encoder = if tensors.contains_key("encoder.layer1.0.conv3.weight") {
             ResNetConfig::resnet50()

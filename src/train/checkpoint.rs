@@ -58,10 +58,7 @@ pub fn save_checkpoint(
 ) -> Result<()> {
     let mut tensors = Vec::new();
     {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::config("varmap", "the VarMap's lock is poisoned"))?;
+        let data = super::lock_vars(varmap)?;
         for (name, var) in data.iter() {
             tensors.push((format!("{MODEL}{name}"), var.as_tensor().clone()));
         }
@@ -167,10 +164,7 @@ impl Checkpoint {
     /// same configuration) and the saved state into `optimizer`. Nothing is changed unless
     /// every tensor fits: a missing, extra or mis-shaped one is an [`Error::Weights`] naming it.
     pub fn restore(&self, varmap: &VarMap, optimizer: &mut AdamW) -> Result<()> {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::config("varmap", "the VarMap's lock is poisoned"))?;
+        let data = super::lock_vars(varmap)?;
         for (name, var) in data.iter() {
             let t = self
                 .model

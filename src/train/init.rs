@@ -5,7 +5,7 @@ use candle_nn::VarMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Re-draws every variable of `varmap` from `seed`, so that a run can be repeated exactly:
 /// convolution kernels (rank ≥ 2, named `…weight`) from He's normal distribution with
@@ -30,10 +30,7 @@ use crate::{Error, Result};
 /// # Ok::<(), unetpp::Error>(())
 /// ```
 pub fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| Error::config("varmap", "the VarMap's lock is poisoned"))?;
+    let data = super::lock_vars(varmap)?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     let mut rng = StdRng::seed_from_u64(seed);

@@ -52,10 +52,7 @@ impl AdamW {
     /// Optimises every variable of `varmap` (those that never receive a gradient, such as
     /// batch-norm statistics, are left alone).
     pub fn new(varmap: &VarMap, params: ParamsAdamW) -> Result<Self> {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::config("varmap", "the VarMap's lock is poisoned"))?;
+        let data = super::lock_vars(varmap)?;
         let vars = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         Self::from_named(vars, params)
     }

@@ -145,20 +145,20 @@ impl UNetPlusPlusConfig {
         self.top_width
     }
 
-    /// Channels node `X^{i,j}` computes.
-    pub(crate) fn node_width(&self, i: usize, j: usize) -> usize {
+    /// Channels node `X^{i,j}` computes (`None` past the configured widths).
+    pub(crate) fn node_width(&self, i: usize, j: usize) -> Option<usize> {
         match self.top_width {
-            Some(w) if i == 0 && j == self.depth => w,
-            _ => self.widths[i],
+            Some(w) if i == 0 && j == self.depth => Some(w),
+            _ => self.widths.get(i).copied(),
         }
     }
 
-    /// Channels the up-sampled map entering level `i` has.
-    pub(crate) fn up_channels(&self, i: usize) -> usize {
+    /// Channels the up-sampled map entering level `i` has (`None` past the configured widths).
+    pub(crate) fn up_channels(&self, i: usize) -> Option<usize> {
         match (&self.up_widths, self.upsample.keeps_channels()) {
-            (Some(u), false) => u[i],
-            (_, true) => self.widths[i + 1],
-            (None, false) => self.widths[i],
+            (Some(u), false) => u.get(i).copied(),
+            (_, true) => self.widths.get(i + 1).copied(),
+            (None, false) => self.widths.get(i).copied(),
         }
     }
 

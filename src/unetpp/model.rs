@@ -99,22 +99,25 @@ impl UNetPlusPlus {
         let mut ups = Vec::with_capacity(grid.nodes().len());
         for &node in grid.nodes() {
             let Node { level: i, col: j } = node;
-            let c_in = if j == 0 || (cfg.up_widths.is_none() && cfg.top_width.is_none()) {
+            let no_width = || Error::config("widths", format!("no width for {node}"));
+            let c_in = if j == 0 {
                 grid.in_channels(node, f, cfg.in_channels, keeps)
             } else {
-                // The dense skips (never X^{0,L}, the only node of another width) and the
-                // up-sampled map, whose channels the configuration may set.
+                // The dense skips (never X^{0,L}, the only node whose width may differ) and
+                // the up-sampled map, whose channels the configuration decides.
                 let skips = grid
                     .inputs(node, cfg.concat)
                     .iter()
                     .filter(|inp| matches!(inp, Input::Skip(_)))
                     .count();
-                f.get(i).map(|&fi| skips * fi + cfg.up_channels(i))
+                f.get(i)
+                    .zip(cfg.up_channels(i))
+                    .map(|(&fi, up)| skips * fi + up)
             }
-            .ok_or_else(|| Error::config("widths", format!("no width for {node}")))?;
+            .ok_or_else(no_width)?;
             blocks.push(ConvBlock::new(
                 c_in,
-                cfg.node_width(i, j),
+                cfg.node_width(i, j).ok_or_else(no_width)?,
                 cfg.norm,
                 cfg.activation,
                 cfg.dropout,
@@ -126,8 +129,8 @@ impl UNetPlusPlus {
             } else {
                 Some(UpLayer::new(
                     cfg.upsample,
-                    f[i + 1],
-                    cfg.up_channels(i),
+                    f.get(i + 1).copied().ok_or_else(no_width)?,
+                    cfg.up_channels(i).ok_or_else(no_width)?,
                     vb.pp(format!("up_{i}_{j}")),
                 )?)
             });
@@ -135,8 +138,11 @@ impl UNetPlusPlus {
         let heads = heads
             .iter()
             .map(|&col| {
+                let width = cfg.node_width(0, col).ok_or_else(|| {
+                    Error::config("widths", format!("no width for X^{{0,{col}}}"))
+                })?;
                 let conv = candle_nn::conv2d(
-                    cfg.node_width(0, col),
+                    width,
                     cfg.num_classes,
                     1,
                     Default::default(),
