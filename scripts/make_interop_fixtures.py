@@ -23,6 +23,19 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+def record(out, key, m, x):
+    """`m`'s state_dict, the input `x` and every output of `m(x)` under `key/`."""
+    with torch.no_grad():
+        ys = m(x)
+    ys = ys if isinstance(ys, list) else [ys]
+    for name, t in m.state_dict().items():
+        out[f"{key}/{name}"] = t.contiguous()
+    out[f"{key}/input"] = x
+    for k, y in enumerate(ys):
+        out[f"{key}/output{k}"] = y.contiguous()
+    print(key, len(m.state_dict()), "tensors;", [tuple(y.shape) for y in ys])
+
+
 torch.manual_seed(0)
 out = {}
 configs = {
@@ -43,14 +56,7 @@ for key, c in configs.items():
             if ".adn.N." in name:
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn_like(p))
     x = torch.randn(*shape)
-    with torch.no_grad():
-        ys = m(x)
-    for name, t in m.state_dict().items():
-        out[f"{key}/{name}"] = t.contiguous()
-    out[f"{key}/input"] = x
-    for k, y in enumerate(ys):
-        out[f"{key}/output{k}"] = y.contiguous()
-    print(key, len(m.state_dict()), "tensors;", [tuple(y.shape) for y in ys])
+    record(out, key, m, x)
 
 fixtures = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 path = fixtures / "monai_unetpp.safetensors"
@@ -74,15 +80,7 @@ for key, ds, cin, classes, shape in [("c", False, 3, 2, (2, 3, 32, 48)), ("d", T
             if ".bn" in name:
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn_like(p))
     x = torch.randn(*shape)
-    with torch.no_grad():
-        ys = m(x)
-    ys = ys if isinstance(ys, list) else [ys]
-    for name, t in m.state_dict().items():
-        out[f"{key}/{name}"] = t.contiguous()
-    out[f"{key}/input"] = x
-    for k, y in enumerate(ys):
-        out[f"{key}/output{k}"] = y.contiguous()
-    print(key, len(m.state_dict()), "tensors;", [tuple(y.shape) for y in ys])
+    record(out, key, m, x)
 path = fixtures / "nested_unet.safetensors"
 save_file(out, str(path))
 print(f"wrote {path} ({path.stat().st_size} bytes)")
