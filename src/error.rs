@@ -17,6 +17,10 @@ pub enum Error {
     /// An input tensor has the wrong rank, channel count or spatial size.
     #[error("shape error: {0}")]
     Shape(String),
+    /// Input values are invalid: boxes with `x2 < x1` or non-finite coordinates, a batch index
+    /// out of range, an empty set where one is required, a label out of range.
+    #[error("invalid input: {0}")]
+    Input(String),
     /// A weight file or a set of weights does not fit the network.
     #[error("weights error: tensor `{name}`: {msg}")]
     Weights {
