@@ -1,0 +1,13 @@
+//! Mask R-CNN's detection utilities, computing what torchvision 0.29's
+//! `torchvision.models.detection` computes.
+//!
+//! - [`box_coder`]: [`BoxCoder`], boxes to regression deltas and back (differentiable, any
+//!   device).
+//!
+//! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
+//! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
+//! with torchvision's Mask R-CNN defaults.
+
+pub mod box_coder;
+
+pub use box_coder::BoxCoder;
