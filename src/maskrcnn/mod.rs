@@ -3,11 +3,14 @@
 //!
 //! - [`box_coder`]: [`BoxCoder`], boxes to regression deltas and back (differentiable, any
 //!   device).
+//! - [`anchors`]: [`AnchorGenerator`], anchor boxes over the feature maps of a pyramid.
 //!
 //! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
 //! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
 //! with torchvision's Mask R-CNN defaults.
 
+pub mod anchors;
 pub mod box_coder;
 
+pub use anchors::AnchorGenerator;
 pub use box_coder::BoxCoder;
