@@ -4,6 +4,7 @@
 //! - [`box_coder`]: [`BoxCoder`], boxes to regression deltas and back (differentiable, any
 //!   device).
 //! - [`anchors`]: [`AnchorGenerator`], anchor boxes over the feature maps of a pyramid.
+//! - [`matcher`]: [`Matcher`], anchors or proposals to ground truths by a quality (IoU) matrix.
 //!
 //! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
 //! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
@@ -11,6 +12,8 @@
 
 pub mod anchors;
 pub mod box_coder;
+pub mod matcher;
 
 pub use anchors::AnchorGenerator;
 pub use box_coder::BoxCoder;
+pub use matcher::Matcher;
