@@ -5,6 +5,8 @@
 //!   device).
 //! - [`anchors`]: [`AnchorGenerator`], anchor boxes over the feature maps of a pyramid.
 //! - [`matcher`]: [`Matcher`], anchors or proposals to ground truths by a quality (IoU) matrix.
+//! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
+//!   trains on.
 //!
 //! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
 //! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
@@ -13,7 +15,9 @@
 pub mod anchors;
 pub mod box_coder;
 pub mod matcher;
+pub mod sampler;
 
 pub use anchors::AnchorGenerator;
 pub use box_coder::BoxCoder;
 pub use matcher::Matcher;
+pub use sampler::BalancedPositiveNegativeSampler;
