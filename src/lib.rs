@@ -41,6 +41,7 @@
 //! [`data`] (synthetic and PNG-folder data sets, batching, augmentation), [`train`]
 //! (optimizer, checkpoints, training step, evaluation), [`encoders`] (ResNet in torchvision's
 //! layout), [`interop`] (weights from MONAI, NestedUNet and segmentation_models_pytorch), [`weights`] (safetensors I/O), [`device`].
+//! [`maskrcnn`] has Mask R-CNN's detection utilities (box coder, anchors, matcher, sampler).
 //!
 //! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.
@@ -53,6 +54,7 @@ pub mod encoders;
 mod error;
 pub mod interop;
 pub mod loss;
+pub mod maskrcnn;
 pub mod metrics;
 pub mod model;
 pub mod nn;

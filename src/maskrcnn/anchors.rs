@@ -1,0 +1,223 @@
+//! Anchor boxes over the feature maps of a backbone, as torchvision's `AnchorGenerator` makes
+//! them.
+//!
+//! Every location of a feature map carries the same set of *cell anchors*, one per
+//! (aspect ratio, size) pair, centred on the location's offset in the image (Faster R-CNN,
+//! Ren et al. 2015, §3.1.1). With a feature pyramid (FPN, Lin et al. 2017, §4.1) each level
+//! has its own size: 32 on the stride-4 map up to 512 on the stride-64 map, three aspect
+//! ratios each ([`AnchorGenerator::fpn`]).
+//!
+//! The anchors depend only on sizes, not on the images' values, so they are computed on the
+//! host and copied to the device.
+//!
+//! ```
+//! use candle_core::Device;
+//! use unetpp::maskrcnn::AnchorGenerator;
+//!
+//! let gen = AnchorGenerator::fpn();
+//! assert_eq!(gen.num_anchors_per_location(), vec![3; 5]);
+//! // A 64×64 image and its five FPN maps (strides 4, 8, 16, 32, 64).
+//! let grids = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)];
+//! let anchors = gen.anchors((64, 64), &grids, &Device::Cpu)?;
+//! assert_eq!(anchors.dims(), &[3 * (256 + 64 + 16 + 4 + 1), 4]);
+//! # Ok::<(), unetpp::Error>(())
+//! ```
+
+use candle_core::{Device, Tensor};
+
+use crate::{Error, Result};
+
+/// Generates anchors for a set of feature maps: torchvision's
+/// `torchvision.models.detection.anchor_utils.AnchorGenerator`.
+///
+/// An aspect ratio is height / width. Level `l` has `sizes[l].len() · aspect_ratios[l].len()`
+/// anchors per location.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnchorGenerator {
+    sizes: Vec<Vec<f64>>,
+    aspect_ratios: Vec<Vec<f64>>,
+    /// Per level, the zero-centred cell anchors `x1, y1, x2, y2`, ratio-major, size-minor.
+    cell_anchors: Vec<Vec<[f32; 4]>>,
+}
+
+impl AnchorGenerator {
+    /// A generator with, for each feature level, its anchor sizes (the square root of the
+    /// area, in pixels) and aspect ratios.
+    ///
+    /// Fails if the two lists differ in length or are empty, if a level has no size or no
+    /// ratio, or if a size or ratio is not a positive finite number.
+    pub fn new(sizes: Vec<Vec<f64>>, aspect_ratios: Vec<Vec<f64>>) -> Result<Self> {
+        if sizes.is_empty() {
+            return Err(Error::config("sizes", "need at least one feature level"));
+        }
+        if sizes.len() != aspect_ratios.len() {
+            return Err(Error::config(
+                "aspect_ratios",
+                format!(
+                    "need one list per feature level: {} levels of sizes, {} of aspect ratios",
+                    sizes.len(),
+                    aspect_ratios.len()
+                ),
+            ));
+        }
+        for (field, lists) in [("sizes", &sizes), ("aspect_ratios", &aspect_ratios)] {
+            for (level, values) in lists.iter().enumerate() {
+                if values.is_empty() {
+                    return Err(Error::config(field, format!("level {level} is empty")));
+                }
+                if let Some(v) = values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                    return Err(Error::config(
+                        field,
+                        format!("level {level}: {v} is not a positive finite number"),
+                    ));
+                }
+            }
+        }
+        Ok(Self::validated(sizes, aspect_ratios))
+    }
+
+    /// torchvision's Mask R-CNN (FPN) anchors: one size per level, 32, 64, 128, 256, 512,
+    /// and aspect ratios 0.5, 1, 2 on every level.
+    pub fn fpn() -> Self {
+        let sizes: Vec<Vec<f64>> = [32.0, 64.0, 128.0, 256.0, 512.0]
+            .iter()
+            .map(|&s| vec![s])
+            .collect();
+        let aspect_ratios = vec![vec![0.5, 1.0, 2.0]; sizes.len()];
+        Self::validated(sizes, aspect_ratios)
+    }
+
+    /// The generator for sizes and ratios that [`AnchorGenerator::new`] accepts.
+    fn validated(sizes: Vec<Vec<f64>>, aspect_ratios: Vec<Vec<f64>>) -> Self {
+        let cell_anchors = sizes
+            .iter()
+            .zip(&aspect_ratios)
+            .map(|(s, r)| cell_anchors(s, r))
+            .collect();
+        AnchorGenerator {
+            sizes,
+            aspect_ratios,
+            cell_anchors,
+        }
+    }
+
+    /// The anchor sizes of each level.
+    pub fn sizes(&self) -> &[Vec<f64>] {
+        &self.sizes
+    }
+
+    /// The aspect ratios (height / width) of each level.
+    pub fn aspect_ratios(&self) -> &[Vec<f64>] {
+        &self.aspect_ratios
+    }
+
+    /// The number of feature levels.
+    pub fn num_levels(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// The number of anchors at each location, per level.
+    pub fn num_anchors_per_location(&self) -> Vec<usize> {
+        self.cell_anchors.iter().map(Vec::len).collect()
+    }
+
+    /// The zero-centred cell anchors of each level, `(A_l, 4)` f32 tensors on `device`.
+    ///
+    /// Row `i · sizes[l].len() + j` has aspect ratio `i` and size `j`: with `h = √ratio`,
+    /// `w = 1 / h`, it is `(−w·size, −h·size, w·size, h·size) / 2` computed in f32 and
+    /// rounded half to even, as `torch.round` does.
+    pub fn cell_anchors(&self, device: &Device) -> Result<Vec<Tensor>> {
+        self.cell_anchors
+            .iter()
+            .map(|cells| boxes_tensor(cells.iter().flatten().copied().collect(), device))
+            .collect()
+    }
+
+    /// The anchors of each level for an image tensor of size `image_size = (H, W)` (the
+    /// padded batch, as torchvision uses) and feature maps of sizes `grid_sizes`, one
+    /// `(gh, gw)` per level: one `(gh · gw · A_l, 4)` f32 tensor per level.
+    ///
+    /// The stride of a level is the integer quotient `(H / gh, W / gw)`, so a map whose size
+    /// is rounded up from the image's gets a smaller stride than the backbone's (torchvision
+    /// does the same). Location `(y, x)` is shifted by `(x · stride_w, y · stride_h)`;
+    /// anchors are ordered by location, row-major, then by cell anchor.
+    pub fn anchors_per_level(
+        &self,
+        image_size: (usize, usize),
+        grid_sizes: &[(usize, usize)],
+        device: &Device,
+    ) -> Result<Vec<Tensor>> {
+        if grid_sizes.len() != self.num_levels() {
+            return Err(Error::Shape(format!(
+                "AnchorGenerator has {} feature levels, got {} grid sizes",
+                self.num_levels(),
+                grid_sizes.len()
+            )));
+        }
+        let (img_h, img_w) = image_size;
+        if img_h == 0 || img_w == 0 {
+            return Err(Error::Shape(format!(
+                "AnchorGenerator needs a non-empty image, got {img_h}x{img_w}"
+            )));
+        }
+        if let Some((level, (gh, gw))) = grid_sizes
+            .iter()
+            .enumerate()
+            .find(|(_, (gh, gw))| *gh == 0 || *gw == 0)
+        {
+            return Err(Error::Shape(format!(
+                "AnchorGenerator needs non-empty feature maps, level {level} is {gh}x{gw}"
+            )));
+        }
+        grid_sizes
+            .iter()
+            .zip(&self.cell_anchors)
+            .map(|(&(gh, gw), cells)| {
+                let (stride_h, stride_w) = (img_h / gh, img_w / gw);
+                let mut data = Vec::with_capacity(gh * gw * cells.len() * 4);
+                for y in 0..gh {
+                    let sy = (y * stride_h) as f32;
+                    for x in 0..gw {
+                        let sx = (x * stride_w) as f32;
+                        for c in cells {
+                            data.extend([sx + c[0], sy + c[1], sx + c[2], sy + c[3]]);
+                        }
+                    }
+                }
+                boxes_tensor(data, device)
+            })
+            .collect()
+    }
+
+    /// The anchors of every level concatenated in level order, `(Σ gh · gw · A_l, 4)` f32:
+    /// what torchvision's `AnchorGenerator.forward` returns for each image of a batch.
+    /// See [`AnchorGenerator::anchors_per_level`].
+    pub fn anchors(
+        &self,
+        image_size: (usize, usize),
+        grid_sizes: &[(usize, usize)],
+        device: &Device,
+    ) -> Result<Tensor> {
+        let levels = self.anchors_per_level(image_size, grid_sizes, device)?;
+        Ok(Tensor::cat(&levels, 0)?)
+    }
+}
+
+/// The zero-centred anchors of one level, all in f32 as torchvision computes them.
+fn cell_anchors(sizes: &[f64], aspect_ratios: &[f64]) -> Vec<[f32; 4]> {
+    let mut cells = Vec::with_capacity(sizes.len() * aspect_ratios.len());
+    for &ratio in aspect_ratios {
+        let h_ratio = (ratio as f32).sqrt();
+        let w_ratio = 1.0 / h_ratio;
+        for &size in sizes {
+            let (ws, hs) = (w_ratio * size as f32, h_ratio * size as f32);
+            cells.push([-ws, -hs, ws, hs].map(|v| (v / 2.0).round_ties_even()));
+        }
+    }
+    cells
+}
+
+fn boxes_tensor(data: Vec<f32>, device: &Device) -> Result<Tensor> {
+    let n = data.len() / 4;
+    Ok(Tensor::from_vec(data, (n, 4), device)?)
+}

@@ -1,0 +1,208 @@
+//! Matching predictions (anchors, proposals) to ground-truth boxes by a quality matrix, as
+//! torchvision's `Matcher` does.
+//!
+//! Each prediction takes the ground truth it overlaps most; it is a match if that quality
+//! reaches the high threshold, a negative below the low threshold, and ignored in between
+//! (Faster R-CNN, Ren et al. 2015, §3.1.2: IoU ≥ 0.7 positive, < 0.3 negative in the RPN).
+//! So that every ground truth gets some anchor, the RPN also keeps the matches of each
+//! ground truth's best predictions, however low their quality.
+//!
+//! The matrix is read to the host: matching is a few comparisons per entry.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use unetpp::maskrcnn::Matcher;
+//!
+//! // Two ground truths (rows) against four anchors (columns).
+//! let iou = Tensor::new(&[[0.8f32, 0.5, 0.1, 0.0], [0.2, 0.6, 0.25, 0.0]], &Device::Cpu)?;
+//! let roi = Matcher::roi_heads().matches(&iou)?.to_vec1::<i64>()?;
+//! assert_eq!(roi, [0, 1, -1, -1]);
+//! let rpn = Matcher::rpn().matches(&iou)?.to_vec1::<i64>()?;
+//! // Anchor 1 is ground truth 1's best (0.6 < 0.7), so it is kept as a low-quality match.
+//! assert_eq!(rpn, [0, 1, -1, -1]);
+//! # Ok::<(), unetpp::Error>(())
+//! ```
+
+use candle_core::{DType, Tensor};
+
+use crate::{Error, Result};
+
+/// Assigns each prediction a ground-truth index or a negative label:
+/// torchvision's `torchvision.models.detection._utils.Matcher`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Matcher {
+    high_threshold: f64,
+    low_threshold: f64,
+    allow_low_quality_matches: bool,
+}
+
+impl Matcher {
+    /// The label of a prediction whose best quality is below the low threshold (a negative).
+    pub const BELOW_LOW_THRESHOLD: i64 = -1;
+    /// The label of a prediction whose best quality is in `[low, high)` (ignored).
+    pub const BETWEEN_THRESHOLDS: i64 = -2;
+
+    /// A matcher: qualities `≥ high_threshold` match, those `< low_threshold` are
+    /// [`Matcher::BELOW_LOW_THRESHOLD`], those in between [`Matcher::BETWEEN_THRESHOLDS`].
+    /// With `allow_low_quality_matches`, each ground truth's best predictions keep their
+    /// match whatever its quality (see [`Matcher::matches`]).
+    ///
+    /// Fails if `low_threshold > high_threshold` or either is NaN.
+    pub fn new(
+        high_threshold: f64,
+        low_threshold: f64,
+        allow_low_quality_matches: bool,
+    ) -> Result<Self> {
+        if high_threshold.is_nan() {
+            return Err(Error::config("high_threshold", "is NaN"));
+        }
+        if low_threshold.is_nan() || low_threshold > high_threshold {
+            return Err(Error::config(
+                "low_threshold",
+                format!("must be <= high_threshold {high_threshold}, got {low_threshold}"),
+            ));
+        }
+        Ok(Matcher {
+            high_threshold,
+            low_threshold,
+            allow_low_quality_matches,
+        })
+    }
+
+    /// The region proposal network's matcher: thresholds 0.7 and 0.3, low-quality matches
+    /// allowed.
+    pub fn rpn() -> Self {
+        Matcher {
+            high_threshold: 0.7,
+            low_threshold: 0.3,
+            allow_low_quality_matches: true,
+        }
+    }
+
+    /// The box head's matcher (`RoIHeads`): both thresholds 0.5, no low-quality matches.
+    pub fn roi_heads() -> Self {
+        Matcher {
+            high_threshold: 0.5,
+            low_threshold: 0.5,
+            allow_low_quality_matches: false,
+        }
+    }
+
+    /// The high threshold.
+    pub fn high_threshold(&self) -> f64 {
+        self.high_threshold
+    }
+
+    /// The low threshold.
+    pub fn low_threshold(&self) -> f64 {
+        self.low_threshold
+    }
+
+    /// Whether each ground truth's best predictions keep their match.
+    pub fn allow_low_quality_matches(&self) -> bool {
+        self.allow_low_quality_matches
+    }
+
+    /// Matches the `N` predictions of `quality`, an `(M, N)` floating-point matrix of
+    /// (ground truth, prediction) qualities such as IoUs: an i64 tensor of length `N`,
+    /// on the matrix's device, holding a ground-truth index in `0..M` or a negative label.
+    ///
+    /// A prediction's candidate is the ground truth of highest quality in its column (the
+    /// first on ties). The thresholds are compared in the matrix's dtype, as PyTorch
+    /// compares a tensor with a Python number: for an f32 matrix `0.7` means `0.7f32`.
+    ///
+    /// With low-quality matches allowed, for every ground truth each prediction that reaches
+    /// its row's maximum exactly (ties included) gets back its candidate, which is the
+    /// best ground truth *of its column*, not necessarily that row's. A ground truth that
+    /// overlaps nothing has a row maximum of 0, so every prediction of quality 0 with it
+    /// gets its candidate back: torchvision behaves the same.
+    ///
+    /// Fails if the matrix is not 2-D, has no ground truth or no prediction (torchvision
+    /// raises `ValueError`), is not floating-point, or contains a NaN.
+    pub fn matches(&self, quality: &Tensor) -> Result<Tensor> {
+        let (m, n) = quality.dims2().map_err(|_| {
+            Error::Shape(format!(
+                "Matcher expects an (M ground truths, N predictions) matrix, got shape {:?}",
+                quality.dims()
+            ))
+        })?;
+        if m == 0 {
+            return Err(Error::Input(
+                "Matcher: no ground-truth boxes available (the quality matrix has 0 rows)".into(),
+            ));
+        }
+        if n == 0 {
+            return Err(Error::Input(
+                "Matcher: no proposal boxes available (the quality matrix has 0 columns)".into(),
+            ));
+        }
+        let in_dtype = |v: f64| -> Result<f64> {
+            Ok(match quality.dtype() {
+                DType::F64 => v,
+                DType::F32 => v as f32 as f64,
+                DType::F16 => half::f16::from_f64(v).to_f64(),
+                DType::BF16 => half::bf16::from_f64(v).to_f64(),
+                dt => {
+                    return Err(Error::Input(format!(
+                        "Matcher expects a floating-point quality matrix, got {dt:?}"
+                    )))
+                }
+            })
+        };
+        let (high, low) = (
+            in_dtype(self.high_threshold)?,
+            in_dtype(self.low_threshold)?,
+        );
+        let q = quality.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        if let Some((gt, pred)) = q
+            .iter()
+            .enumerate()
+            .find_map(|(i, row)| row.iter().position(|v| v.is_nan()).map(|j| (i, j)))
+        {
+            return Err(Error::Input(format!(
+                "Matcher: the quality matrix has a NaN at (ground truth {gt}, prediction {pred})"
+            )));
+        }
+        let labels = self.match_rows(&q, n, high, low);
+        Ok(Tensor::from_vec(labels, n, quality.device())?)
+    }
+
+    /// The labels of a NaN-free, non-empty `M × N` matrix, thresholds already in its dtype.
+    fn match_rows(&self, q: &[Vec<f64>], n: usize, high: f64, low: f64) -> Vec<i64> {
+        // Best ground truth of each column, the first one on ties.
+        let mut best_gt = vec![0usize; n];
+        let mut best_val = q[0].clone();
+        for (gt, row) in q.iter().enumerate().skip(1) {
+            for (pred, &v) in row.iter().enumerate() {
+                if v > best_val[pred] {
+                    best_val[pred] = v;
+                    best_gt[pred] = gt;
+                }
+            }
+        }
+        let mut labels: Vec<i64> = best_gt
+            .iter()
+            .zip(&best_val)
+            .map(|(&gt, &v)| {
+                if v < low {
+                    Self::BELOW_LOW_THRESHOLD
+                } else if v < high {
+                    Self::BETWEEN_THRESHOLDS
+                } else {
+                    gt as i64
+                }
+            })
+            .collect();
+        if self.allow_low_quality_matches {
+            for row in q {
+                let highest = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                for (pred, &v) in row.iter().enumerate() {
+                    if v == highest {
+                        labels[pred] = best_gt[pred] as i64;
+                    }
+                }
+            }
+        }
+        labels
+    }
+}

@@ -1,0 +1,23 @@
+//! Mask R-CNN's detection utilities, computing what torchvision 0.29's
+//! `torchvision.models.detection` computes.
+//!
+//! - [`box_coder`]: [`BoxCoder`], boxes to regression deltas and back (differentiable, any
+//!   device).
+//! - [`anchors`]: [`AnchorGenerator`], anchor boxes over the feature maps of a pyramid.
+//! - [`matcher`]: [`Matcher`], anchors or proposals to ground truths by a quality (IoU) matrix.
+//! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
+//!   trains on.
+//!
+//! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
+//! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
+//! with torchvision's Mask R-CNN defaults.
+
+pub mod anchors;
+pub mod box_coder;
+pub mod matcher;
+pub mod sampler;
+
+pub use anchors::AnchorGenerator;
+pub use box_coder::BoxCoder;
+pub use matcher::Matcher;
+pub use sampler::BalancedPositiveNegativeSampler;
