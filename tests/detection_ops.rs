@@ -92,17 +92,21 @@ fn roi_align_matches_torchvision_forward_and_backward() {
 }
 
 #[test]
-fn roi_align_kernel_repeats_torchvision_arithmetic_exactly_in_f32() {
-    // The CPU kernel does torchvision's float operations in torchvision's order.
+fn roi_align_kernel_repeats_torchvision_arithmetic_bit_for_bit() {
+    // The CPU kernel does torchvision's float operations in torchvision's order, in the
+    // input's precision, forward and backward.
     let f = fixture();
-    for case in [0, 2, 4, 6] {
+    for case in 0..8 {
         let p = format!("roi_align.{case}.");
         let cfg = config(&f, &p);
-        let y = cfg
-            .forward(get(&f, &format!("{p}input")), get(&f, &format!("{p}rois")))
-            .unwrap();
-        let d = max_diff(&y, get(&f, &format!("{p}output")));
-        assert!(d <= 1e-6, "case {case}: {d}");
+        let (y, gx) = forward_backward(
+            get(&f, &format!("{p}input")),
+            get(&f, &format!("{p}grad_output")),
+            |x| cfg.forward(x, get(&f, &format!("{p}rois"))),
+        );
+        let dy = max_diff(&y, get(&f, &format!("{p}output")));
+        let dg = max_diff(&gx, get(&f, &format!("{p}grad_input")));
+        assert_eq!((dy, dg), (0.0, 0.0), "case {case}");
     }
 }
 
@@ -423,4 +427,40 @@ fn box_iou_rejects_flipped_and_nan_boxes() {
     let wrong = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
     assert!(matches!(box_iou(&wrong, &ok), Err(Error::Shape(_))));
     assert!(matches!(box_area(&wrong), Err(Error::Shape(_))));
+}
+
+#[test]
+fn multiscale_handles_empty_box_lists_and_rejects_bad_ones() {
+    let f = fixture();
+    let (feats, boxes, sizes) = multiscale_inputs(&f);
+    let pooler = MultiScaleRoiAlign::mask_rcnn_boxes();
+    let none = vec![Tensor::zeros((0, 4), DType::F32, &Device::Cpu).unwrap(); 2];
+    let y = pooler.forward(&feats, &none, &sizes).unwrap();
+    assert_eq!(y.dims(), &[0, 2, 7, 7]);
+    // One image's boxes empty, the other's not.
+    let mixed = vec![none[0].clone(), boxes[1].clone()];
+    let y = pooler.forward(&feats, &mixed, &sizes).unwrap();
+    assert_eq!(y.dim(0).unwrap(), boxes[1].dim(0).unwrap());
+    assert!(matches!(
+        pooler.forward(&feats, &[], &sizes),
+        Err(Error::Input(_))
+    ));
+    // A third image in a batch of two: its batch index is out of range.
+    let three = vec![boxes[0].clone(), boxes[1].clone(), boxes[1].clone()];
+    match pooler.forward(&feats, &three, &sizes) {
+        Err(Error::Input(msg)) => assert!(msg.contains("batch index"), "{msg}"),
+        other => panic!("expected Error::Input, got {other:?}"),
+    }
+    let flipped = vec![
+        Tensor::new(&[[10f32, 10., 5., 20.]], &Device::Cpu).unwrap(),
+        boxes[1].clone(),
+    ];
+    assert!(matches!(
+        pooler.forward(&feats, &flipped, &sizes),
+        Err(Error::Input(_))
+    ));
+    assert!(matches!(
+        pooler.forward(&[], &boxes, &sizes),
+        Err(Error::Input(_))
+    ));
 }

@@ -9,6 +9,7 @@ mod nms;
 mod poolers;
 mod real;
 mod roi_align;
+mod roi_align_cpu;
 mod transposed;
 mod winograd;
 mod winograd_wgrad;

@@ -16,13 +16,11 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
+use candle_core::{DType, Tensor};
 
 use super::boxes::host_rows;
-use super::cpu::contiguous;
 use super::real::Real;
+use super::roi_align_cpu::RoiAlignOp;
 use crate::{Error, Result};
 
 /// Settings of a RoIAlign: output size, the scale from image to feature-map coordinates, the
@@ -157,10 +155,7 @@ impl RoiAlign {
         let cpu_kernel = allow_kernel && input.device().is_cpu();
         match (cpu_kernel, host) {
             (true, rois) => {
-                let op = RoiAlignOp {
-                    cfg: *self,
-                    rois: Arc::new(rois.as_f64()),
-                };
+                let op = RoiAlignOp::new(*self, Arc::new(rois.as_f64()));
                 match dtype {
                     DType::F32 | DType::F64 => Ok(input.contiguous()?.apply_op1(op)?),
                     dt => Ok(input
@@ -303,28 +298,28 @@ fn checked_rois<T: Real>(rois: &Tensor, n: usize) -> Result<Vec<[T; 5]>> {
 }
 
 /// Where one roi's bins and sample points lie on the feature map (torchvision's arithmetic).
-struct Geometry<T> {
-    batch: usize,
+pub(super) struct Geometry<T> {
+    pub(super) batch: usize,
     y0: T,
     x0: T,
     bin_h: T,
     bin_w: T,
     grid_h: usize,
     grid_w: usize,
-    count: T,
+    pub(super) count: T,
     out: (usize, usize),
 }
 
 /// One sample point: the four neighbouring pixels and their bilinear weights.
 #[derive(Clone, Copy)]
-struct Sample<T> {
-    pos: [usize; 4],
-    w: [T; 4],
-    inside: bool,
+pub(super) struct Sample<T> {
+    pub(super) pos: [usize; 4],
+    pub(super) w: [T; 4],
+    pub(super) inside: bool,
 }
 
 impl<T: Real> Geometry<T> {
-    fn new(roi: &[T; 5], cfg: &RoiAlign, out: (usize, usize)) -> Self {
+    pub(super) fn new(roi: &[T; 5], cfg: &RoiAlign, out: (usize, usize)) -> Self {
         let scale = T::from_f64(cfg.spatial_scale);
         let offset = if cfg.aligned {
             T::from_f64(0.5)
@@ -363,12 +358,12 @@ impl<T: Real> Geometry<T> {
         }
     }
 
-    fn samples_per_bin(&self) -> usize {
+    pub(super) fn samples_per_bin(&self) -> usize {
         self.grid_h * self.grid_w
     }
 
     /// Every sample of every bin, bins row-major, samples row-major within a bin.
-    fn fill_table(&self, height: usize, width: usize, table: &mut Vec<Sample<T>>) {
+    pub(super) fn fill_table(&self, height: usize, width: usize, table: &mut Vec<Sample<T>>) {
         table.clear();
         let (gh, gw) = (T::from_usize(self.grid_h), T::from_usize(self.grid_w));
         let half = T::from_f64(0.5);
@@ -424,183 +419,5 @@ fn bilinear<T: Real>(y: T, x: T, height: usize, width: usize) -> Sample<T> {
         ],
         w: [hy * hx, hy * lx, ly * hx, ly * lx],
         inside: true,
-    }
-}
-
-/// The CPU forward pass; rois are kept in `f64` (exact for `f32` values) and converted to the
-/// input's precision inside the kernel.
-struct RoiAlignOp {
-    cfg: RoiAlign,
-    rois: Arc<Vec<[f64; 5]>>,
-}
-
-fn rois_as<T: Real>(rois: &[[f64; 5]]) -> Vec<[T; 5]> {
-    rois.iter().map(|r| r.map(T::from_f64)).collect()
-}
-
-fn forward_kernel<T: Real>(
-    x: &[T],
-    dims: (usize, usize, usize, usize),
-    rois: &[[T; 5]],
-    cfg: &RoiAlign,
-) -> Vec<T> {
-    let (_, c, h, w) = dims;
-    let (oh, ow) = cfg.output_size;
-    let bins = oh * ow;
-    let mut out = vec![T::zero(); rois.len() * c * bins];
-    out.par_chunks_mut(c * bins)
-        .zip(rois.par_iter())
-        .for_each_init(Vec::new, |table, (dst, roi)| {
-            let g = Geometry::new(roi, cfg, (oh, ow));
-            g.fill_table(h, w, table);
-            let per_bin = g.samples_per_bin();
-            for ch in 0..c {
-                let plane = &x[(g.batch * c + ch) * h * w..][..h * w];
-                for bin in 0..bins {
-                    let mut acc = T::zero();
-                    for s in &table[bin * per_bin..(bin + 1) * per_bin] {
-                        acc += s.w[0] * plane[s.pos[0]]
-                            + s.w[1] * plane[s.pos[1]]
-                            + s.w[2] * plane[s.pos[2]]
-                            + s.w[3] * plane[s.pos[3]];
-                    }
-                    dst[ch * bins + bin] = acc / g.count;
-                }
-            }
-        });
-    out
-}
-
-/// The gradient of the input, laid out `(C, N, H, W)` so that each task owns whole channels.
-/// Every element receives its contributions in torchvision's order (roi, bin, sample, corner).
-fn backward_kernel<T: Real>(
-    grad: &[T],
-    dims: (usize, usize, usize, usize),
-    rois: &[[T; 5]],
-    cfg: &RoiAlign,
-) -> Vec<T> {
-    let (n, c, h, w) = dims;
-    let (oh, ow) = cfg.output_size;
-    let bins = oh * ow;
-    let plane = n * h * w;
-    let mut out = vec![T::zero(); c * plane];
-    let block = c.div_ceil(rayon::current_num_threads().max(1)).max(1);
-    out.par_chunks_mut(block * plane)
-        .enumerate()
-        .for_each(|(blk, dst)| {
-            let mut table = Vec::new();
-            let channels = dst.len() / plane;
-            for (k, roi) in rois.iter().enumerate() {
-                let g = Geometry::new(roi, cfg, (oh, ow));
-                g.fill_table(h, w, &mut table);
-                let per_bin = g.samples_per_bin();
-                for cc in 0..channels {
-                    let ch = blk * block + cc;
-                    let gin = &mut dst[cc * plane + g.batch * h * w..][..h * w];
-                    let gout = &grad[(k * c + ch) * bins..][..bins];
-                    for (bin, &gv) in gout.iter().enumerate() {
-                        for s in &table[bin * per_bin..(bin + 1) * per_bin] {
-                            if !s.inside {
-                                continue;
-                            }
-                            for corner in 0..4 {
-                                gin[s.pos[corner]] += gv * s.w[corner] / g.count;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    out
-}
-
-impl CustomOp1 for RoiAlignOp {
-    fn name(&self) -> &'static str {
-        "unetpp-roi-align"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims4()?;
-        let (oh, ow) = self.cfg.output_size;
-        let shape = Shape::from((self.rois.len(), dims.1, oh, ow));
-        let out = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(forward_kernel(
-                contiguous::<f32>(storage, layout)?,
-                dims,
-                &rois_as::<f32>(&self.rois),
-                &self.cfg,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(forward_kernel(
-                contiguous::<f64>(storage, layout)?,
-                dims,
-                &rois_as::<f64>(&self.rois),
-                &self.cfg,
-            )),
-            s => candle_core::bail!("roi_align: unsupported dtype {:?}", s.dtype()),
-        };
-        Ok((out, shape))
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let (n, c, h, w) = arg.dims4()?;
-        let op = RoiAlignBackward {
-            cfg: self.cfg,
-            rois: self.rois.clone(),
-            input: (n, c, h, w),
-        };
-        let g = grad_res.contiguous()?.apply_op1(op)?;
-        let g = if n == 1 {
-            g.reshape((1, c, h, w))?
-        } else {
-            g.transpose(0, 1)?.contiguous()?
-        };
-        Ok(Some(g))
-    }
-}
-
-/// The gradient of [`RoiAlignOp`] with respect to its input, `(C, N, H, W)`.
-struct RoiAlignBackward {
-    cfg: RoiAlign,
-    rois: Arc<Vec<[f64; 5]>>,
-    input: (usize, usize, usize, usize),
-}
-
-impl CustomOp1 for RoiAlignBackward {
-    fn name(&self) -> &'static str {
-        "unetpp-roi-align-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = self.input;
-        let shape = Shape::from((c, n, h, w));
-        let out = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(backward_kernel(
-                contiguous::<f32>(storage, layout)?,
-                self.input,
-                &rois_as::<f32>(&self.rois),
-                &self.cfg,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(backward_kernel(
-                contiguous::<f64>(storage, layout)?,
-                self.input,
-                &rois_as::<f64>(&self.rois),
-                &self.cfg,
-            )),
-            s => candle_core::bail!("roi_align backward: unsupported dtype {:?}", s.dtype()),
-        };
-        Ok((out, shape))
     }
 }

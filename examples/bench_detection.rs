@@ -1,0 +1,129 @@
+//! Times RoIAlign and NMS: the CPU kernel against the composed (any-device) RoIAlign, forward
+//! and backward, and NMS / batched NMS, on the inputs of `scripts/bench_detection.py` (the
+//! same pseudo-random boxes, generated bit for bit alike), so the two print comparable lines.
+//!
+//! ```text
+//! cargo run --release --example bench_detection -- [--runs 5] [--boxes 1000] [--nms-boxes 5000]
+//! ```
+//!
+//! Prints the median seconds of each operation after one warm-up run.
+
+mod support;
+
+use candle_core::{DType, Device, Tensor, Var};
+use unetpp::ops::{batched_nms, nms, RoiAlign};
+
+/// The generator shared with the Python script: 64-bit LCG, top 53 bits as a float in [0, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// `n` boxes in an `h × w` image, sides from `min` to `max` pixels, as f32 rows.
+fn boxes(rng: &mut Lcg, n: usize, (h, w): (f64, f64), (min, max): (f64, f64)) -> Vec<f32> {
+    let mut v = Vec::with_capacity(4 * n);
+    for _ in 0..n {
+        let (bw, bh) = (
+            min + rng.next() * (max - min),
+            min + rng.next() * (max - min),
+        );
+        let x1 = rng.next() * (w - bw);
+        let y1 = rng.next() * (h - bh);
+        v.extend_from_slice(&[x1 as f32, y1 as f32, (x1 + bw) as f32, (y1 + bh) as f32]);
+    }
+    v
+}
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> unetpp::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let runs = arg(&args, "--runs", 5);
+    let k = arg(&args, "--boxes", 1000);
+    let n_nms = arg(&args, "--nms-boxes", 5000);
+    let dev = Device::Cpu;
+    println!("threads: {}", rayon::current_num_threads());
+
+    // RoIAlign as in Mask R-CNN's box head: a stride-4 map of an 800×1216 image, 7×7 bins,
+    // sampling ratio 2, aligned = false.
+    let mut rng = Lcg(7);
+    let (c, h, w) = (256, 200, 304);
+    // The map's values do not change the work; the same formula as the Python side.
+    let x: Vec<f32> = (0..c * h * w)
+        .map(|i| (((i as u64 * 7919) % 1000) as f64 / 1000.0 - 0.5) as f32)
+        .collect();
+    let x = Tensor::from_vec(x, (1, c, h, w), &dev)?;
+    let b = boxes(&mut rng, k, (800.0, 1216.0), (16.0, 400.0));
+    let b = Tensor::from_vec(b, (k, 4), &dev)?;
+    let rois = Tensor::cat(&[&Tensor::zeros((k, 1), DType::F32, &dev)?, &b], 1)?;
+    for (size, ratio) in [((7, 7), 2), ((14, 14), 2)] {
+        let op = RoiAlign::new(size)
+            .with_spatial_scale(0.25)
+            .with_sampling_ratio(ratio);
+        let label = format!("{k} boxes {}x{} on 1x{c}x{h}x{w}", size.0, size.1);
+        let fwd = support::median_seconds(|| op.forward(&x, &rois).map(|_| ()), runs)?;
+        println!("roi_align forward  kernel   {label}: {fwd:.4} s");
+        let fwd = support::median_seconds(|| op.forward_composed(&x, &rois).map(|_| ()), runs)?;
+        println!("roi_align forward  composed {label}: {fwd:.4} s");
+        let var = Var::from_tensor(&x)?;
+        for composed in [false, true] {
+            let g = Tensor::ones((k, c, size.0, size.1), DType::F32, &dev)?;
+            let t = support::median_seconds(
+                || -> unetpp::Result<()> {
+                    let y = if composed {
+                        op.forward_composed(var.as_tensor(), &rois)?
+                    } else {
+                        op.forward(var.as_tensor(), &rois)?
+                    };
+                    let grads = (y * &g)?.sum_all()?.backward()?;
+                    grads.get(var.as_tensor()).map(|_| ()).ok_or_else(|| {
+                        unetpp::Error::Input("no gradient for the feature map".into())
+                    })
+                },
+                runs,
+            )?;
+            let path = if composed { "composed" } else { "kernel  " };
+            println!("roi_align fwd+bwd  {path} {label}: {t:.4} s");
+        }
+    }
+
+    // NMS over proposals of one image, as the RPN sees them (IoU 0.7), and per class (0.5).
+    let mut rng = Lcg(11);
+    let b = boxes(&mut rng, n_nms, (800.0, 1216.0), (8.0, 300.0));
+    let scores: Vec<f32> = (0..n_nms).map(|_| rng.next() as f32).collect();
+    let classes: Vec<u32> = (0..n_nms).map(|_| (rng.next() * 80.0) as u32).collect();
+    let b = Tensor::from_vec(b, (n_nms, 4), &dev)?;
+    let scores = Tensor::from_vec(scores, n_nms, &dev)?;
+    let classes = Tensor::from_vec(classes, n_nms, &dev)?;
+    let mut kept = 0;
+    let t = support::median_seconds(
+        || -> unetpp::Result<()> {
+            kept = nms(&b, &scores, 0.7)?.dim(0)?;
+            Ok(())
+        },
+        runs,
+    )?;
+    println!("nms {n_nms} boxes iou 0.7: {t:.5} s ({kept} kept)");
+    let t = support::median_seconds(
+        || -> unetpp::Result<()> {
+            kept = batched_nms(&b, &scores, &classes, 0.5)?.dim(0)?;
+            Ok(())
+        },
+        runs,
+    )?;
+    println!("batched_nms {n_nms} boxes 80 classes iou 0.5: {t:.5} s ({kept} kept)");
+    Ok(())
+}
