@@ -37,7 +37,7 @@
 //!
 //! Modules: [`unetpp`] (config, grid, model, outputs), [`unet`] (the U-Net baselines),
 //! [`nn`] (blocks), [`ops`] (fast CPU convolutions and bilinear resize, with backward
-//! passes), [`loss`] (BCE + Dice, CE + Dice, deep supervision), [`metrics`] (IoU, Dice),
+//! passes; RoIAlign, NMS and box utilities for detection), [`loss`] (BCE + Dice, CE + Dice, deep supervision), [`metrics`] (IoU, Dice),
 //! [`data`] (synthetic and PNG-folder data sets, batching, augmentation), [`train`]
 //! (optimizer, checkpoints, training step, evaluation), [`encoders`] (ResNet in torchvision's
 //! layout), [`interop`] (weights from MONAI, NestedUNet and segmentation_models_pytorch), [`weights`] (safetensors I/O), [`device`].

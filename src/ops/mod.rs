@@ -1,4 +1,26 @@
 //! Operations candle lacks or runs slowly, each with a forward and a backward pass.
+//!
+//! - Convolutions and bilinear resizing with fast CPU kernels ([`conv3x3`],
+//!   [`resize_bilinear`], ...; see [`set_cpu_conv_algo`]).
+//! - Detection ops as torchvision computes them: [`RoiAlign`], [`MultiScaleRoiAlign`],
+//!   [`nms`], [`batched_nms`], [`box_iou`] and the other box utilities.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use unetpp::ops::{nms, RoiAlign};
+//!
+//! let dev = Device::Cpu;
+//! let features = Tensor::randn(0f32, 1., (1, 8, 32, 32), &dev)?;
+//! let boxes = Tensor::new(&[[4f32, 4., 60., 40.], [6., 6., 60., 42.], [70., 70., 120., 100.]], &dev)?;
+//! let scores = Tensor::new(&[0.9f32, 0.8, 0.7], &dev)?;
+//! let keep = nms(&boxes, &scores, 0.5)?;
+//! assert_eq!(keep.to_vec1::<u32>()?, vec![0, 2]);
+//! let rois = unetpp::ops::rois_from_boxes(&[boxes.index_select(&keep, 0)?])?;
+//! let pooled = RoiAlign::new((7, 7)).with_spatial_scale(0.25).with_sampling_ratio(2)
+//!     .forward(&features, &rois)?;
+//! assert_eq!(pooled.dims(), &[2, 8, 7, 7]);
+//! # Ok::<(), unetpp::Error>(())
+//! ```
 
 mod bilinear;
 mod boxes;

@@ -393,8 +393,8 @@ mod tests {
             })
             .collect();
         let cfg = RoiAlign::new((3, 2))
-            .with_sampling_ratio(if seed % 2 == 0 { -1 } else { 2 })
-            .with_aligned(seed % 3 == 0);
+            .with_sampling_ratio(if seed.is_multiple_of(2) { -1 } else { 2 })
+            .with_aligned(seed.is_multiple_of(3));
         (x, dims, rois, cfg)
     }
 
