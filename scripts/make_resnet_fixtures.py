@@ -40,6 +40,8 @@ def fill(model):
             if t.dim() == 4:
                 fan_in = t.shape[1] * t.shape[2] * t.shape[3]
                 v = v * 2.0 * np.sqrt(3.0 / fan_in)  # uniform with variance 1 / fan_in
+            elif t.dim() == 2:  # linear layers
+                v = v * 2.0 * np.sqrt(3.0 / t.shape[1])
             elif leaf == "weight":
                 v = 1.0 + 0.2 * v
             elif leaf == "bias":

@@ -77,6 +77,9 @@ pub fn formula(name: &str, dims: &[usize]) -> Tensor {
             let x = if dims.len() == 4 {
                 let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
                 u * 2.0 * (3.0 / fan_in).sqrt()
+            } else if dims.len() == 2 {
+                // Linear layers: the same variance rule with fan-in = input features.
+                u * 2.0 * (3.0 / dims[1] as f64).sqrt()
             } else {
                 match leaf {
                     "weight" => 1.0 + 0.2 * u,
