@@ -5,6 +5,8 @@
 //!   device).
 //! - [`anchors`]: [`AnchorGenerator`], anchor boxes over the feature maps of a pyramid.
 //! - [`matcher`]: [`Matcher`], anchors or proposals to ground truths by a quality (IoU) matrix.
+//! - [`fpn`]: [`Fpn`], the feature pyramid; [`backbone`]: [`ResNetFpn`], ResNet + FPN.
+//! - [`rpn`]: [`Rpn`], the region proposal network (proposals and losses).
 //! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
 //!   trains on.
 //!
@@ -13,11 +15,19 @@
 //! with torchvision's Mask R-CNN defaults.
 
 pub mod anchors;
+pub mod backbone;
 pub mod box_coder;
+pub mod fpn;
+mod layers;
 pub mod matcher;
+pub mod rpn;
 pub mod sampler;
 
 pub use anchors::AnchorGenerator;
+pub use backbone::ResNetFpn;
 pub use box_coder::BoxCoder;
+pub use fpn::Fpn;
+pub use layers::smooth_l1_sum;
 pub use matcher::Matcher;
+pub use rpn::{Rpn, RpnConfig, RpnHead, RpnLosses, RpnOutput};
 pub use sampler::BalancedPositiveNegativeSampler;

@@ -27,7 +27,7 @@ mod boxes;
 mod channels;
 mod conv;
 mod cpu;
-mod nms;
+pub(crate) mod nms;
 mod poolers;
 mod real;
 mod roi_align;

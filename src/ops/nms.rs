@@ -170,13 +170,22 @@ fn batched<T: Real>(
         .to_dtype(DType::I64)?
         .to_device(&candle_core::Device::Cpu)?
         .to_vec1::<i64>()?;
-    if k == 0 {
-        return Ok(Vec::new());
-    }
-    if 4 * k > BATCHED_PER_CLASS_ABOVE {
-        Ok(per_class(&b, &s, &c, iou_threshold))
+    Ok(batched_nms_host(&b, &s, &c, iou_threshold))
+}
+
+/// [`batched_nms`] on host slices (boxes already checked).
+pub(crate) fn batched_nms_host<T: Real>(
+    boxes: &[[T; 4]],
+    scores: &[T],
+    classes: &[i64],
+    iou_threshold: f64,
+) -> Vec<usize> {
+    if boxes.is_empty() {
+        Vec::new()
+    } else if 4 * boxes.len() > BATCHED_PER_CLASS_ABOVE {
+        per_class(boxes, scores, classes, iou_threshold)
     } else {
-        Ok(offset_trick(&b, &s, &c, iou_threshold))
+        offset_trick(boxes, scores, classes, iou_threshold)
     }
 }
 

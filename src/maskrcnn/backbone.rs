@@ -1,0 +1,74 @@
+//! The detector's backbone: a ResNet body (`backbone.body.*`) whose layers 1–4 feed a feature
+//! pyramid (`backbone.fpn.*`), as torchvision's `resnet_fpn_backbone` builds it.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::fpn::Fpn;
+use crate::encoders::{ResNet, ResNetConfig};
+use crate::nn::NamedTensor;
+use crate::Result;
+
+/// ResNet + FPN: five maps of `out_channels` at strides 4, 8, 16, 32 and 64.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use unetpp::encoders::ResNetConfig;
+/// use unetpp::maskrcnn::ResNetFpn;
+///
+/// let varmap = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+/// let backbone = ResNetFpn::new(&ResNetConfig::resnet18(), 32, vb)?;
+/// let maps = backbone.forward(&Tensor::zeros((1, 3, 64, 96), DType::F32, &Device::Cpu)?)?;
+/// let sizes: Vec<_> = maps.iter().map(|m| m.dims().to_vec()).collect();
+/// assert_eq!(sizes[0], vec![1, 32, 16, 24]);
+/// assert_eq!(sizes[4], vec![1, 32, 1, 2]);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ResNetFpn {
+    body: ResNet,
+    fpn: Fpn,
+}
+
+impl ResNetFpn {
+    /// The body of `resnet` (`vb.pp("body")`) and a pyramid of `out_channels` (`vb.pp("fpn")`).
+    /// torchvision's Mask R-CNN uses ResNet-50 with frozen batch-norm and 256 channels.
+    pub fn new(resnet: &ResNetConfig, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        let body = ResNet::new(resnet, vb.pp("body"))?;
+        let taps = resnet.out_channels();
+        let fpn = Fpn::new(&taps[1..], out_channels, vb.pp("fpn"))?;
+        Ok(ResNetFpn { body, fpn })
+    }
+
+    /// The ResNet body.
+    pub fn body(&self) -> &ResNet {
+        &self.body
+    }
+
+    /// The feature pyramid.
+    pub fn fpn(&self) -> &Fpn {
+        &self.fpn
+    }
+
+    /// The pyramid of `images (N, 3, H, W)`: levels `'0'`–`'3'` and `'pool'` in torchvision's
+    /// terms. Batch-norm uses running statistics (the body's batch-norm is frozen in
+    /// detection; with a trainable one, see [`ResNet::features`]).
+    pub fn forward(&self, images: &Tensor) -> Result<Vec<Tensor>> {
+        self.forward_t(images, false)
+    }
+
+    /// [`Self::forward`] with batch statistics in trainable batch-norm layers when `train`.
+    pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let taps = self.body.features(images, train)?;
+        self.fpn.forward(&taps[1..])
+    }
+
+    /// Every tensor under torchvision's names below `prefix` (`"backbone"` in a detector).
+    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
+        let mut out = self.body.named_tensors(&format!("{prefix}.body"));
+        out.extend(self.fpn.named_tensors(&format!("{prefix}.fpn")));
+        out
+    }
+}

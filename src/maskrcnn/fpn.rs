@@ -1,0 +1,111 @@
+//! The feature pyramid network (Lin et al., 2017) as torchvision builds it for Mask R-CNN:
+//! lateral 1×1 convolutions, a top-down pathway of nearest-neighbour up-sampling and sums,
+//! 3×3 output convolutions, and an extra level sub-sampled from the coarsest output
+//! (`LastLevelMaxPool`, named `"pool"` in torchvision).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::layers::{kaiming_uniform_a1, resize_nearest, subsample2, Conv};
+use crate::nn::NamedTensor;
+use crate::{Error, Result};
+
+/// A feature pyramid over backbone maps with `in_channels` channels (finest first), each level
+/// projected to `out_channels`.
+///
+/// Weights are read under torchvision's names, `inner_blocks.{i}.0.{weight,bias}` (lateral)
+/// and `layer_blocks.{i}.0.*` (output), and under the names of checkpoints written before
+/// torchvision 0.13 (`inner_blocks.{i}.weight`, ...).
+#[derive(Debug, Clone)]
+pub struct Fpn {
+    inner: Vec<Conv>,
+    layer: Vec<Conv>,
+    out_channels: usize,
+}
+
+/// The variable builder of block `i` of `group`, under the current or the legacy name.
+fn block_vb<'a>(vb: &VarBuilder<'a>, group: &str, i: usize) -> VarBuilder<'a> {
+    let legacy = vb.pp(group).pp(i.to_string());
+    if legacy.contains_tensor("weight") {
+        legacy
+    } else {
+        legacy.pp("0")
+    }
+}
+
+impl Fpn {
+    /// A pyramid over maps with `in_channels` channels (finest first) to `out_channels`.
+    pub fn new(in_channels: &[usize], out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        if in_channels.is_empty() || in_channels.contains(&0) || out_channels == 0 {
+            return Err(Error::config(
+                "fpn",
+                format!("needs non-zero channels, got {in_channels:?} -> {out_channels}"),
+            ));
+        }
+        let mut inner = Vec::with_capacity(in_channels.len());
+        let mut layer = Vec::with_capacity(in_channels.len());
+        for (i, &c) in in_channels.iter().enumerate() {
+            inner.push(Conv::new(
+                c,
+                out_channels,
+                1,
+                kaiming_uniform_a1(c),
+                block_vb(&vb, "inner_blocks", i),
+            )?);
+            layer.push(Conv::new(
+                out_channels,
+                out_channels,
+                3,
+                kaiming_uniform_a1(9 * out_channels),
+                block_vb(&vb, "layer_blocks", i),
+            )?);
+        }
+        Ok(Fpn {
+            inner,
+            layer,
+            out_channels,
+        })
+    }
+
+    /// The channels of every output level.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// The pyramid of `features` (finest first): one map per input at its resolution, then the
+    /// extra level at half the coarsest one's resolution.
+    pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
+        if features.len() != self.inner.len() {
+            return Err(Error::Shape(format!(
+                "the FPN has {} levels, got {} feature maps",
+                self.inner.len(),
+                features.len()
+            )));
+        }
+        let last = features.len() - 1;
+        let mut top = self.inner[last].forward(&features[last], false)?;
+        let mut out = vec![self.layer[last].forward(&top, false)?];
+        for i in (0..last).rev() {
+            let lateral = self.inner[i].forward(&features[i], false)?;
+            let (_, _, h, w) = lateral.dims4()?;
+            top = (lateral + resize_nearest(&top, h, w)?)?;
+            out.push(self.layer[i].forward(&top, false)?);
+        }
+        out.reverse();
+        let pool = subsample2(&out[last])?;
+        out.push(pool);
+        Ok(out)
+    }
+
+    /// Every tensor under torchvision's current names, prefixed with `prefix.`.
+    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
+        let mut out = Vec::new();
+        for (i, c) in self.inner.iter().enumerate() {
+            c.named_tensors(&format!("{prefix}.inner_blocks.{i}.0"), &mut out);
+        }
+        for (i, c) in self.layer.iter().enumerate() {
+            c.named_tensors(&format!("{prefix}.layer_blocks.{i}.0"), &mut out);
+        }
+        out
+    }
+}

@@ -1,0 +1,423 @@
+//! The region proposal network (Ren et al., 2015) as torchvision's Mask R-CNN runs it: a
+//! shared 3×3 convolution head with objectness and box deltas per anchor on every pyramid
+//! level, decoding against the anchors, per-level top-n before NMS, clipping, small-box
+//! removal, NMS per level, and top-n after; and for training, anchor matching, balanced
+//! sampling and the objectness and box losses.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, VarBuilder};
+use rand::Rng;
+
+use super::layers::{smooth_l1_sum, Conv};
+use super::{AnchorGenerator, BalancedPositiveNegativeSampler, BoxCoder, Matcher};
+use crate::loss::bce_with_logits;
+use crate::nn::NamedTensor;
+use crate::ops::{box_iou, check_boxes};
+use crate::{Error, Result};
+
+/// Settings of the [`Rpn`], torchvision's Mask R-CNN defaults in [`RpnConfig::mask_rcnn`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpnConfig {
+    /// Proposals kept per level before NMS, in training (2000) and at test time (1000).
+    pub pre_nms_top_n: (usize, usize),
+    /// Proposals kept per image after NMS, in training (2000) and at test time (1000).
+    pub post_nms_top_n: (usize, usize),
+    /// IoU above which NMS suppresses a proposal (0.7).
+    pub nms_thresh: f64,
+    /// Anchors with IoU ≥ this with a ground-truth box are positives (0.7).
+    pub fg_iou_thresh: f64,
+    /// Anchors with IoU < this with every ground-truth box are negatives (0.3).
+    pub bg_iou_thresh: f64,
+    /// Anchors sampled per image for the losses (256).
+    pub batch_size_per_image: usize,
+    /// Fraction of positives among them at most (0.5).
+    pub positive_fraction: f64,
+    /// Proposals with objectness probability below this are dropped (0).
+    pub score_thresh: f64,
+    /// Proposals narrower or lower than this, in pixels, are dropped (1e-3).
+    pub min_size: f64,
+}
+
+impl RpnConfig {
+    /// torchvision's `maskrcnn_resnet50_fpn` settings.
+    pub fn mask_rcnn() -> Self {
+        RpnConfig {
+            pre_nms_top_n: (2000, 1000),
+            post_nms_top_n: (2000, 1000),
+            nms_thresh: 0.7,
+            fg_iou_thresh: 0.7,
+            bg_iou_thresh: 0.3,
+            batch_size_per_image: 256,
+            positive_fraction: 0.5,
+            score_thresh: 0.0,
+            min_size: 1e-3,
+        }
+    }
+}
+
+impl Default for RpnConfig {
+    fn default() -> Self {
+        Self::mask_rcnn()
+    }
+}
+
+/// The RPN head: a 3×3 convolution + ReLU shared by all levels (`conv.0.0`, or `conv` in
+/// checkpoints written before torchvision 0.13), then 1×1 convolutions to one objectness
+/// logit (`cls_logits`) and four box deltas (`bbox_pred`) per anchor.
+#[derive(Debug, Clone)]
+pub struct RpnHead {
+    conv: Conv,
+    cls_logits: Conv,
+    bbox_pred: Conv,
+}
+
+impl RpnHead {
+    /// A head for maps of `channels` channels and `num_anchors` anchors per location.
+    pub fn new(channels: usize, num_anchors: usize, vb: VarBuilder) -> Result<Self> {
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: 0.01,
+        };
+        let conv_vb = if vb.pp("conv").contains_tensor("weight") {
+            vb.pp("conv")
+        } else {
+            vb.pp("conv").pp("0").pp("0")
+        };
+        Ok(RpnHead {
+            conv: Conv::new(channels, channels, 3, init, conv_vb)?,
+            cls_logits: Conv::new(channels, num_anchors, 1, init, vb.pp("cls_logits"))?,
+            bbox_pred: Conv::new(channels, 4 * num_anchors, 1, init, vb.pp("bbox_pred"))?,
+        })
+    }
+
+    /// Objectness `(N, A, H, W)` and deltas `(N, 4A, H, W)` for every level.
+    pub fn forward(&self, features: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let mut logits = Vec::with_capacity(features.len());
+        let mut deltas = Vec::with_capacity(features.len());
+        for f in features {
+            let t = self.conv.forward(f, true)?;
+            logits.push(self.cls_logits.forward(&t, false)?);
+            deltas.push(self.bbox_pred.forward(&t, false)?);
+        }
+        Ok((logits, deltas))
+    }
+
+    fn named_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
+        self.conv.named_tensors(&format!("{prefix}.conv.0.0"), out);
+        self.cls_logits
+            .named_tensors(&format!("{prefix}.cls_logits"), out);
+        self.bbox_pred
+            .named_tensors(&format!("{prefix}.bbox_pred"), out);
+    }
+}
+
+/// What the RPN computes for a batch: the proposals, and what its losses need.
+#[derive(Debug, Clone)]
+pub struct RpnOutput {
+    /// Proposals per image, `(K_i, 4)`, by objectness, descending (after NMS).
+    pub boxes: Vec<Tensor>,
+    /// Their objectness probabilities, `(K_i,)`.
+    pub scores: Vec<Tensor>,
+    /// Objectness logits of every anchor, `(N, A_total)`, with the graph (for the loss).
+    pub objectness: Tensor,
+    /// Box deltas of every anchor, `(N, A_total, 4)`, with the graph (for the loss).
+    pub deltas: Tensor,
+    /// The anchors of one image, `(A_total, 4)` (the same for every image of the batch).
+    pub anchors: Tensor,
+}
+
+/// The two RPN losses.
+#[derive(Debug, Clone)]
+pub struct RpnLosses {
+    /// Binary cross-entropy of the sampled anchors' objectness (`loss_objectness`).
+    pub objectness: Tensor,
+    /// Smooth L1 (β = 1/9) of the positive anchors' deltas, summed and divided by the
+    /// number of sampled anchors (`loss_rpn_box_reg`).
+    pub box_reg: Tensor,
+}
+
+/// The region proposal network; its weights are read under `rpn.head.*` in torchvision's
+/// names.
+#[derive(Debug, Clone)]
+pub struct Rpn {
+    cfg: RpnConfig,
+    anchors: AnchorGenerator,
+    head: RpnHead,
+    coder: BoxCoder,
+    matcher: Matcher,
+    sampler: BalancedPositiveNegativeSampler,
+}
+
+impl Rpn {
+    /// An RPN over pyramid maps of `channels` channels with the anchors of `anchors` (one
+    /// level per map); `vb` is the RPN's builder (`rpn` in a detector), the head reads
+    /// `vb.pp("head")`.
+    pub fn new(
+        cfg: &RpnConfig,
+        anchors: AnchorGenerator,
+        channels: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let per_location = anchors.num_anchors_per_location();
+        let a = per_location.first().copied().unwrap_or(0);
+        if a == 0 || per_location.iter().any(|&n| n != a) {
+            return Err(Error::config(
+                "anchors",
+                format!("the RPN head needs the same number of anchors on every level, got {per_location:?}"),
+            ));
+        }
+        let matcher = Matcher::new(cfg.fg_iou_thresh, cfg.bg_iou_thresh, true)?;
+        let sampler =
+            BalancedPositiveNegativeSampler::new(cfg.batch_size_per_image, cfg.positive_fraction)?;
+        if !(cfg.nms_thresh.is_finite() && cfg.min_size >= 0.0) {
+            return Err(Error::config(
+                "rpn",
+                format!("nms_thresh {} / min_size {}", cfg.nms_thresh, cfg.min_size),
+            ));
+        }
+        Ok(Rpn {
+            cfg: cfg.clone(),
+            anchors,
+            head: RpnHead::new(channels, a, vb.pp("head"))?,
+            coder: BoxCoder::rpn(),
+            matcher,
+            sampler,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RpnConfig {
+        &self.cfg
+    }
+
+    /// Proposals for a batch padded to `batch_size = (H, W)` holding images of `image_sizes`,
+    /// from the pyramid `features` (one map per anchor level, finest first). `train` picks
+    /// the training top-n values.
+    pub fn forward(
+        &self,
+        batch_size: (usize, usize),
+        image_sizes: &[(usize, usize)],
+        features: &[Tensor],
+        train: bool,
+    ) -> Result<RpnOutput> {
+        if features.len() != self.anchors.num_levels() {
+            return Err(Error::Shape(format!(
+                "the RPN has anchors for {} levels, got {} feature maps",
+                self.anchors.num_levels(),
+                features.len()
+            )));
+        }
+        let n = features[0].dim(0)?;
+        if image_sizes.len() != n {
+            return Err(Error::Shape(format!(
+                "{} image sizes for a batch of {n}",
+                image_sizes.len()
+            )));
+        }
+        let (logits, deltas) = self.head.forward(features)?;
+        let mut grids = Vec::with_capacity(features.len());
+        let mut per_level = Vec::with_capacity(features.len());
+        let (mut obj_flat, mut delta_flat) = (Vec::new(), Vec::new());
+        for (l, d) in logits.iter().zip(&deltas) {
+            let (_, a, h, w) = l.dims4()?;
+            grids.push((h, w));
+            per_level.push(h * w * a);
+            // (N, A, H, W) -> (N, H, W, A): anchors vary fastest, as the anchor generator lists them.
+            obj_flat.push(l.permute((0, 2, 3, 1))?.reshape((n, h * w * a))?);
+            delta_flat.push(
+                d.reshape((n, a, 4, h, w))?
+                    .permute((0, 3, 4, 1, 2))?
+                    .reshape((n, h * w * a, 4))?,
+            );
+        }
+        let objectness = Tensor::cat(&obj_flat, 1)?;
+        let deltas = Tensor::cat(&delta_flat, 1)?;
+        let anchors = self
+            .anchors
+            .anchors(batch_size, &grids, objectness.device())?;
+        let total = anchors.dim(0)?;
+        let repeated = anchors.repeat((n, 1))?;
+        let proposals = self
+            .coder
+            .decode_single(&deltas.detach().reshape((n * total, 4))?, &repeated)?;
+        let (boxes, scores) = self.filter(
+            &proposals,
+            &objectness.detach(),
+            image_sizes,
+            &per_level,
+            train,
+        )?;
+        Ok(RpnOutput {
+            boxes,
+            scores,
+            objectness,
+            deltas,
+            anchors,
+        })
+    }
+
+    /// torchvision's `filter_proposals`, on the host.
+    fn filter(
+        &self,
+        proposals: &Tensor,
+        objectness: &Tensor,
+        image_sizes: &[(usize, usize)],
+        per_level: &[usize],
+        train: bool,
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let dev = objectness.device().clone();
+        let n = image_sizes.len();
+        let total: usize = per_level.iter().sum();
+        let obj: Vec<f32> = objectness
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1()?;
+        let props: Vec<f32> = proposals
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1()?;
+        let (pre_n, post_n) = if train {
+            (self.cfg.pre_nms_top_n.0, self.cfg.post_nms_top_n.0)
+        } else {
+            (self.cfg.pre_nms_top_n.1, self.cfg.post_nms_top_n.1)
+        };
+        let min_size = self.cfg.min_size as f32;
+        let (mut all_boxes, mut all_scores) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (img, &(h, w)) in image_sizes.iter().enumerate() {
+            let base = img * total;
+            let (mut boxes, mut scores, mut levels) = (Vec::new(), Vec::new(), Vec::new());
+            let mut offset = 0;
+            for (lvl, &count) in per_level.iter().enumerate() {
+                let logit = &obj[base + offset..base + offset + count];
+                let mut order: Vec<usize> = (0..count).collect();
+                order.sort_by(|&a, &b| logit[b].total_cmp(&logit[a]));
+                for &i in order.iter().take(pre_n.min(count)) {
+                    let at = 4 * (base + offset + i);
+                    let (wf, hf) = (w as f32, h as f32);
+                    let b = [
+                        props[at].clamp(0.0, wf),
+                        props[at + 1].clamp(0.0, hf),
+                        props[at + 2].clamp(0.0, wf),
+                        props[at + 3].clamp(0.0, hf),
+                    ];
+                    let s = 1.0 / (1.0 + (-logit[i]).exp());
+                    let big = b[2] - b[0] >= min_size && b[3] - b[1] >= min_size;
+                    if big
+                        && f64::from(s) >= self.cfg.score_thresh
+                        && b.iter().all(|v| v.is_finite())
+                    {
+                        boxes.push(b);
+                        scores.push(s);
+                        levels.push(lvl as i64);
+                    }
+                }
+                offset += count;
+            }
+            let keep =
+                crate::ops::nms::batched_nms_host(&boxes, &scores, &levels, self.cfg.nms_thresh);
+            let keep = &keep[..keep.len().min(post_n)];
+            let flat: Vec<f32> = keep.iter().flat_map(|&i| boxes[i]).collect();
+            let sc: Vec<f32> = keep.iter().map(|&i| scores[i]).collect();
+            all_boxes.push(Tensor::from_vec(flat, (keep.len(), 4), &dev)?);
+            all_scores.push(Tensor::from_vec(sc, keep.len(), &dev)?);
+        }
+        Ok((all_boxes, all_scores))
+    }
+
+    /// The RPN losses for `out` against ground-truth boxes `gt_boxes` (one `(G_i, 4)` tensor
+    /// per image, possibly empty: every anchor of such an image is a negative), sampling
+    /// anchors with `rng`.
+    pub fn losses<R: Rng + ?Sized>(
+        &self,
+        out: &RpnOutput,
+        gt_boxes: &[Tensor],
+        rng: &mut R,
+    ) -> Result<RpnLosses> {
+        let (n, total) = out.objectness.dims2()?;
+        if gt_boxes.len() != n {
+            return Err(Error::Shape(format!(
+                "{} ground-truth box sets for a batch of {n}",
+                gt_boxes.len()
+            )));
+        }
+        let dev = out.objectness.device();
+        let mut labels = Vec::with_capacity(n);
+        let mut targets = Vec::with_capacity(n);
+        for (i, gt) in gt_boxes.iter().enumerate() {
+            check_boxes(gt, &format!("ground-truth boxes of image {i}"))?;
+            let gt = gt.to_dtype(DType::F32)?.to_device(dev)?;
+            if gt.dim(0)? == 0 {
+                labels.push(Tensor::zeros(total, DType::F32, dev)?);
+                targets.push(Tensor::zeros((total, 4), DType::F32, dev)?);
+                continue;
+            }
+            let matches = self.matcher.matches(&box_iou(&gt, &out.anchors)?)?;
+            let idx = matches.clamp(0i64, i64::MAX)?;
+            let matched = gt.index_select(&idx, 0)?;
+            // 1 for a match, 0 below the low threshold, -1 between the thresholds.
+            let m = matches.to_dtype(DType::F32)?;
+            let positive = m.ge(0f64)?.to_dtype(DType::F32)?;
+            let between = m.eq(-2f64)?.to_dtype(DType::F32)?;
+            labels.push((positive - between)?);
+            targets.push(self.coder.encode(&matched, &out.anchors)?);
+        }
+        let (pos, neg) = self.sampler.sample(&labels, rng)?;
+        let pos = mask_indices(&pos, total)?;
+        let neg = mask_indices(&neg, total)?;
+        let sampled = pos.len() + neg.len();
+        if sampled == 0 {
+            return Err(Error::Input("the RPN sampled no anchors".into()));
+        }
+        let labels = Tensor::cat(&labels, 0)?;
+        let targets = Tensor::cat(&targets, 0)?;
+        let objectness = out.objectness.flatten_all()?;
+        let deltas = out.deltas.reshape((n * total, 4))?;
+        let all: Vec<u32> = pos.iter().chain(&neg).copied().collect();
+        let all = Tensor::from_vec(all, sampled, dev)?;
+        let objectness_loss = bce_with_logits(
+            &objectness.index_select(&all, 0)?,
+            &labels.index_select(&all, 0)?,
+        )?;
+        let box_reg = if pos.is_empty() {
+            (deltas.sum_all()? * 0.0)?
+        } else {
+            let p = Tensor::from_vec(pos.clone(), pos.len(), dev)?;
+            smooth_l1_sum(
+                &deltas.index_select(&p, 0)?,
+                &targets.index_select(&p, 0)?,
+                1.0 / 9.0,
+            )?
+        };
+        Ok(RpnLosses {
+            objectness: objectness_loss,
+            box_reg: (box_reg / sampled as f64)?,
+        })
+    }
+
+    /// Every tensor under torchvision's names below `prefix` (`"rpn"` in a detector).
+    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
+        let mut out = Vec::new();
+        self.head.named_tensors(&format!("{prefix}.head"), &mut out);
+        out
+    }
+}
+
+/// The positions set in per-image `u8` masks, as indices into their concatenation.
+fn mask_indices(masks: &[Tensor], per_image: usize) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for (i, m) in masks.iter().enumerate() {
+        let v = m
+            .to_dtype(DType::U8)?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<u8>()?;
+        out.extend(
+            v.iter()
+                .enumerate()
+                .filter(|(_, &x)| x != 0)
+                .map(|(j, _)| (i * per_image + j) as u32),
+        );
+    }
+    Ok(out)
+}

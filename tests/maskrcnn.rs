@@ -1,0 +1,203 @@
+//! Mask R-CNN against torchvision 0.29's `maskrcnn_resnet50_fpn` (fixture from
+//! `scripts/make_maskrcnn_fixtures.py`; weights from the shared formula on both sides): the
+//! pyramid and the RPN's proposals on two images, the RPN losses in training, and errors.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use common::formula;
+use rand::SeedableRng;
+use unetpp::encoders::ResNetConfig;
+use unetpp::maskrcnn::{AnchorGenerator, ResNetFpn, Rpn, RpnConfig};
+use unetpp::Error;
+
+fn fixture() -> HashMap<String, Tensor> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/maskrcnn.safetensors"
+    );
+    unetpp::weights::load_tensors(path, &Device::Cpu).unwrap()
+}
+
+fn get<'a>(f: &'a HashMap<String, Tensor>, k: &str) -> &'a Tensor {
+    f.get(k).unwrap_or_else(|| panic!("fixture lacks {k}"))
+}
+
+fn resnet() -> ResNetConfig {
+    let mut cfg = ResNetConfig::resnet50();
+    cfg.frozen_bn = true;
+    cfg
+}
+
+fn build(vb: VarBuilder) -> (ResNetFpn, Rpn) {
+    let backbone = ResNetFpn::new(&resnet(), 256, vb.pp("backbone")).unwrap();
+    let rpn = Rpn::new(
+        &RpnConfig::mask_rcnn(),
+        AnchorGenerator::fpn(),
+        256,
+        vb.pp("rpn"),
+    )
+    .unwrap();
+    (backbone, rpn)
+}
+
+/// The backbone and RPN with every tensor set by the formula of its torchvision name.
+fn formula_model() -> (ResNetFpn, Rpn) {
+    let varmap = VarMap::new();
+    let (b, r) = build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu));
+    let tensors: HashMap<String, Tensor> = b
+        .named_tensors("backbone")
+        .into_iter()
+        .chain(r.named_tensors("rpn"))
+        .map(|t| {
+            let v = formula(&t.name, t.tensor.dims());
+            (t.name, v)
+        })
+        .collect();
+    build(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    common::max_rel_diff(a, b)
+}
+
+fn sizes(f: &HashMap<String, Tensor>) -> Vec<(usize, usize)> {
+    get(f, "image_sizes")
+        .to_vec2::<i64>()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0] as usize, s[1] as usize))
+        .collect()
+}
+
+#[test]
+fn pyramid_and_proposals_match_torchvision() {
+    let f = fixture();
+    let (backbone, rpn) = formula_model();
+    let batch = get(&f, "batch");
+    let maps = backbone.forward(batch).unwrap();
+    assert_eq!(maps.len(), 5);
+    for (i, m) in maps.iter().enumerate() {
+        let head = m.narrow(1, 0, 4).unwrap();
+        let d = max_rel(&head, get(&f, &format!("fpn{i}.head")));
+        assert!(d < 1e-4, "level {i}: first channels off by {d} (relative)");
+        let sums = m.sum((2, 3)).unwrap();
+        let d = max_rel(&sums, get(&f, &format!("fpn{i}.sums")));
+        assert!(d < 1e-4, "level {i}: channel sums off by {d} (relative)");
+    }
+    let (_, _, h, w) = batch.dims4().unwrap();
+    let out = rpn.forward((h, w), &sizes(&f), &maps, false).unwrap();
+    for (i, boxes) in out.boxes.iter().enumerate() {
+        let want = get(&f, &format!("proposals{i}"));
+        assert_eq!(boxes.dims(), want.dims(), "image {i}: number of proposals");
+        let d = (boxes - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-3, "image {i}: proposals off by {d} px");
+    }
+}
+
+#[test]
+fn legacy_fpn_and_rpn_names_load() {
+    let (backbone, rpn) = formula_model();
+    let legacy: HashMap<String, Tensor> = backbone
+        .named_tensors("backbone")
+        .into_iter()
+        .chain(rpn.named_tensors("rpn"))
+        .map(|t| {
+            // Names before torchvision 0.13: `inner_blocks.0.weight`, `rpn.head.conv.weight`.
+            let name = if t.name.starts_with("backbone.fpn.") {
+                t.name
+                    .replace(".0.weight", ".weight")
+                    .replace(".0.bias", ".bias")
+            } else {
+                t.name.replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+            };
+            (name, t.tensor)
+        })
+        .collect();
+    assert!(legacy.contains_key("backbone.fpn.inner_blocks.0.weight"));
+    assert!(legacy.contains_key("rpn.head.conv.weight"));
+    let (b2, r2) = build(VarBuilder::from_tensors(legacy, DType::F32, &Device::Cpu));
+    let x = Tensor::randn(0f32, 1., (1, 3, 64, 64), &Device::Cpu).unwrap();
+    let a = backbone.forward(&x).unwrap();
+    let b = b2.forward(&x).unwrap();
+    for (p, q) in a.iter().zip(&b) {
+        assert_eq!(max_rel(p, q), 0.0);
+    }
+    let pa = rpn.forward((64, 64), &[(64, 64)], &a, false).unwrap();
+    let pb = r2.forward((64, 64), &[(64, 64)], &b, false).unwrap();
+    assert_eq!(max_rel(&pa.objectness, &pb.objectness), 0.0);
+}
+
+#[test]
+fn rpn_losses_are_finite_and_reach_the_head() {
+    let f = fixture();
+    let varmap = VarMap::new();
+    let (backbone, rpn) = build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu));
+    let batch = get(&f, "batch");
+    let maps = backbone.forward_t(batch, true).unwrap();
+    let out = rpn.forward((64, 64), &sizes(&f), &maps, true).unwrap();
+    let gt = vec![
+        Tensor::new(&[[4f32, 5., 30., 28.], [30., 10., 60., 40.]], &Device::Cpu).unwrap(),
+        Tensor::zeros((0, 4), DType::F32, &Device::Cpu).unwrap(),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let losses = rpn.losses(&out, &gt, &mut rng).unwrap();
+    let obj = losses.objectness.to_scalar::<f32>().unwrap();
+    let reg = losses.box_reg.to_scalar::<f32>().unwrap();
+    assert!(obj.is_finite() && obj > 0.0, "{obj}");
+    assert!(reg.is_finite() && reg >= 0.0, "{reg}");
+    let total = (losses.objectness + losses.box_reg).unwrap();
+    let grads = total.backward().unwrap();
+    let vars = varmap.all_vars();
+    let head: Vec<&Var> = vars
+        .iter()
+        .filter(|v| grads.get(v.as_tensor()).is_some())
+        .collect();
+    assert!(!head.is_empty(), "no gradient reached any weight");
+    // Images without objects train: only negatives.
+    let none = vec![Tensor::zeros((0, 4), DType::F32, &Device::Cpu).unwrap(); 2];
+    let losses = rpn.losses(&out, &none, &mut rng).unwrap();
+    assert_eq!(losses.box_reg.to_scalar::<f32>().unwrap(), 0.0);
+}
+
+#[test]
+fn rpn_rejects_bad_input() {
+    let varmap = VarMap::new();
+    let (backbone, rpn) = build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu));
+    let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
+    let maps = backbone.forward(&x).unwrap();
+    assert!(matches!(
+        rpn.forward((64, 64), &[(64, 64)], &maps[..4], false),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        rpn.forward((64, 64), &[(64, 64), (64, 64)], &maps, false),
+        Err(Error::Shape(_))
+    ));
+    let out = rpn.forward((64, 64), &[(64, 64)], &maps, true).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let flipped = [Tensor::new(&[[10f32, 0., 5., 5.]], &Device::Cpu).unwrap()];
+    assert!(matches!(
+        rpn.losses(&out, &flipped, &mut rng),
+        Err(Error::Input(_))
+    ));
+    assert!(matches!(
+        rpn.losses(&out, &[], &mut rng),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        backbone.forward(&x.narrow(1, 0, 1).unwrap()),
+        Err(Error::Shape(_))
+    ));
+}
