@@ -90,6 +90,8 @@ impl ResNetConfig {
 struct ConvBn {
     conv: Conv2d,
     bn: BatchNorm,
+    k: usize,
+    stride: usize,
 }
 
 impl ConvBn {
@@ -140,11 +142,40 @@ impl ConvBn {
         } else {
             bn
         };
-        Ok(Self { conv, bn })
+        Ok(Self {
+            conv,
+            bn,
+            k,
+            stride,
+        })
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)
+        self.bn.forward_t(&self.conv_forward(x)?, train)
+    }
+
+    /// The convolution. candle's backward pass of a strided convolution gives the input
+    /// gradient one `output_padding`, taken from the height, for both axes; when height and
+    /// width leave different remainders (`(size + 2p − k) mod stride`), the width comes out
+    /// one short. So when a gradient is needed, the input is zero-padded at the bottom and
+    /// right until both remainders are zero, and the extra outputs (which only those zeros
+    /// reach) are cut off: the same values, and a gradient of the right shape.
+    fn conv_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (s, p, k) = (self.stride, self.k / 2, self.k);
+        let tracked = x.track_op() || self.conv.weight().track_op();
+        if s == 1 || !tracked || h + 2 * p < k || w + 2 * p < k {
+            return self.conv.forward(x);
+        }
+        let (rh, rw) = ((h + 2 * p - k) % s, (w + 2 * p - k) % s);
+        if rh == rw {
+            return self.conv.forward(x);
+        }
+        let xp = x
+            .pad_with_zeros(2, 0, (s - rh) % s)?
+            .pad_with_zeros(3, 0, (s - rw) % s)?;
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        self.conv.forward(&xp)?.narrow(2, 0, oh)?.narrow(3, 0, ow)
     }
 
     fn named_tensors(&self, conv: &str, bn: &str, out: &mut Vec<NamedTensor>) {
