@@ -201,3 +201,83 @@ fn rpn_rejects_bad_input() {
         Err(Error::Shape(_))
     ));
 }
+
+fn count(tensors: &[unetpp::nn::NamedTensor]) -> usize {
+    tensors
+        .iter()
+        .filter(|t| t.trainable)
+        .map(|t| t.tensor.elem_count())
+        .sum()
+}
+
+#[test]
+fn parameter_counts_of_the_plain_and_nested_pyramids() {
+    use unetpp::maskrcnn::PyramidKind;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let plain = ResNetFpn::new(&resnet(), 256, vb.pp("a")).unwrap();
+    let nested = ResNetFpn::with_pyramid(&resnet(), 256, PyramidKind::Nested, vb.pp("b")).unwrap();
+    // torchvision's maskrcnn_resnet50_fpn: backbone.body 23,508,032, backbone.fpn 3,344,384.
+    assert_eq!(count(&plain.body().named_tensors("x")), 23_508_032);
+    assert_eq!(count(&plain.pyramid_tensors("fpn")), 3_344_384);
+    // Nested: the same laterals and outputs plus six 1x1 fusions of 2, 2, 2, 3, 3, 4 inputs.
+    assert_eq!(
+        count(&nested.pyramid_tensors("fpn")),
+        3_344_384 + 4096 * 256 + 6 * 256
+    );
+    assert_eq!(nested.pyramid_kind(), PyramidKind::Nested);
+}
+
+#[test]
+fn nested_pyramid_feeds_the_rpn_and_trains_every_fusion() {
+    use unetpp::maskrcnn::PyramidKind;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let mut cfg = ResNetConfig::resnet18();
+    cfg.frozen_bn = true;
+    let backbone =
+        ResNetFpn::with_pyramid(&cfg, 32, PyramidKind::Nested, vb.pp("backbone")).unwrap();
+    let rpn = Rpn::new(
+        &RpnConfig::mask_rcnn(),
+        AnchorGenerator::fpn(),
+        32,
+        vb.pp("rpn"),
+    )
+    .unwrap();
+    // Odd sizes: 100x140 gives maps of 25x35, 13x18, 7x9, 4x5 and 2x3.
+    let x = Tensor::randn(0f32, 1., (1, 3, 100, 140), &Device::Cpu).unwrap();
+    let maps = backbone.forward(&x).unwrap();
+    let dims: Vec<_> = maps
+        .iter()
+        .map(|m| (m.dim(2).unwrap(), m.dim(3).unwrap()))
+        .collect();
+    assert_eq!(dims, vec![(25, 35), (13, 18), (7, 9), (4, 5), (2, 3)]);
+    let out = rpn.forward((100, 140), &[(100, 140)], &maps, true).unwrap();
+    assert!(out.boxes[0].dim(0).unwrap() > 0);
+    let gt = [Tensor::new(&[[10f32, 20., 60., 90.]], &Device::Cpu).unwrap()];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let losses = rpn.losses(&out, &gt, &mut rng).unwrap();
+    let grads = (losses.objectness + losses.box_reg)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let fusions: Vec<_> = backbone
+        .pyramid_tensors("fpn")
+        .into_iter()
+        .filter(|t| t.name.contains(".nested."))
+        .collect();
+    assert_eq!(fusions.len(), 12);
+    for t in &fusions {
+        let g = grads
+            .get(&t.tensor)
+            .unwrap_or_else(|| panic!("no gradient for {}", t.name));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "zero gradient for {}", t.name);
+    }
+}

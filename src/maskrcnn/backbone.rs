@@ -1,10 +1,12 @@
 //! The detector's backbone: a ResNet body (`backbone.body.*`) whose layers 1–4 feed a feature
-//! pyramid (`backbone.fpn.*`), as torchvision's `resnet_fpn_backbone` builds it.
+//! pyramid (`backbone.fpn.*`), as torchvision's `resnet_fpn_backbone` builds it — either
+//! torchvision's FPN (Mask R-CNN) or the nested pyramid (Mask R-CNN++).
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::fpn::Fpn;
+use super::nested_fpn::NestedFpn;
 use crate::encoders::{ResNet, ResNetConfig};
 use crate::nn::NamedTensor;
 use crate::Result;
@@ -29,17 +31,48 @@ use crate::Result;
 #[derive(Debug, Clone)]
 pub struct ResNetFpn {
     body: ResNet,
-    fpn: Fpn,
+    pyramid: Pyramid,
+}
+
+/// Which feature pyramid a [`ResNetFpn`] has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PyramidKind {
+    /// torchvision's FPN: Mask R-CNN.
+    #[default]
+    Fpn,
+    /// The nested pyramid with UNet++'s dense skips ([`NestedFpn`]): Mask R-CNN++.
+    Nested,
+}
+
+#[derive(Debug, Clone)]
+enum Pyramid {
+    Plain(Fpn),
+    Nested(NestedFpn),
 }
 
 impl ResNetFpn {
     /// The body of `resnet` (`vb.pp("body")`) and a pyramid of `out_channels` (`vb.pp("fpn")`).
     /// torchvision's Mask R-CNN uses ResNet-50 with frozen batch-norm and 256 channels.
     pub fn new(resnet: &ResNetConfig, out_channels: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_pyramid(resnet, out_channels, PyramidKind::Fpn, vb)
+    }
+
+    /// [`Self::new`] with the pyramid of `kind` (both under `vb.pp("fpn")`).
+    pub fn with_pyramid(
+        resnet: &ResNetConfig,
+        out_channels: usize,
+        kind: PyramidKind,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let body = ResNet::new(resnet, vb.pp("body"))?;
         let taps = resnet.out_channels();
-        let fpn = Fpn::new(&taps[1..], out_channels, vb.pp("fpn"))?;
-        Ok(ResNetFpn { body, fpn })
+        let pyramid = match kind {
+            PyramidKind::Fpn => Pyramid::Plain(Fpn::new(&taps[1..], out_channels, vb.pp("fpn"))?),
+            PyramidKind::Nested => {
+                Pyramid::Nested(NestedFpn::new(&taps[1..], out_channels, vb.pp("fpn"))?)
+            }
+        };
+        Ok(ResNetFpn { body, pyramid })
     }
 
     /// The ResNet body.
@@ -47,9 +80,20 @@ impl ResNetFpn {
         &self.body
     }
 
-    /// The feature pyramid.
-    pub fn fpn(&self) -> &Fpn {
-        &self.fpn
+    /// Which pyramid this backbone has.
+    pub fn pyramid_kind(&self) -> PyramidKind {
+        match self.pyramid {
+            Pyramid::Plain(_) => PyramidKind::Fpn,
+            Pyramid::Nested(_) => PyramidKind::Nested,
+        }
+    }
+
+    /// The pyramid's tensors alone, under `prefix` (for parameter counts).
+    pub fn pyramid_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
+        match &self.pyramid {
+            Pyramid::Plain(f) => f.named_tensors(prefix),
+            Pyramid::Nested(f) => f.named_tensors(prefix),
+        }
     }
 
     /// The pyramid of `images (N, 3, H, W)`: levels `'0'`–`'3'` and `'pool'` in torchvision's
@@ -62,13 +106,16 @@ impl ResNetFpn {
     /// [`Self::forward`] with batch statistics in trainable batch-norm layers when `train`.
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         let taps = self.body.features(images, train)?;
-        self.fpn.forward(&taps[1..])
+        match &self.pyramid {
+            Pyramid::Plain(f) => f.forward(&taps[1..]),
+            Pyramid::Nested(f) => f.forward(&taps[1..]),
+        }
     }
 
     /// Every tensor under torchvision's names below `prefix` (`"backbone"` in a detector).
     pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
         let mut out = self.body.named_tensors(&format!("{prefix}.body"));
-        out.extend(self.fpn.named_tensors(&format!("{prefix}.fpn")));
+        out.extend(self.pyramid_tensors(&format!("{prefix}.fpn")));
         out
     }
 }

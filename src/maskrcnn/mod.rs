@@ -5,7 +5,8 @@
 //!   device).
 //! - [`anchors`]: [`AnchorGenerator`], anchor boxes over the feature maps of a pyramid.
 //! - [`matcher`]: [`Matcher`], anchors or proposals to ground truths by a quality (IoU) matrix.
-//! - [`fpn`]: [`Fpn`], the feature pyramid; [`backbone`]: [`ResNetFpn`], ResNet + FPN.
+//! - [`fpn`]: [`Fpn`], the feature pyramid; [`nested_fpn`]: [`NestedFpn`], Mask R-CNN++'s
+//!   pyramid with UNet++'s nested dense skips; [`backbone`]: [`ResNetFpn`], ResNet + either.
 //! - [`rpn`]: [`Rpn`], the region proposal network (proposals and losses).
 //! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
 //!   trains on.
@@ -20,14 +21,16 @@ pub mod box_coder;
 pub mod fpn;
 mod layers;
 pub mod matcher;
+pub mod nested_fpn;
 pub mod rpn;
 pub mod sampler;
 
 pub use anchors::AnchorGenerator;
-pub use backbone::ResNetFpn;
+pub use backbone::{PyramidKind, ResNetFpn};
 pub use box_coder::BoxCoder;
 pub use fpn::Fpn;
 pub use layers::smooth_l1_sum;
 pub use matcher::Matcher;
+pub use nested_fpn::NestedFpn;
 pub use rpn::{Rpn, RpnConfig, RpnHead, RpnLosses, RpnOutput};
 pub use sampler::BalancedPositiveNegativeSampler;
