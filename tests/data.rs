@@ -814,3 +814,63 @@ fn transforms_reject_inconsistent_samples() {
     assert!(hflip(&broken).is_err());
     assert!(rot90(&broken, 1).is_err());
 }
+
+mod nuclei {
+    use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
+
+    #[test]
+    fn samples_are_seeded_disjoint_and_boxed_by_their_masks() {
+        let set = SyntheticNuclei::new(NucleiConfig::new(6, 3)).unwrap();
+        let again = SyntheticNuclei::new(NucleiConfig::new(6, 3)).unwrap();
+        let mut sizes = Vec::new();
+        for i in 0..6 {
+            let s = set.get(i).unwrap();
+            assert_eq!(s, again.get(i).unwrap());
+            let (h, w) = (s.height, s.width);
+            let mut cover = vec![0u8; h * w];
+            for inst in &s.instances {
+                assert_eq!(inst.label, 1);
+                let mut ext = [w, h, 0, 0];
+                for (p, _) in inst.mask.iter().enumerate().filter(|(_, &m)| m == 1) {
+                    cover[p] += 1;
+                    let (y, x) = (p / w, p % w);
+                    ext = [ext[0].min(x), ext[1].min(y), ext[2].max(x + 1), ext[3].max(y + 1)];
+                }
+                assert_eq!(inst.bbox, ext.map(|v| v as f32));
+                sizes.push(inst.mask.iter().filter(|&&m| m == 1).count());
+            }
+            assert!(cover.iter().all(|&c| c <= 1), "masks overlap in sample {i}");
+            assert!(s.image.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+        // Objects of widely varying size.
+        let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        assert!(*max > 8 * *min, "sizes {min}..{max}");
+        assert_ne!(set.get(0).unwrap(), set.get(1).unwrap());
+    }
+
+    #[test]
+    fn two_classes_by_shape_and_config_errors() {
+        let mut cfg = NucleiConfig::new(8, 5);
+        cfg.classes = 2;
+        let set = SyntheticNuclei::new(cfg.clone()).unwrap();
+        let labels: Vec<u32> = (0..8)
+            .flat_map(|i| set.get(i).unwrap().instances.into_iter().map(|x| x.label))
+            .collect();
+        assert!(labels.contains(&1) && labels.contains(&2));
+        let s = set.get(0).unwrap();
+        let dev = candle_core::Device::Cpu;
+        let k = s.instances.len();
+        assert_eq!(s.boxes_tensor(&dev).unwrap().dims(), &[k, 4]);
+        assert_eq!(s.masks_tensor(&dev).unwrap().dims(), &[k, 96, 96]);
+        assert_eq!(s.image_tensor(&dev).unwrap().dims(), &[3, 96, 96]);
+        assert!(set.get(8).is_err());
+        for bad in [
+            NucleiConfig { classes: 3, ..cfg.clone() },
+            NucleiConfig { size: (8, 96), ..cfg.clone() },
+            NucleiConfig { radius: (5.0, 2.0), ..cfg.clone() },
+            NucleiConfig { objects: (4, 2), ..cfg.clone() },
+        ] {
+            assert!(SyntheticNuclei::new(bad).is_err());
+        }
+    }
+}

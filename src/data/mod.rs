@@ -3,9 +3,11 @@
 //! A [`Dataset`] hands out [`Sample`]s (one image and its label mask, in plain vectors); a
 //! [`loader::DataLoader`] shuffles them with a seed, augments them and stacks them into
 //! [`Batch`]es of tensors. Two data sets come with the crate: seeded synthetic images
-//! ([`synthetic`]) and a folder of image / mask PNG pairs ([`folder`]).
+//! ([`synthetic`]) and a folder of image / mask PNG pairs ([`folder`]); [`instances`] has
+//! seeded synthetic instance segmentation (touching nuclei-like blobs) for Mask R-CNN.
 
 pub mod folder;
+pub mod instances;
 pub mod loader;
 pub mod png_io;
 pub mod synthetic;

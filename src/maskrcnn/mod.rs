@@ -8,6 +8,7 @@
 //! - [`fpn`]: [`Fpn`], the feature pyramid; [`nested_fpn`]: [`NestedFpn`], Mask R-CNN++'s
 //!   pyramid with UNet++'s nested dense skips; [`backbone`]: [`ResNetFpn`], ResNet + either.
 //! - [`rpn`]: [`Rpn`], the region proposal network (proposals and losses).
+//! - [`evaluate`]: AP at an IoU threshold on boxes or masks, mean best mask IoU.
 //! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
 //!   trains on.
 //!
@@ -18,6 +19,7 @@
 pub mod anchors;
 pub mod backbone;
 pub mod box_coder;
+pub mod evaluate;
 pub mod fpn;
 mod layers;
 pub mod matcher;
