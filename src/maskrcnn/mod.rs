@@ -7,6 +7,8 @@
 //! - [`matcher`]: [`Matcher`], anchors or proposals to ground truths by a quality (IoU) matrix.
 //! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
 //!   trains on.
+//! - [`transform`]: [`RcnnTransform`], images normalized, resized and batched for the network
+//!   (training targets with them), and detections mapped back, masks pasted into the image.
 //!
 //! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
 //! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
@@ -16,8 +18,12 @@ pub mod anchors;
 pub mod box_coder;
 pub mod matcher;
 pub mod sampler;
+pub mod transform;
 
 pub use anchors::AnchorGenerator;
 pub use box_coder::BoxCoder;
 pub use matcher::Matcher;
 pub use sampler::BalancedPositiveNegativeSampler;
+pub use transform::{
+    paste_masks_in_image, resize_boxes, ImageList, RcnnTransform, RcnnTransformBuilder, Target,
+};
