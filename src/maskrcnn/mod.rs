@@ -11,6 +11,8 @@
 //! - [`evaluate`]: AP at an IoU threshold on boxes or masks, mean best mask IoU.
 //! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
 //!   trains on.
+//! - [`transform`]: [`RcnnTransform`], images normalized, resized and batched for the network
+//!   (training targets with them), and detections mapped back, masks pasted into the image.
 //!
 //! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
 //! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
@@ -26,6 +28,7 @@ pub mod matcher;
 pub mod nested_fpn;
 pub mod rpn;
 pub mod sampler;
+pub mod transform;
 
 pub use anchors::AnchorGenerator;
 pub use backbone::{PyramidKind, ResNetFpn};
@@ -36,3 +39,6 @@ pub use matcher::Matcher;
 pub use nested_fpn::NestedFpn;
 pub use rpn::{Rpn, RpnConfig, RpnHead, RpnLosses, RpnOutput};
 pub use sampler::BalancedPositiveNegativeSampler;
+pub use transform::{
+    paste_masks_in_image, resize_boxes, ImageList, RcnnTransform, RcnnTransformBuilder, Target,
+};
