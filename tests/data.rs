@@ -834,7 +834,12 @@ mod nuclei {
                 for (p, _) in inst.mask.iter().enumerate().filter(|(_, &m)| m == 1) {
                     cover[p] += 1;
                     let (y, x) = (p / w, p % w);
-                    ext = [ext[0].min(x), ext[1].min(y), ext[2].max(x + 1), ext[3].max(y + 1)];
+                    ext = [
+                        ext[0].min(x),
+                        ext[1].min(y),
+                        ext[2].max(x + 1),
+                        ext[3].max(y + 1),
+                    ];
                 }
                 assert_eq!(inst.bbox, ext.map(|v| v as f32));
                 sizes.push(inst.mask.iter().filter(|&&m| m == 1).count());
@@ -865,10 +870,22 @@ mod nuclei {
         assert_eq!(s.image_tensor(&dev).unwrap().dims(), &[3, 96, 96]);
         assert!(set.get(8).is_err());
         for bad in [
-            NucleiConfig { classes: 3, ..cfg.clone() },
-            NucleiConfig { size: (8, 96), ..cfg.clone() },
-            NucleiConfig { radius: (5.0, 2.0), ..cfg.clone() },
-            NucleiConfig { objects: (4, 2), ..cfg.clone() },
+            NucleiConfig {
+                classes: 3,
+                ..cfg.clone()
+            },
+            NucleiConfig {
+                size: (8, 96),
+                ..cfg.clone()
+            },
+            NucleiConfig {
+                radius: (5.0, 2.0),
+                ..cfg.clone()
+            },
+            NucleiConfig {
+                objects: (4, 2),
+                ..cfg.clone()
+            },
         ] {
             assert!(SyntheticNuclei::new(bad).is_err());
         }

@@ -163,12 +163,12 @@ pub fn average_precision(
         for &(_, i, k) in &dets {
             let g = &gts[i];
             let mut best: Option<(usize, f64)> = None;
-            for j in 0..g.boxes.len() {
-                if g.labels[j] != c || matched[i][j] {
+            for (j, (gb, &gl)) in g.boxes.iter().zip(&g.labels).enumerate() {
+                if gl != c || matched[i][j] {
                     continue;
                 }
                 let iou = match overlap {
-                    Overlap::Box => box_iou_pair(&preds[i].boxes[k], &g.boxes[j]),
+                    Overlap::Box => box_iou_pair(&preds[i].boxes[k], gb),
                     Overlap::Mask => mask_iou_pair(&preds[i].masks[k], &g.masks[j]),
                 };
                 if iou >= threshold && best.is_none_or(|(_, b)| iou > b) {
@@ -302,20 +302,17 @@ mod tests {
             labels: vec![1],
             masks: vec![b],
         };
-        assert_eq!(mean_best_mask_iou(&[p.clone()], &[g.clone()]).unwrap(), 0.5);
+        let (ps, gs) = (std::slice::from_ref(&p), std::slice::from_ref(&g));
+        assert_eq!(mean_best_mask_iou(ps, gs).unwrap(), 0.5);
         assert_eq!(
-            average_precision(&[p.clone()], &[g.clone()], 0.5, Overlap::Mask)
-                .unwrap()
-                .mean,
+            average_precision(ps, gs, 0.5, Overlap::Mask).unwrap().mean,
             1.0
         );
         assert_eq!(
-            average_precision(&[p.clone()], &[g.clone()], 0.6, Overlap::Mask)
-                .unwrap()
-                .mean,
+            average_precision(ps, gs, 0.6, Overlap::Mask).unwrap().mean,
             0.0
         );
-        assert!(average_precision(&[p.clone()], &[], 0.5, Overlap::Box).is_err());
+        assert!(average_precision(ps, &[], 0.5, Overlap::Box).is_err());
         let mut bad = p;
         bad.masks.clear();
         assert!(average_precision(&[bad], &[g], 0.5, Overlap::Mask).is_err());
