@@ -7,6 +7,9 @@
 //! - [`matcher`]: [`Matcher`], anchors or proposals to ground truths by a quality (IoU) matrix.
 //! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
 //!   trains on.
+//! - [`box_head`] ([`TwoMlpHead`], [`FastRcnnPredictor`], [`fastrcnn_loss`]) and
+//!   [`mask_head`] ([`MaskRcnnHeads`], [`MaskRcnnPredictor`], [`maskrcnn_loss`]): the layers
+//!   and losses of the box and mask branches, with torchvision's weight names.
 //!
 //! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
 //! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
@@ -14,10 +17,16 @@
 
 pub mod anchors;
 pub mod box_coder;
+pub mod box_head;
+pub mod mask_head;
 pub mod matcher;
 pub mod sampler;
 
 pub use anchors::AnchorGenerator;
 pub use box_coder::BoxCoder;
+pub use box_head::{fastrcnn_loss, FastRcnnPredictor, TwoMlpHead};
+pub use mask_head::{
+    maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes, MaskRcnnHeads, MaskRcnnPredictor,
+};
 pub use matcher::Matcher;
 pub use sampler::BalancedPositiveNegativeSampler;
