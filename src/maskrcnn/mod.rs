@@ -13,6 +13,11 @@
 //!   trains on.
 //! - [`transform`]: [`RcnnTransform`], images normalized, resized and batched for the network
 //!   (training targets with them), and detections mapped back, masks pasted into the image.
+//! - [`roi_heads`]: [`RoiHeads`], the box and mask branches after the proposals: detections
+//!   with masks at inference, the box and mask losses in training; built from
+//!   [`box_head`] ([`TwoMlpHead`], [`FastRcnnPredictor`], [`fastrcnn_loss`]) and
+//!   [`mask_head`] ([`MaskRcnnHeads`], [`MaskRcnnPredictor`], [`maskrcnn_loss`]), with
+//!   torchvision's weight names.
 //!
 //! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
 //! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
@@ -21,11 +26,14 @@
 pub mod anchors;
 pub mod backbone;
 pub mod box_coder;
+pub mod box_head;
 pub mod evaluate;
 pub mod fpn;
 mod layers;
+pub mod mask_head;
 pub mod matcher;
 pub mod nested_fpn;
+pub mod roi_heads;
 pub mod rpn;
 pub mod sampler;
 pub mod transform;
@@ -33,10 +41,18 @@ pub mod transform;
 pub use anchors::AnchorGenerator;
 pub use backbone::{PyramidKind, ResNetFpn};
 pub use box_coder::BoxCoder;
+pub use box_head::{fastrcnn_loss, FastRcnnPredictor, TwoMlpHead};
 pub use fpn::Fpn;
 pub use layers::smooth_l1_sum;
+pub use mask_head::{
+    maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes, MaskRcnnHeads, MaskRcnnPredictor,
+};
 pub use matcher::Matcher;
 pub use nested_fpn::NestedFpn;
+pub use roi_heads::{
+    BoxDetections, Detections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsLosses,
+    RoiHeadsTarget, TrainingSamples,
+};
 pub use rpn::{Rpn, RpnConfig, RpnHead, RpnLosses, RpnOutput};
 pub use sampler::BalancedPositiveNegativeSampler;
 pub use transform::{
