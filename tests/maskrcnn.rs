@@ -1,6 +1,7 @@
 //! Mask R-CNN against torchvision 0.29's `maskrcnn_resnet50_fpn` (fixture from
-//! `scripts/make_maskrcnn_fixtures.py`; weights from the shared formula on both sides): the
-//! pyramid and the RPN's proposals on two images, the RPN losses in training, and errors.
+//! `scripts/make_maskrcnn_fixtures.py`; weights from the shared formulas on both sides): the
+//! pyramid, the RPN's proposals and the final detections on two images, the RPN losses in
+//! training, the nested pyramid of Mask R-CNN++, and errors.
 
 mod common;
 
@@ -8,10 +9,13 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::formula;
+use common::{formula, scrambled};
 use rand::SeedableRng;
 use unetpp::encoders::ResNetConfig;
-use unetpp::maskrcnn::{AnchorGenerator, ResNetFpn, Rpn, RpnConfig};
+use unetpp::maskrcnn::{
+    AnchorGenerator, MaskRcnn, MaskRcnnConfig, RcnnTransform, ResNetFpn, RoiHeadsConfig, Rpn,
+    RpnConfig,
+};
 use unetpp::Error;
 
 fn fixture() -> HashMap<String, Tensor> {
@@ -44,20 +48,63 @@ fn build(vb: VarBuilder) -> (ResNetFpn, Rpn) {
     (backbone, rpn)
 }
 
-/// The backbone and RPN with every tensor set by the formula of its torchvision name.
+/// The fixture's detector: 5 classes, images resized to 48 / 64, 20 detections per image.
+fn fixture_config() -> MaskRcnnConfig {
+    let mut cfg = MaskRcnnConfig::mask_rcnn(5).unwrap();
+    cfg.transform = RcnnTransform::mask_rcnn()
+        .min_size(48)
+        .max_size(64)
+        .build()
+        .unwrap();
+    cfg.roi_heads = RoiHeadsConfig::mask_rcnn()
+        .num_classes(5)
+        .detections_per_img(20)
+        .build()
+        .unwrap();
+    cfg
+}
+
+/// The script's weights: `fill`'s formula for every tensor, `scramble`'s for those of two or
+/// more dimensions.
+fn formula_weights(named: Vec<unetpp::nn::NamedTensor>) -> HashMap<String, Tensor> {
+    named
+        .into_iter()
+        .map(|t| {
+            let v = if t.tensor.rank() >= 2 {
+                scrambled(&t.name, t.tensor.dims())
+            } else {
+                formula(&t.name, t.tensor.dims())
+            };
+            (t.name, v)
+        })
+        .collect()
+}
+
+fn formula_detector() -> MaskRcnn {
+    let cfg = fixture_config();
+    let varmap = VarMap::new();
+    let m = MaskRcnn::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    MaskRcnn::from_torchvision(&cfg, formula_weights(m.named_tensors()), &Device::Cpu).unwrap()
+}
+
+/// The backbone and RPN with the script's weights.
 fn formula_model() -> (ResNetFpn, Rpn) {
     let varmap = VarMap::new();
     let (b, r) = build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu));
-    let tensors: HashMap<String, Tensor> = b
+    let named = b
         .named_tensors("backbone")
         .into_iter()
         .chain(r.named_tensors("rpn"))
-        .map(|t| {
-            let v = formula(&t.name, t.tensor.dims());
-            (t.name, v)
-        })
         .collect();
-    build(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+    build(VarBuilder::from_tensors(
+        formula_weights(named),
+        DType::F32,
+        &Device::Cpu,
+    ))
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
@@ -103,6 +150,49 @@ fn pyramid_and_proposals_match_torchvision() {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-3, "image {i}: proposals off by {d} px");
+    }
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn detections_match_torchvision() {
+    let f = fixture();
+    let model = formula_detector();
+    let images = [get(&f, "image0").clone(), get(&f, "image1").clone()];
+    let found = model.detect(&images).unwrap();
+    for (i, d) in found.iter().enumerate() {
+        let p = format!("det{i}.");
+        let labels = d.labels.to_vec1::<i64>().unwrap();
+        let want = get(&f, &format!("{p}labels")).to_vec1::<i64>().unwrap();
+        assert_eq!(labels, want, "image {i}: labels");
+        let db = max_abs(&d.boxes, get(&f, &format!("{p}boxes")));
+        assert!(db < 1e-3, "image {i}: boxes off by {db} px");
+        let ds = max_abs(&d.scores, get(&f, &format!("{p}scores")));
+        assert!(ds < 1e-4, "image {i}: scores off by {ds}");
+        let first = d.masks.narrow(0, 0, 8).unwrap();
+        let dm = max_abs(&first, get(&f, &format!("{p}masks_first")));
+        assert!(dm < 1e-3, "image {i}: masks off by {dm}");
+        let sums = d.masks.sum((1, 2, 3)).unwrap();
+        let dsum = max_rel(&sums, get(&f, &format!("{p}mask_sums")));
+        assert!(dsum < 1e-4, "image {i}: mask sums off by {dsum} (relative)");
+        assert_eq!(
+            d.masks.dims()[2..],
+            images[i].dims()[1..],
+            "pasted into the image"
+        );
     }
 }
 
@@ -279,5 +369,36 @@ fn nested_pyramid_feeds_the_rpn_and_trains_every_fusion() {
             .to_scalar::<f32>()
             .unwrap();
         assert!(norm > 0.0, "zero gradient for {}", t.name);
+    }
+}
+
+#[test]
+fn weight_names_are_torchvision_state_dict_keys() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/maskrcnn.safetensors"
+    );
+    let meta = unetpp::weights::load_metadata(path).unwrap();
+    let want: Vec<&str> = meta["state_dict_keys"]
+        .split(',')
+        .filter(|k| !k.ends_with("num_batches_tracked"))
+        .collect();
+    let varmap = VarMap::new();
+    let model = MaskRcnn::new(
+        &fixture_config(),
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let mut ours: Vec<String> = model.named_tensors().into_iter().map(|t| t.name).collect();
+    let mut want: Vec<String> = want.into_iter().map(String::from).collect();
+    ours.sort();
+    want.sort();
+    assert_eq!(ours, want);
+    // A missing tensor is named.
+    let mut tensors = formula_weights(model.named_tensors());
+    tensors.remove("roi_heads.box_head.fc6.weight");
+    match MaskRcnn::from_torchvision(&fixture_config(), tensors, &Device::Cpu) {
+        Err(Error::Weights { name, .. }) => assert!(name.contains("fc6"), "{name}"),
+        other => panic!("expected Error::Weights, got {:?}", other.map(|_| ())),
     }
 }

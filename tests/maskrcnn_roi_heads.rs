@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::formula;
+use common::{formula, scrambled};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use unetpp::maskrcnn::{
@@ -53,23 +53,6 @@ fn small_config() -> RoiHeadsConfig {
         .positive_fraction(0.5)
         .build()
         .unwrap()
-}
-
-/// The script's `scramble`: `fill`'s rule with an `i²` term, for weights of 2 or more dims.
-fn scrambled(name: &str, dims: &[usize]) -> Tensor {
-    let hash = name
-        .bytes()
-        .fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003);
-    let n: usize = dims.iter().product();
-    let fan_in: usize = dims[1..].iter().product();
-    let scale = 2.0 * (3.0 / fan_in as f64).sqrt();
-    let v: Vec<f32> = (0..n as u64)
-        .map(|i| {
-            let u = ((i * i * 37 + i * 7919 + hash) % 10007) as f64 / 10007.0 - 0.5;
-            (u * scale) as f32
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
 /// The script's `feature`: FPN level `level` of the batch.

@@ -1,6 +1,8 @@
-//! Mask R-CNN's detection utilities, computing what torchvision 0.29's
-//! `torchvision.models.detection` computes.
+//! Mask R-CNN and Mask R-CNN++ ([`MaskRcnn`]) and their parts, each computing what
+//! torchvision 0.29's `torchvision.models.detection` computes (see `docs/maskrcnn.md`).
 //!
+//! - [`model`]: [`MaskRcnn`], [`MaskRcnnConfig`] (`mask_rcnn(n)`, `mask_rcnn_pp(n)`): the
+//!   assembled detector, detection in the images' sizes and the five training losses.
 //! - [`box_coder`]: [`BoxCoder`], boxes to regression deltas and back (differentiable, any
 //!   device).
 //! - [`anchors`]: [`AnchorGenerator`], anchor boxes over the feature maps of a pyramid.
@@ -32,6 +34,7 @@ pub mod fpn;
 mod layers;
 pub mod mask_head;
 pub mod matcher;
+pub mod model;
 pub mod nested_fpn;
 pub mod roi_heads;
 pub mod rpn;
@@ -48,6 +51,7 @@ pub use mask_head::{
     maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes, MaskRcnnHeads, MaskRcnnPredictor,
 };
 pub use matcher::Matcher;
+pub use model::{Detection, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses};
 pub use nested_fpn::NestedFpn;
 pub use roi_heads::{
     BoxDetections, Detections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsLosses,

@@ -93,3 +93,21 @@ pub fn formula(name: &str, dims: &[usize]) -> Tensor {
         .collect();
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
+
+/// `scramble` of `scripts/make_roi_heads_fixtures.py`: `fill`'s rule with an `i²` term, for
+/// weights of 2 or more dims (rows of a layer are then not shifted copies of each other).
+pub fn scrambled(name: &str, dims: &[usize]) -> Tensor {
+    let hash = name
+        .bytes()
+        .fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003);
+    let n: usize = dims.iter().product();
+    let fan_in: usize = dims[1..].iter().product();
+    let scale = 2.0 * (3.0 / fan_in as f64).sqrt();
+    let v: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let u = ((i * i * 37 + i * 7919 + hash) % 10007) as f64 / 10007.0 - 0.5;
+            (u * scale) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}

@@ -1,0 +1,337 @@
+//! The assembled detector: Mask R-CNN (torchvision's `maskrcnn_resnet50_fpn`) and Mask
+//! R-CNN++ (the same detector on the nested feature pyramid).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::Rng;
+
+use super::backbone::{PyramidKind, ResNetFpn};
+use super::roi_heads::{RoiHeads, RoiHeadsConfig, RoiHeadsTarget};
+use super::rpn::{Rpn, RpnConfig};
+use super::transform::{RcnnTransform, Target};
+use super::AnchorGenerator;
+use crate::encoders::ResNetConfig;
+use crate::nn::NamedTensor;
+use crate::{weights, Error, Result};
+
+/// Everything that defines a [`MaskRcnn`].
+#[derive(Debug, Clone)]
+pub struct MaskRcnnConfig {
+    /// The ResNet body (torchvision: ResNet-50, frozen batch-norm).
+    pub resnet: ResNetConfig,
+    /// Plain FPN (Mask R-CNN) or the nested pyramid (Mask R-CNN++).
+    pub pyramid: PyramidKind,
+    /// Channels of the pyramid (256).
+    pub channels: usize,
+    /// Image normalisation, resizing and batching.
+    pub transform: RcnnTransform,
+    /// Anchors per pyramid level.
+    pub anchors: AnchorGenerator,
+    /// The region proposal network.
+    pub rpn: RpnConfig,
+    /// The box and mask branches (their `num_classes` is the detector's, background included).
+    pub roi_heads: RoiHeadsConfig,
+}
+
+impl MaskRcnnConfig {
+    /// torchvision's `maskrcnn_resnet50_fpn` for `num_classes` classes (background included;
+    /// 91 for COCO): ResNet-50 with frozen batch-norm of epsilon 1e-5 (set `resnet.bn_eps = 0`
+    /// for torchvision's COCO weights), images resized to 800 / 1333.
+    pub fn mask_rcnn(num_classes: usize) -> Result<Self> {
+        let mut resnet = ResNetConfig::resnet50();
+        resnet.frozen_bn = true;
+        Ok(MaskRcnnConfig {
+            resnet,
+            pyramid: PyramidKind::Fpn,
+            channels: 256,
+            transform: RcnnTransform::mask_rcnn().build()?,
+            anchors: AnchorGenerator::fpn(),
+            rpn: RpnConfig::mask_rcnn(),
+            roi_heads: RoiHeadsConfig::mask_rcnn()
+                .num_classes(num_classes)
+                .build()?,
+        })
+    }
+
+    /// Mask R-CNN++: [`Self::mask_rcnn`] with the nested feature pyramid.
+    pub fn mask_rcnn_pp(num_classes: usize) -> Result<Self> {
+        Ok(MaskRcnnConfig {
+            pyramid: PyramidKind::Nested,
+            ..Self::mask_rcnn(num_classes)?
+        })
+    }
+
+    /// The number of classes, background included.
+    pub fn num_classes(&self) -> usize {
+        self.roi_heads.num_classes()
+    }
+}
+
+/// The detections of one image, in its original size.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    /// `(D, 4)` boxes `x1, y1, x2, y2` in the original image's pixels.
+    pub boxes: Tensor,
+    /// `(D,)` scores, descending.
+    pub scores: Tensor,
+    /// `(D,)` i64 classes in `1..num_classes`.
+    pub labels: Tensor,
+    /// `(D, 1, H, W)` mask probabilities pasted into the original image (threshold at 0.5 for
+    /// binary masks).
+    pub masks: Tensor,
+}
+
+/// The five training losses (torchvision's `loss_classifier`, `loss_box_reg`, `loss_mask`,
+/// `loss_objectness`, `loss_rpn_box_reg`).
+#[derive(Debug, Clone)]
+pub struct MaskRcnnLosses {
+    /// Cross-entropy of the sampled proposals' classes.
+    pub classifier: Tensor,
+    /// Smooth L1 of the positive proposals' class-specific boxes.
+    pub box_reg: Tensor,
+    /// Binary cross-entropy of the positive proposals' masks.
+    pub mask: Tensor,
+    /// Binary cross-entropy of the sampled anchors' objectness.
+    pub objectness: Tensor,
+    /// Smooth L1 of the positive anchors' deltas.
+    pub rpn_box_reg: Tensor,
+}
+
+impl MaskRcnnLosses {
+    /// The sum of the five losses (torchvision trains on this sum).
+    pub fn total(&self) -> Result<Tensor> {
+        let s = ((&self.classifier + &self.box_reg)? + &self.mask)?;
+        Ok(((s + &self.objectness)? + &self.rpn_box_reg)?)
+    }
+
+    /// The five values as `(name, value)`, in torchvision's order and names.
+    pub fn values(&self) -> Result<Vec<(&'static str, f32)>> {
+        let v = |t: &Tensor| -> Result<f32> { Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?) };
+        Ok(vec![
+            ("loss_classifier", v(&self.classifier)?),
+            ("loss_box_reg", v(&self.box_reg)?),
+            ("loss_mask", v(&self.mask)?),
+            ("loss_objectness", v(&self.objectness)?),
+            ("loss_rpn_box_reg", v(&self.rpn_box_reg)?),
+        ])
+    }
+}
+
+/// Mask R-CNN or Mask R-CNN++ ([`MaskRcnnConfig::pyramid`]), with torchvision's weight names
+/// (`backbone.body.*`, `backbone.fpn.*`, `rpn.head.*`, `roi_heads.*`), so that a
+/// `maskrcnn_resnet50_fpn` state dict exported to safetensors loads unchanged.
+///
+/// ```no_run
+/// use candle_core::{Device, Tensor};
+/// use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig};
+///
+/// let mut cfg = MaskRcnnConfig::mask_rcnn(91)?;
+/// cfg.resnet.bn_eps = 0.0; // torchvision's COCO weights
+/// let model = MaskRcnn::load_torchvision(&cfg, "maskrcnn_resnet50_fpn.safetensors", &Device::Cpu)?;
+/// let image = Tensor::rand(0f32, 1., (3, 480, 640), &Device::Cpu)?;
+/// let found = model.detect(&[image])?;
+/// println!("{} objects", found[0].boxes.dim(0)?);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct MaskRcnn {
+    cfg: MaskRcnnConfig,
+    backbone: ResNetFpn,
+    rpn: Rpn,
+    roi_heads: RoiHeads,
+}
+
+impl MaskRcnn {
+    /// The detector of `cfg` with weights from `vb` (a `VarMap` to train from scratch).
+    pub fn new(cfg: &MaskRcnnConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.roi_heads.in_channels() != cfg.channels {
+            return Err(Error::config(
+                "roi_heads.in_channels",
+                format!(
+                    "{} differs from the pyramid's {} channels",
+                    cfg.roi_heads.in_channels(),
+                    cfg.channels
+                ),
+            ));
+        }
+        let backbone =
+            ResNetFpn::with_pyramid(&cfg.resnet, cfg.channels, cfg.pyramid, vb.pp("backbone"))?;
+        let rpn = Rpn::new(&cfg.rpn, cfg.anchors.clone(), cfg.channels, vb.pp("rpn"))?;
+        let roi_heads = RoiHeads::new(&cfg.roi_heads, vb.pp("roi_heads"))?;
+        Ok(MaskRcnn {
+            cfg: cfg.clone(),
+            backbone,
+            rpn,
+            roi_heads,
+        })
+    }
+
+    /// The detector of `cfg` from a torchvision state dict (named tensors). Batch-norm
+    /// `num_batches_tracked` counters are skipped; any other missing, extra or mis-shaped
+    /// tensor is an [`Error::Weights`] naming it. Checkpoints with pre-0.13 names load too.
+    pub fn from_torchvision(
+        cfg: &MaskRcnnConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let kept = tensors
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
+            .collect();
+        weights::build_checked(kept, DType::F32, device, |vb| Self::new(cfg, vb))
+    }
+
+    /// [`Self::from_torchvision`] from a safetensors file (`scripts/export_torchvision.py`).
+    pub fn load_torchvision(
+        cfg: &MaskRcnnConfig,
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::from_torchvision(cfg, weights::load_tensors(path, device)?, device)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MaskRcnnConfig {
+        &self.cfg
+    }
+
+    /// The backbone (ResNet + pyramid).
+    pub fn backbone(&self) -> &ResNetFpn {
+        &self.backbone
+    }
+
+    /// The region proposal network.
+    pub fn rpn(&self) -> &Rpn {
+        &self.rpn
+    }
+
+    /// The box and mask branches.
+    pub fn roi_heads(&self) -> &RoiHeads {
+        &self.roi_heads
+    }
+
+    /// Every tensor under torchvision's names.
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        let mut out = self.backbone.named_tensors("backbone");
+        out.extend(self.rpn.named_tensors("rpn"));
+        out.extend(self.roi_heads.named_tensors("roi_heads"));
+        out
+    }
+
+    /// Detects objects in `images` (each `(3, H, W)` in `[0, 1]`, any sizes): boxes, scores,
+    /// labels and pasted masks per image, in the images' own sizes.
+    pub fn detect(&self, images: &[Tensor]) -> Result<Vec<Detection>> {
+        let originals = image_sizes(images)?;
+        let batch = self.cfg.transform.forward(images)?;
+        let (_, _, h, w) = batch.tensors.dims4()?;
+        let maps = self.backbone.forward(&batch.tensors)?;
+        let rpn = self.rpn.forward((h, w), &batch.image_sizes, &maps, false)?;
+        let levels = self.cfg.roi_heads.num_feature_maps().min(maps.len());
+        let found = self
+            .roi_heads
+            .forward(&maps[..levels], &rpn.boxes, &batch.image_sizes)?;
+        found
+            .into_iter()
+            .zip(batch.image_sizes.iter().zip(&originals))
+            .map(|(d, (&size, &original))| {
+                let (boxes, masks) =
+                    self.cfg
+                        .transform
+                        .postprocess(&d.boxes, Some(&d.masks), size, original)?;
+                let masks = masks.ok_or_else(|| Error::Shape("no pasted masks".into()))?;
+                Ok(Detection {
+                    boxes,
+                    scores: d.scores,
+                    labels: d.labels,
+                    masks,
+                })
+            })
+            .collect()
+    }
+
+    /// The five losses of a training step on `images` with their `targets` (boxes, labels
+    /// and masks in the images' own sizes; an image may have no objects). `rng` drives the
+    /// multi-scale resizing and the samplers. Batch-norm stays frozen where the config says so.
+    pub fn losses<R: Rng + ?Sized>(
+        &self,
+        images: &[Tensor],
+        targets: &[Target],
+        rng: &mut R,
+    ) -> Result<MaskRcnnLosses> {
+        if targets.len() != images.len() {
+            return Err(Error::Input(format!(
+                "{} targets for {} images",
+                targets.len(),
+                images.len()
+            )));
+        }
+        for (i, t) in targets.iter().enumerate() {
+            if t.masks.is_none() {
+                return Err(Error::Input(format!(
+                    "target {i} has no masks: Mask R-CNN trains on instance masks"
+                )));
+            }
+            let (_, h, w) = images[i].dims3().map_err(|_| {
+                Error::Shape(format!(
+                    "image {i} must be (C, H, W), got {:?}",
+                    images[i].dims()
+                ))
+            })?;
+            t.validate((h, w))
+                .map_err(|e| Error::Input(format!("target {i}: {e}")))?;
+        }
+        let (batch, targets) = self.cfg.transform.forward_train(images, targets, rng)?;
+        let (_, _, h, w) = batch.tensors.dims4()?;
+        let maps = self.backbone.forward_t(&batch.tensors, true)?;
+        let rpn = self.rpn.forward((h, w), &batch.image_sizes, &maps, true)?;
+        let gt_boxes: Vec<Tensor> = targets.iter().map(|t| t.boxes.clone()).collect();
+        let rpn_losses = self.rpn.losses(&rpn, &gt_boxes, rng)?;
+        let heads_targets = targets
+            .into_iter()
+            .map(|t| {
+                let masks = t
+                    .masks
+                    .ok_or_else(|| Error::Input("a target lost its masks".into()))?;
+                Ok(RoiHeadsTarget {
+                    boxes: t.boxes,
+                    labels: t.labels,
+                    masks,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let levels = self.cfg.roi_heads.num_feature_maps().min(maps.len());
+        let heads = self.roi_heads.forward_train(
+            &maps[..levels],
+            &rpn.boxes,
+            &batch.image_sizes,
+            &heads_targets,
+            rng,
+        )?;
+        Ok(MaskRcnnLosses {
+            classifier: heads.classifier,
+            box_reg: heads.box_reg,
+            mask: heads.mask,
+            objectness: rpn_losses.objectness,
+            rpn_box_reg: rpn_losses.box_reg,
+        })
+    }
+}
+
+fn image_sizes(images: &[Tensor]) -> Result<Vec<(usize, usize)>> {
+    if images.is_empty() {
+        return Err(Error::Input("no images".into()));
+    }
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (_, h, w) = t.dims3().map_err(|_| {
+                Error::Shape(format!("image {i} must be (C, H, W), got {:?}", t.dims()))
+            })?;
+            Ok((h, w))
+        })
+        .collect()
+}
