@@ -64,6 +64,44 @@ impl MaskRcnnConfig {
         })
     }
 
+    /// A small detector for CPU experiments on small images (the `instances` example and the
+    /// training tests): ResNet-18 with frozen batch-norm, `channels`-wide pyramid, anchors of
+    /// 8–128 pixels, images resized to `size` (both sides), 300 / 100 proposals per image,
+    /// a 128-wide box head, two 3×3 mask convolutions, 128 sampled proposals per image.
+    pub fn compact(num_classes: usize, channels: usize, size: usize) -> Result<Self> {
+        let mut resnet = ResNetConfig::resnet18();
+        resnet.frozen_bn = true;
+        let anchors = AnchorGenerator::new(
+            vec![vec![8.0], vec![16.0], vec![32.0], vec![64.0], vec![128.0]],
+            vec![vec![0.5, 1.0, 2.0]; 5],
+        )?;
+        let rpn = RpnConfig {
+            pre_nms_top_n: (300, 300),
+            post_nms_top_n: (100, 100),
+            ..RpnConfig::mask_rcnn()
+        };
+        let roi_heads = RoiHeadsConfig::mask_rcnn()
+            .num_classes(num_classes)
+            .in_channels(channels)
+            .representation_size(128)
+            .mask_layers(vec![channels; 2])
+            .mask_dim_reduced(channels)
+            .batch_size_per_image(128)
+            .build()?;
+        Ok(MaskRcnnConfig {
+            resnet,
+            pyramid: PyramidKind::Fpn,
+            channels,
+            transform: RcnnTransform::mask_rcnn()
+                .min_size(size)
+                .max_size(size)
+                .build()?,
+            anchors,
+            rpn,
+            roi_heads,
+        })
+    }
+
     /// The number of classes, background included.
     pub fn num_classes(&self) -> usize {
         self.roi_heads.num_classes()
@@ -280,8 +318,22 @@ impl MaskRcnn {
                     images[i].dims()
                 ))
             })?;
-            t.validate((h, w))
-                .map_err(|e| Error::Input(format!("target {i}: {e}")))?;
+            t.validate((h, w)).map_err(|e| match e {
+                Error::Input(m) => Error::Input(format!("target {i}: {m}")),
+                Error::Shape(m) => Error::Shape(format!("target {i}: {m}")),
+                other => other,
+            })?;
+            let classes = self.cfg.num_classes() as i64;
+            let labels = t
+                .labels
+                .to_dtype(DType::I64)?
+                .to_device(&Device::Cpu)?
+                .to_vec1::<i64>()?;
+            if let Some(l) = labels.iter().find(|&&l| l < 1 || l >= classes) {
+                return Err(Error::Input(format!(
+                    "target {i}: label {l} is outside 1..{classes} (0 is the background)"
+                )));
+            }
         }
         let (batch, targets) = self.cfg.transform.forward_train(images, targets, rng)?;
         let (_, _, h, w) = batch.tensors.dims4()?;

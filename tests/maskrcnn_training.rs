@@ -1,0 +1,157 @@
+//! Training Mask R-CNN and Mask R-CNN++ on CPU: every loss falls on a tiny synthetic set,
+//! images without objects train, and invalid targets are errors.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use rand::SeedableRng;
+use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
+use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, PyramidKind, Target};
+use unetpp::Error;
+
+fn data(n: usize) -> (Vec<Tensor>, Vec<Target>) {
+    let mut cfg = NucleiConfig::new(n, 21);
+    cfg.size = (64, 64);
+    cfg.objects = (2, 5);
+    cfg.radius = (4.0, 12.0);
+    let set = SyntheticNuclei::new(cfg).unwrap();
+    let dev = Device::Cpu;
+    (0..n)
+        .map(|i| {
+            let s = set.get(i).unwrap();
+            let t = Target::new(
+                s.boxes_tensor(&dev).unwrap(),
+                s.labels_tensor(&dev).unwrap(),
+            )
+            .with_masks(s.masks_tensor(&dev).unwrap());
+            (s.image_tensor(&dev).unwrap(), t)
+        })
+        .unzip()
+}
+
+fn model(kind: PyramidKind) -> (VarMap, MaskRcnn) {
+    let mut cfg = MaskRcnnConfig::compact(2, 32, 64).unwrap();
+    cfg.pyramid = kind;
+    let varmap = VarMap::new();
+    let m = MaskRcnn::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    (varmap, m)
+}
+
+fn every_loss_falls(kind: PyramidKind) {
+    let (images, targets) = data(4);
+    let (varmap, model) = model(kind);
+    let mut opt = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut history: Vec<Vec<f32>> = Vec::new();
+    for step in 0..40 {
+        let b = 2 * (step % 2);
+        let losses = model
+            .losses(&images[b..b + 2], &targets[b..b + 2], &mut rng)
+            .unwrap();
+        history.push(losses.values().unwrap().iter().map(|(_, v)| *v).collect());
+        opt.backward_step(&losses.total().unwrap()).unwrap();
+    }
+    let mean = |r: std::ops::Range<usize>, k: usize| -> f32 {
+        let n = r.len() as f32;
+        history[r].iter().map(|h| h[k]).sum::<f32>() / n
+    };
+    let names = ["classifier", "box_reg", "mask", "objectness", "rpn_box_reg"];
+    for (k, name) in names.iter().enumerate() {
+        let (first, last) = (mean(0..8, k), mean(32..40, k));
+        assert!(
+            first.is_finite() && last.is_finite(),
+            "{name}: {first} -> {last}"
+        );
+        assert!(
+            last < first,
+            "{kind:?} {name} did not fall: {first} -> {last}"
+        );
+    }
+}
+
+#[test]
+fn every_loss_falls_with_the_fpn() {
+    every_loss_falls(PyramidKind::Fpn);
+}
+
+#[test]
+fn every_loss_falls_with_the_nested_fpn() {
+    every_loss_falls(PyramidKind::Nested);
+}
+
+#[test]
+fn images_without_objects_train() {
+    let (images, mut targets) = data(2);
+    let dev = Device::Cpu;
+    targets[1] = Target::new(
+        Tensor::zeros((0, 4), DType::F32, &dev).unwrap(),
+        Tensor::zeros(0, DType::U32, &dev).unwrap(),
+    )
+    .with_masks(Tensor::zeros((0, 64, 64), DType::F32, &dev).unwrap());
+    let (varmap, model) = model(PyramidKind::Fpn);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let losses = model.losses(&images, &targets, &mut rng).unwrap();
+    let total = losses.total().unwrap();
+    assert!(total.to_scalar::<f32>().unwrap().is_finite());
+    let grads = total.backward().unwrap();
+    assert!(varmap
+        .all_vars()
+        .iter()
+        .any(|v| grads.get(v.as_tensor()).is_some()));
+    // Both images empty.
+    targets[0] = targets[1].clone();
+    let losses = model.losses(&images, &targets, &mut rng).unwrap();
+    assert!(losses
+        .total()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .is_finite());
+}
+
+#[test]
+fn invalid_targets_are_errors() {
+    let (images, targets) = data(1);
+    let (_, model) = model(PyramidKind::Fpn);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let dev = Device::Cpu;
+    let t = &targets[0];
+    let k = t.len();
+    let mut outside = t.boxes.to_vec2::<f32>().unwrap();
+    outside[0][2] = 70.0;
+    let bad = [
+        Target::new(Tensor::new(outside, &dev).unwrap(), t.labels.clone())
+            .with_masks(t.masks.clone().unwrap()),
+        Target::new(t.boxes.clone(), t.labels.clone())
+            .with_masks(Tensor::zeros((k, 32, 64), DType::F32, &dev).unwrap()),
+        Target::new(
+            t.boxes.clone(),
+            (t.labels.ones_like().unwrap() * 2.0).unwrap(),
+        )
+        .with_masks(t.masks.clone().unwrap()),
+        Target::new(t.boxes.clone(), t.labels.clone()),
+    ];
+    for (i, target) in bad.into_iter().enumerate() {
+        match model.losses(&images, &[target], &mut rng) {
+            Err(Error::Input(msg)) | Err(Error::Shape(msg)) => eprintln!("case {i}: {msg}"),
+            Err(other) => panic!("case {i}: unexpected error kind {other}"),
+            Ok(_) => panic!("case {i}: invalid target accepted"),
+        }
+    }
+    assert!(matches!(
+        model.losses(&images, &[], &mut rng),
+        Err(Error::Input(_))
+    ));
+    assert!(matches!(model.detect(&[]), Err(Error::Input(_))));
+}
