@@ -10,6 +10,7 @@
 //! - [`fpn`]: [`Fpn`], the feature pyramid; [`nested_fpn`]: [`NestedFpn`], Mask R-CNN++'s
 //!   pyramid with UNet++'s nested dense skips; [`backbone`]: [`ResNetFpn`], ResNet + either.
 //! - [`rpn`]: [`Rpn`], the region proposal network (proposals and losses).
+//! - [`init`]: seeded initial weights with torchvision's initialisation of each part.
 //! - [`evaluate`]: AP at an IoU threshold on boxes or masks, mean best mask IoU.
 //! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
 //!   trains on.
@@ -31,6 +32,7 @@ pub mod box_coder;
 pub mod box_head;
 pub mod evaluate;
 pub mod fpn;
+pub mod init;
 mod layers;
 pub mod mask_head;
 pub mod matcher;

@@ -65,12 +65,12 @@ impl MaskRcnnConfig {
     }
 
     /// A small detector for CPU experiments on small images (the `instances` example and the
-    /// training tests): ResNet-18 with frozen batch-norm, `channels`-wide pyramid, anchors of
+    /// training tests): ResNet-18 with trainable batch-norm (as torchvision builds a detector
+    /// whose backbone is not pretrained), `channels`-wide pyramid, anchors of
     /// 8–128 pixels, images resized to `size` (both sides), 300 / 100 proposals per image,
     /// a 128-wide box head, two 3×3 mask convolutions, 128 sampled proposals per image.
     pub fn compact(num_classes: usize, channels: usize, size: usize) -> Result<Self> {
-        let mut resnet = ResNetConfig::resnet18();
-        resnet.frozen_bn = true;
+        let resnet = ResNetConfig::resnet18();
         let anchors = AnchorGenerator::new(
             vec![vec![8.0], vec![16.0], vec![32.0], vec![64.0], vec![128.0]],
             vec![vec![0.5, 1.0, 2.0]; 5],
