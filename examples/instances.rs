@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example instances -- [--steps 150] [--train 64] [--test 24]
-//!     [--size 96] [--channels 64] [--batch 2] [--lr 3e-4] [--classes 1] [--seed 0]
+//!     [--size 96] [--channels 64] [--batch 2] [--lr 1e-3] [--classes 1] [--seed 0]
 //!     [--models maskrcnn,maskrcnn-pp] [--out runs/instances]
 //! ```
 //!
@@ -54,7 +54,7 @@ fn parse_args() -> Result<Args, String> {
         size: 96,
         channels: 64,
         batch: 2,
-        lr: 3e-4,
+        lr: 1e-3,
         classes: 1,
         seed: 0,
         models: vec!["maskrcnn".into(), "maskrcnn-pp".into()],

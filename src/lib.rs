@@ -41,7 +41,8 @@
 //! [`data`] (synthetic and PNG-folder data sets, batching, augmentation), [`train`]
 //! (optimizer, checkpoints, training step, evaluation), [`encoders`] (ResNet in torchvision's
 //! layout), [`interop`] (weights from MONAI, NestedUNet and segmentation_models_pytorch), [`weights`] (safetensors I/O), [`device`].
-//! [`maskrcnn`] has Mask R-CNN's detection utilities (box coder, anchors, matcher, sampler).
+//! [`maskrcnn`] has Mask R-CNN and Mask R-CNN++ (torchvision's `maskrcnn_resnet50_fpn`, and the
+//! same detector on a feature pyramid with UNet++'s nested skips) and all their parts.
 //!
 //! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.

@@ -464,3 +464,36 @@ fn multiscale_handles_empty_box_lists_and_rejects_bad_ones() {
         Err(Error::Input(_))
     ));
 }
+
+#[test]
+fn roi_align_edge_inputs() {
+    let dev = Device::Cpu;
+    let rois = Tensor::new(&[[0f32, 0., 0., 4., 4.]], &dev).unwrap();
+    let cfg = RoiAlign::new((2, 2));
+    // No channels: an empty result, not a panic.
+    let x = Tensor::zeros((1, 0, 5, 5), DType::F32, &dev).unwrap();
+    assert_eq!(cfg.forward(&x, &rois).unwrap().dims(), &[1, 0, 2, 2]);
+    // Integer maps are refused (the interpolation weights would be truncated).
+    let x = Tensor::zeros((1, 2, 5, 5), DType::U8, &dev).unwrap();
+    assert!(matches!(cfg.forward(&x, &rois), Err(Error::Input(_))));
+    // A huge box with adaptive sampling would need ~10^14 samples: an error, not an abort.
+    let x = Tensor::zeros((1, 2, 5, 5), DType::F32, &dev).unwrap();
+    let huge = Tensor::new(&[[0f32, 0., 0., 1e7, 1e7]], &dev).unwrap();
+    assert!(matches!(cfg.forward(&x, &huge), Err(Error::Input(_))));
+    // With a fixed ratio the same box is fine.
+    assert!(cfg.with_sampling_ratio(2).forward(&x, &huge).is_ok());
+}
+
+#[test]
+fn multiscale_rejects_bad_settings() {
+    let f = fixture();
+    let (feats, boxes, sizes) = multiscale_inputs(&f);
+    let bad = MultiScaleRoiAlign::mask_rcnn_boxes().with_canonical(0.0, 4);
+    assert!(matches!(
+        bad.forward(&feats, &boxes, &sizes),
+        Err(Error::Config { .. })
+    ));
+    assert!(MultiScaleRoiAlign::mask_rcnn_boxes()
+        .levels(&boxes, 5, 2)
+        .is_err());
+}

@@ -402,3 +402,65 @@ fn weight_names_are_torchvision_state_dict_keys() {
         other => panic!("expected Error::Weights, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn rpn_trains_in_f64() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+    let mut cfg = ResNetConfig::resnet18();
+    cfg.frozen_bn = true;
+    let backbone = ResNetFpn::new(&cfg, 16, vb.pp("backbone")).unwrap();
+    let rpn = Rpn::new(
+        &RpnConfig::mask_rcnn(),
+        AnchorGenerator::fpn(),
+        16,
+        vb.pp("rpn"),
+    )
+    .unwrap();
+    let x = Tensor::randn(0f64, 1., (1, 3, 64, 64), &Device::Cpu).unwrap();
+    let maps = backbone.forward(&x).unwrap();
+    let out = rpn.forward((64, 64), &[(64, 64)], &maps, true).unwrap();
+    assert_eq!(out.boxes[0].dtype(), DType::F64);
+    let gt = [Tensor::new(&[[4f64, 4., 40., 50.]], &Device::Cpu).unwrap()];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let l = rpn.losses(&out, &gt, &mut rng).unwrap();
+    let total = (l.objectness + l.box_reg)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(total.is_finite());
+}
+
+#[test]
+fn trainable_vars_follow_torchvision_trainable_backbone_layers() {
+    use unetpp::maskrcnn::trainable_vars;
+    let varmap = VarMap::new();
+    let cfg = MaskRcnnConfig::compact(2, 16, 64).unwrap();
+    let _m = MaskRcnn::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    let all = varmap.all_vars().len();
+    let names = |n: usize| -> usize { trainable_vars(&varmap, n).unwrap().len() };
+    assert_eq!(names(5), all);
+    assert!(names(3) < names(4) && names(4) < names(5));
+    assert!(names(0) < names(3));
+    assert!(trainable_vars(&varmap, 6).is_err());
+    // With 3, nothing of conv1, bn1 or layer1 is left.
+    let kept = trainable_vars(&varmap, 3).unwrap();
+    let data = varmap.data().lock().unwrap();
+    let frozen: Vec<&String> = data
+        .keys()
+        .filter(|k| k.starts_with("backbone.body.layer1") || k.starts_with("backbone.body.conv1"))
+        .collect();
+    assert!(!frozen.is_empty());
+    for k in frozen {
+        assert!(
+            !kept
+                .iter()
+                .any(|v| v.as_tensor().id() == data[k].as_tensor().id()),
+            "{k}"
+        );
+    }
+}

@@ -33,6 +33,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::layers::div_scalar;
 use crate::{Error, Result};
 
 /// Encodes boxes as deltas relative to reference boxes, and decodes deltas back into boxes.
@@ -115,10 +116,11 @@ impl BoxCoder {
         let [wx, wy, ww, wh] = self.weights;
         let codes = rel_codes.reshape((k, c, 4))?;
         let code = |i: usize| codes.narrow(2, i, 1);
-        let dx = (code(0)? / wx)?;
-        let dy = (code(1)? / wy)?;
-        let dw = (code(2)? / ww)?.minimum(self.clip)?;
-        let dh = (code(3)? / wh)?.minimum(self.clip)?;
+        // True divisions, as torchvision's `rel_codes[:, 0::4] / wx`.
+        let dx = div_scalar(&code(0)?, wx)?;
+        let dy = div_scalar(&code(1)?, wy)?;
+        let dw = div_scalar(&code(2)?, ww)?.minimum(self.clip)?;
+        let dh = div_scalar(&code(3)?, wh)?.minimum(self.clip)?;
 
         let r = Centred::of(&boxes)?;
         let per_box = |t: &Tensor| t.reshape((k, 1, 1));

@@ -27,6 +27,7 @@
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
+use super::layers::{div_scalar, smooth_l1_sum};
 use crate::nn::{push, NamedTensor};
 use crate::{Error, Result};
 
@@ -244,7 +245,7 @@ pub fn fastrcnn_loss(
         dev,
     )?;
     let log_p = candle_nn::ops::log_softmax(class_logits, D::Minus1)?;
-    let classification = (log_p.gather(&targets_idx, 1)?.sum_all()? / -(n as f64))?;
+    let classification = div_scalar(&log_p.gather(&targets_idx, 1)?.sum_all()?, -(n as f64))?;
 
     let positives: Vec<usize> = (0..n).filter(|&i| all_labels[i] > 0).collect();
     if positives.is_empty() {
@@ -268,17 +269,11 @@ pub fn fastrcnn_loss(
     let targets = Tensor::cat(regression_targets, 0)?
         .to_dtype(box_regression.dtype())?
         .index_select(&pos, 0)?;
-    let box_loss = (smooth_l1_sum(&(predicted - targets)?, FASTRCNN_SMOOTH_L1_BETA)? / n as f64)?;
+    let box_loss = div_scalar(
+        &smooth_l1_sum(&predicted, &targets, FASTRCNN_SMOOTH_L1_BETA)?,
+        n as f64,
+    )?;
     Ok((classification, box_loss))
-}
-
-/// `Σ 0.5 d² / β` where `|d| < β`, else `|d| − 0.5 β`, written as
-/// `0.5 m² / β + (|d| − m)` with `m = min(|d|, β)` so that candle differentiates it.
-fn smooth_l1_sum(d: &Tensor, beta: f64) -> Result<Tensor> {
-    let a = d.abs()?;
-    let m = a.minimum(beta)?;
-    let quadratic = (m.sqr()? * (0.5 / beta))?;
-    Ok((quadratic + (a - m)?)?.sum_all()?)
 }
 
 /// The values of a 1-D integer tensor of labels or indices, on the host.

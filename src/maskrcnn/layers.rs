@@ -98,6 +98,13 @@ pub(crate) fn subsample2(x: &Tensor) -> Result<Tensor> {
     Ok(y.index_select(&Tensor::from_vec(iw, nw, dev)?, 3)?)
 }
 
+/// `t / v` as a true division (candle's `t / v` multiplies by `1 / v`, which can differ from
+/// PyTorch's `t / v` in the last bit).
+pub(crate) fn div_scalar(t: &Tensor, v: f64) -> Result<Tensor> {
+    let v = Tensor::new(v, t.device())?.to_dtype(t.dtype())?;
+    Ok(t.broadcast_div(&v)?)
+}
+
 /// Smooth L1 loss summed over all elements: `0.5 d² / β` where `|d| < β`, `|d| − 0.5 β`
 /// elsewhere (`F.smooth_l1_loss(reduction="sum")`).
 pub fn smooth_l1_sum(pred: &Tensor, target: &Tensor, beta: f64) -> Result<Tensor> {
@@ -109,7 +116,8 @@ pub fn smooth_l1_sum(pred: &Tensor, target: &Tensor, beta: f64) -> Result<Tensor
         )));
     }
     let d = (pred - target)?.abs()?;
-    let quadratic = ((&d * &d)? * (0.5 / beta))?;
+    // torchvision's order: 0.5 · d² / β.
+    let quadratic = div_scalar(&((&d * &d)? * 0.5)?, beta)?;
     let linear = (&d - 0.5 * beta)?;
     let small = d.lt(beta)?;
     Ok(small.where_cond(&quadratic, &linear)?.sum_all()?)

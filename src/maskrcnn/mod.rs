@@ -53,7 +53,7 @@ pub use mask_head::{
     maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes, MaskRcnnHeads, MaskRcnnPredictor,
 };
 pub use matcher::Matcher;
-pub use model::{Detection, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses};
+pub use model::{trainable_vars, Detection, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses};
 pub use nested_fpn::NestedFpn;
 pub use roi_heads::{
     BoxDetections, Detections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsLosses,

@@ -66,9 +66,10 @@ impl MaskRcnnConfig {
 
     /// A small detector for CPU experiments on small images (the `instances` example and the
     /// training tests): ResNet-18 with trainable batch-norm (as torchvision builds a detector
-    /// whose backbone is not pretrained), `channels`-wide pyramid, anchors of
-    /// 8–128 pixels, images resized to `size` (both sides), 300 / 100 proposals per image,
-    /// a 128-wide box head, two 3×3 mask convolutions, 128 sampled proposals per image.
+    /// whose backbone is not pretrained), `channels`-wide pyramid, anchors of 8–128 pixels,
+    /// images resized so that their longer side is `size` (their shorter one at most `size`),
+    /// 300 proposals per pyramid level before NMS and 100 per image after, a 128-wide box
+    /// head, two 3×3 mask convolutions, 128 sampled proposals per image.
     pub fn compact(num_classes: usize, channels: usize, size: usize) -> Result<Self> {
         let resnet = ResNetConfig::resnet18();
         let anchors = AnchorGenerator::new(
@@ -370,6 +371,39 @@ impl MaskRcnn {
             rpn_box_reg: rpn_losses.box_reg,
         })
     }
+}
+
+/// The variables of a detector built on `varmap` that training updates when only the last
+/// `trainable_backbone_layers` of the ResNet body (`layer4`, `layer3`, `layer2`, `layer1`,
+/// `conv1` in that order, and with all five `bn1` too) are trained, as torchvision's
+/// `trainable_backbone_layers` selects them (3 by default when starting from pretrained
+/// weights). Everything outside `backbone.body` is trainable. At most 5.
+pub fn trainable_vars(
+    varmap: &candle_nn::VarMap,
+    trainable_backbone_layers: usize,
+) -> Result<Vec<candle_core::Var>> {
+    if trainable_backbone_layers > 5 {
+        return Err(Error::config(
+            "trainable_backbone_layers",
+            format!("0 to 5, got {trainable_backbone_layers}"),
+        ));
+    }
+    let mut layers: Vec<&str> =
+        ["layer4", "layer3", "layer2", "layer1", "conv1"][..trainable_backbone_layers].to_vec();
+    if trainable_backbone_layers == 5 {
+        layers.push("bn1");
+    }
+    let data = crate::train::lock_vars(varmap)?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    Ok(names
+        .into_iter()
+        .filter(|n| match n.strip_prefix("backbone.body.") {
+            Some(rest) => layers.iter().any(|l| rest.starts_with(l)),
+            None => true,
+        })
+        .map(|n| data[n].clone())
+        .collect())
 }
 
 fn image_sizes(images: &[Tensor]) -> Result<Vec<(usize, usize)>> {

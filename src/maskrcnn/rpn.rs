@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 
-use super::layers::{smooth_l1_sum, Conv};
+use super::layers::{div_scalar, smooth_l1_sum, Conv};
 use super::{AnchorGenerator, BalancedPositiveNegativeSampler, BoxCoder, Matcher};
 use crate::loss::bce_with_logits;
 use crate::nn::NamedTensor;
@@ -234,7 +234,8 @@ impl Rpn {
         let deltas = Tensor::cat(&delta_flat, 1)?;
         let anchors = self
             .anchors
-            .anchors(batch_size, &grids, objectness.device())?;
+            .anchors(batch_size, &grids, objectness.device())?
+            .to_dtype(objectness.dtype())?;
         let total = anchors.dim(0)?;
         let repeated = anchors.repeat((n, 1))?;
         let proposals = self
@@ -304,10 +305,8 @@ impl Rpn {
                     ];
                     let s = 1.0 / (1.0 + (-logit[i]).exp());
                     let big = b[2] - b[0] >= min_size && b[3] - b[1] >= min_size;
-                    if big
-                        && f64::from(s) >= self.cfg.score_thresh
-                        && b.iter().all(|v| v.is_finite())
-                    {
+                    // Compared in f32, as torchvision compares the f32 scores.
+                    if big && s >= self.cfg.score_thresh as f32 && b.iter().all(|v| v.is_finite()) {
                         boxes.push(b);
                         scores.push(s);
                         levels.push(lvl as i64);
@@ -320,15 +319,18 @@ impl Rpn {
             let keep = &keep[..keep.len().min(post_n)];
             let flat: Vec<f32> = keep.iter().flat_map(|&i| boxes[i]).collect();
             let sc: Vec<f32> = keep.iter().map(|&i| scores[i]).collect();
-            all_boxes.push(Tensor::from_vec(flat, (keep.len(), 4), &dev)?);
-            all_scores.push(Tensor::from_vec(sc, keep.len(), &dev)?);
+            // Proposals in the features' dtype (the filtering itself runs in f32).
+            let dtype = objectness.dtype();
+            all_boxes.push(Tensor::from_vec(flat, (keep.len(), 4), &dev)?.to_dtype(dtype)?);
+            all_scores.push(Tensor::from_vec(sc, keep.len(), &dev)?.to_dtype(dtype)?);
         }
         Ok((all_boxes, all_scores))
     }
 
     /// The RPN losses for `out` against ground-truth boxes `gt_boxes` (one `(G_i, 4)` tensor
     /// per image, possibly empty: every anchor of such an image is a negative), sampling
-    /// anchors with `rng`.
+    /// anchors with `rng`. An `Error::Input` if no anchor could be sampled (torchvision's
+    /// losses are NaN then).
     pub fn losses<R: Rng + ?Sized>(
         &self,
         out: &RpnOutput,
@@ -347,10 +349,11 @@ impl Rpn {
         let mut targets = Vec::with_capacity(n);
         for (i, gt) in gt_boxes.iter().enumerate() {
             check_boxes(gt, &format!("ground-truth boxes of image {i}"))?;
-            let gt = gt.to_dtype(DType::F32)?.to_device(dev)?;
+            let dtype = out.deltas.dtype();
+            let gt = gt.to_dtype(dtype)?.to_device(dev)?;
             if gt.dim(0)? == 0 {
                 labels.push(Tensor::zeros(total, DType::F32, dev)?);
-                targets.push(Tensor::zeros((total, 4), DType::F32, dev)?);
+                targets.push(Tensor::zeros((total, 4), dtype, dev)?);
                 continue;
             }
             let matches = self.matcher.matches(&box_iou(&gt, &out.anchors)?)?;
@@ -361,7 +364,11 @@ impl Rpn {
             let positive = m.ge(0f64)?.to_dtype(DType::F32)?;
             let between = m.eq(-2f64)?.to_dtype(DType::F32)?;
             labels.push((positive - between)?);
-            targets.push(self.coder.encode(&matched, &out.anchors)?);
+            targets.push(
+                self.coder
+                    .encode(&matched, &out.anchors)?
+                    .to_dtype(out.deltas.dtype())?,
+            );
         }
         let (pos, neg) = self.sampler.sample(&labels, rng)?;
         let pos = mask_indices(&pos, total)?;
@@ -392,7 +399,7 @@ impl Rpn {
         };
         Ok(RpnLosses {
             objectness: objectness_loss,
-            box_reg: (box_reg / sampled as f64)?,
+            box_reg: div_scalar(&box_reg, sampled as f64)?,
         })
     }
 

@@ -758,7 +758,8 @@ impl BoxFloat for f32 {
         v as f32
     }
     fn trunc_i64(self) -> i64 {
-        self as i64
+        // Bounded so that the pasting arithmetic cannot overflow; far outside any image.
+        self.clamp(-1e12, 1e12) as i64
     }
 }
 
@@ -767,7 +768,7 @@ impl BoxFloat for f64 {
         v
     }
     fn trunc_i64(self) -> i64 {
-        self as i64
+        self.clamp(-1e12, 1e12) as i64
     }
 }
 

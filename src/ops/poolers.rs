@@ -99,6 +99,17 @@ impl MultiScaleRoiAlign {
     /// The pyramid level (0-based index into the feature list) of every box, in order:
     /// levels `k_min..=k_max` are those of the feature maps (`k = -log2(scale)`).
     pub fn levels(&self, boxes: &[Tensor], k_min: i64, k_max: i64) -> Result<Vec<usize>> {
+        if k_min > k_max {
+            return Err(Error::Input(format!(
+                "MultiScaleRoiAlign: levels {k_min}..={k_max} are empty"
+            )));
+        }
+        if !(self.canonical_scale.is_finite() && self.canonical_scale > 0.0) {
+            return Err(Error::config(
+                "canonical_scale",
+                format!("must be finite and positive, got {}", self.canonical_scale),
+            ));
+        }
         let mut out = Vec::new();
         for (i, b) in boxes.iter().enumerate() {
             let what = format!("MultiScaleRoiAlign boxes of image {i}");
@@ -126,6 +137,12 @@ impl MultiScaleRoiAlign {
             let s = ((b[2] - b[0]) * (b[3] - b[1])).sqrt();
             let k = (k0 + (s / s0).log2() + eps).floor().as_f64();
             // An empty box has log2(0) = -inf: the finest level, as the clamp gives.
+            if k.is_nan() {
+                return Err(Error::Input(format!(
+                    "{what}: no pyramid level for box [{}, {}, {}, {}]",
+                    b[0], b[1], b[2], b[3]
+                )));
+            }
             let k = k.clamp(k_min as f64, k_max as f64) as i64;
             out.push((k - k_min) as usize);
         }

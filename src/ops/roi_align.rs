@@ -143,15 +143,21 @@ impl RoiAlign {
             ));
         }
         let dtype = input.dtype();
+        if !dtype.is_float() {
+            return Err(Error::Input(format!(
+                "roi_align needs a floating-point input, got {dtype:?}"
+            )));
+        }
         let host = if dtype == DType::F64 {
             Rois::F64(checked_rois::<f64>(rois, n)?)
         } else {
             Rois::F32(checked_rois::<f32>(rois, n)?)
         };
         let k = host.len();
-        if k == 0 {
-            return Ok(Tensor::zeros((0, c, oh, ow), dtype, input.device())?);
+        if k == 0 || c == 0 {
+            return Ok(Tensor::zeros((k, c, oh, ow), dtype, input.device())?);
         }
+        host.check_samples(self)?;
         let cpu_kernel = allow_kernel && input.device().is_cpu();
         match (cpu_kernel, host) {
             (true, rois) => {
@@ -262,6 +268,30 @@ impl Rois {
         }
     }
 
+    /// An `Error::Input` when a roi needs more sample points than any plausible use (a huge
+    /// box with adaptive sampling), instead of running out of memory.
+    fn check_samples(&self, cfg: &RoiAlign) -> Result<()> {
+        const LIMIT: usize = 1 << 26;
+        let out = cfg.output_size;
+        let too_many = |k: usize, per_bin: usize| -> Result<()> {
+            match per_bin.checked_mul(out.0 * out.1) {
+                Some(n) if n <= LIMIT => Ok(()),
+                _ => Err(Error::Input(format!(
+                    "roi_align: roi {k} needs {per_bin} sample points per bin; give a fixed \
+                     sampling ratio or smaller boxes"
+                ))),
+            }
+        };
+        match self {
+            Rois::F32(r) => r.iter().enumerate().try_for_each(|(k, roi)| {
+                too_many(k, Geometry::new(roi, cfg, out).samples_per_bin())
+            }),
+            Rois::F64(r) => r.iter().enumerate().try_for_each(|(k, roi)| {
+                too_many(k, Geometry::new(roi, cfg, out).samples_per_bin())
+            }),
+        }
+    }
+
     fn as_f64(&self) -> Vec<[f64; 5]> {
         match self {
             Rois::F32(r) => r.iter().map(|b| b.map(f64::from)).collect(),
@@ -359,7 +389,7 @@ impl<T: Real> Geometry<T> {
     }
 
     pub(super) fn samples_per_bin(&self) -> usize {
-        self.grid_h * self.grid_w
+        self.grid_h.saturating_mul(self.grid_w)
     }
 
     /// Every sample of every bin, bins row-major, samples row-major within a bin.

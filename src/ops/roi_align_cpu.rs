@@ -5,7 +5,10 @@
 //! cache miss for nearly every corner read. When the rois read the map many times over, the
 //! kernels first transpose it to channels-last, so that each sample's four corners are four
 //! contiguous channel vectors and the inner loop runs over channels. Each output element still
-//! sees torchvision's operations in torchvision's order, so the layout changes no bit.
+//! sees torchvision's operations in torchvision's order, so the layout changes no bit (for
+//! finite maps: torchvision, like the plane-by-plane kernel, adds `0 · x[0]` for sample points
+//! outside the map, which the channels-last kernel skips, so a NaN or infinity in the first
+//! pixel would spread only through the former).
 
 use std::sync::Arc;
 
@@ -44,9 +47,13 @@ fn channels_last_pays<T: Real>(rois: &[[T; 5]], dims: Dims, cfg: &RoiAlign) -> b
     let bins = cfg.output_size().0 * cfg.output_size().1;
     let reads: usize = rois
         .iter()
-        .map(|r| 4 * bins * Geometry::new(r, cfg, cfg.output_size()).samples_per_bin())
-        .sum();
-    4 * reads >= n * h * w
+        .map(|r| {
+            Geometry::new(r, cfg, cfg.output_size())
+                .samples_per_bin()
+                .saturating_mul(4 * bins)
+        })
+        .fold(0usize, usize::saturating_add);
+    reads.saturating_mul(4) >= n * h * w
 }
 
 fn forward<T: Real>(x: &[T], dims: Dims, rois: &[[T; 5]], cfg: &RoiAlign) -> Vec<T> {
