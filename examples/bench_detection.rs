@@ -4,9 +4,12 @@
 //!
 //! ```text
 //! cargo run --release --example bench_detection -- [--runs 5] [--boxes 1000] [--nms-boxes 5000]
+//!     [--maskrcnn]
 //! ```
 //!
-//! Prints the median seconds of each operation after one warm-up run.
+//! Prints the median seconds of each operation after one warm-up run. `--maskrcnn` instead
+//! times a whole `maskrcnn_resnet50_fpn` detection (random weights, 91 classes) on one
+//! 3×800×1024 image (the Python script's `--maskrcnn` times torchvision on the same input).
 
 mod support;
 
@@ -41,6 +44,34 @@ fn boxes(rng: &mut Lcg, n: usize, (h, w): (f64, f64), (min, max): (f64, f64)) ->
     v
 }
 
+/// Median time of `MaskRcnn::detect` on one 3×800×1024 image, random weights.
+fn bench_maskrcnn(runs: usize) -> unetpp::Result<()> {
+    use candle_nn::{VarBuilder, VarMap};
+    use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig};
+    let dev = Device::Cpu;
+    let cfg = MaskRcnnConfig::mask_rcnn(91)?;
+    let varmap = VarMap::new();
+    let model = MaskRcnn::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    unetpp::maskrcnn::init::seeded_init(&varmap, 0)?;
+    let (h, w) = (800, 1024);
+    let v: Vec<f32> = (0..3 * h * w)
+        .map(|i| ((i as u64 * 7919) % 1000) as f32 / 1000.0)
+        .collect();
+    let image = Tensor::from_vec(v, (3, h, w), &dev)?;
+    let mut found = 0;
+    let t = support::median_seconds(
+        || -> unetpp::Result<()> {
+            found = model.detect(std::slice::from_ref(&image))?[0]
+                .boxes
+                .dim(0)?;
+            Ok(())
+        },
+        runs,
+    )?;
+    println!("maskrcnn_resnet50_fpn detect 3x{h}x{w}: {t:.3} s ({found} detections)");
+    Ok(())
+}
+
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter()
         .position(|a| a == name)
@@ -56,6 +87,9 @@ fn main() -> unetpp::Result<()> {
     let n_nms = arg(&args, "--nms-boxes", 5000);
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());
+    if args.iter().any(|a| a == "--maskrcnn") {
+        return bench_maskrcnn(runs);
+    }
 
     // RoIAlign as in Mask R-CNN's box head: a stride-4 map of an 800×1216 image, 7×7 bins,
     // sampling ratio 2, aligned = false.

@@ -50,8 +50,26 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--boxes", type=int, default=1000)
     p.add_argument("--nms-boxes", type=int, default=5000)
+    p.add_argument("--maskrcnn", action="store_true")
     a = p.parse_args()
     print(f"torch {torch.__version__}, threads: {torch.get_num_threads()}")
+    if a.maskrcnn:
+        from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+        torch.manual_seed(0)
+        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+        h, w = 800, 1024
+        i = np.arange(3 * h * w, dtype=np.int64)
+        image = torch.from_numpy((((i * 7919) % 1000) / 1000.0).astype(np.float32)).reshape(3, h, w)
+        found = []
+
+        def run():
+            with torch.no_grad():
+                found[:] = [len(model([image])[0]["boxes"])]
+
+        t = median_seconds(run, a.runs)
+        print(f"maskrcnn_resnet50_fpn detect 3x{h}x{w}: {t:.3f} s ({found[0]} detections)")
+        return
     rng = Lcg(7)
     c, h, w, k = 256, 200, 304, a.boxes
     # The map's values do not change the work; the same formula as the Rust side.

@@ -163,6 +163,19 @@ impl ConvBn {
     fn conv_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (s, p, k) = (self.stride, self.k / 2, self.k);
+        // Stride-1 1×1 and 3×3 convolutions (most of a ResNet's work) run on unetpp's kernels.
+        if s == 1 && (k == 1 || k == 3) {
+            let weight = self.conv.weight();
+            let y = if k == 1 {
+                crate::ops::conv1x1(x, weight, None)
+            } else {
+                crate::ops::conv3x3(x, weight, None)
+            };
+            return y.map_err(|e| match e {
+                Error::Candle(c) => c,
+                other => candle_core::Error::Msg(other.to_string()),
+            });
+        }
         let tracked = x.track_op() || self.conv.weight().track_op();
         if s == 1 || !tracked || h + 2 * p < k || w + 2 * p < k {
             return self.conv.forward(x);
