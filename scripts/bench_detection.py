@@ -4,12 +4,12 @@ same 64-bit LCG, bit for bit), the same operations, median seconds after one war
     ../venv/bin/python scripts/bench_detection.py [--runs 5] [--boxes 1000] [--nms-boxes 5000]
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 from torchvision import ops
+
+from bench_pytorch import median_seconds  # the same statistic as the other benchmarks
 
 MASK = (1 << 64) - 1
 
@@ -33,16 +33,6 @@ def boxes(rng, n, hw, sizes):
         y1 = rng.next() * (h - bh)
         out.append([x1, y1, x1 + bw, y1 + bh])
     return torch.tensor(np.array(out, dtype=np.float32))
-
-
-def median_seconds(fn, runs):
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():

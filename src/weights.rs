@@ -211,6 +211,15 @@ impl SimpleBackend for SharedChecked {
     }
 }
 
+/// `tensors` without PyTorch's batch-norm `num_batches_tracked` counters, which no network of
+/// this crate reads.
+pub(crate) fn without_bn_counters(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
+        .collect()
+}
+
 /// Builds a model with `build` from `tensors`, checking that every tensor it asks for exists
 /// with the right shape and that no tensor is left over.
 pub(crate) fn build_checked<T>(

@@ -3,9 +3,12 @@
 //! NMS and batched NMS (indices identical), the box utilities; a finite-difference gradient
 //! test of RoIAlign; and the errors for bad boxes.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::get;
 use unetpp::ops::{
     batched_nms, box_area, box_convert, box_iou, clip_boxes_to_image, nms, remove_small_boxes,
     BoxFormat, MultiScaleRoiAlign, RoiAlign,
@@ -13,15 +16,7 @@ use unetpp::ops::{
 use unetpp::Error;
 
 fn fixture() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/detection_ops.safetensors"
-    );
-    unetpp::weights::load_tensors(path, &Device::Cpu).unwrap()
-}
-
-fn get<'a>(f: &'a HashMap<String, Tensor>, k: &str) -> &'a Tensor {
-    f.get(k).unwrap_or_else(|| panic!("fixture lacks {k}"))
+    common::fixture("detection_ops.safetensors")
 }
 
 /// Max |a − b| in f64, NaN only where both are NaN.

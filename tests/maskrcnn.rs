@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::{formula, scrambled};
+use common::{detection_weight, get, max_abs_diff, max_rel_diff};
 use rand::SeedableRng;
 use unetpp::encoders::ResNetConfig;
 use unetpp::maskrcnn::{
@@ -19,15 +19,7 @@ use unetpp::maskrcnn::{
 use unetpp::Error;
 
 fn fixture() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/maskrcnn.safetensors"
-    );
-    unetpp::weights::load_tensors(path, &Device::Cpu).unwrap()
-}
-
-fn get<'a>(f: &'a HashMap<String, Tensor>, k: &str) -> &'a Tensor {
-    f.get(k).unwrap_or_else(|| panic!("fixture lacks {k}"))
+    common::fixture("maskrcnn.safetensors")
 }
 
 fn resnet() -> ResNetConfig {
@@ -70,11 +62,7 @@ fn formula_weights(named: Vec<unetpp::nn::NamedTensor>) -> HashMap<String, Tenso
     named
         .into_iter()
         .map(|t| {
-            let v = if t.tensor.rank() >= 2 {
-                scrambled(&t.name, t.tensor.dims())
-            } else {
-                formula(&t.name, t.tensor.dims())
-            };
+            let v = detection_weight(&t.name, t.tensor.dims());
             (t.name, v)
         })
         .collect()
@@ -107,11 +95,6 @@ fn formula_model() -> (ResNetFpn, Rpn) {
     ))
 }
 
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    common::max_rel_diff(a, b)
-}
-
 fn sizes(f: &HashMap<String, Tensor>) -> Vec<(usize, usize)> {
     get(f, "image_sizes")
         .to_vec2::<i64>()
@@ -130,10 +113,10 @@ fn pyramid_and_proposals_match_torchvision() {
     assert_eq!(maps.len(), 5);
     for (i, m) in maps.iter().enumerate() {
         let head = m.narrow(1, 0, 4).unwrap();
-        let d = max_rel(&head, get(&f, &format!("fpn{i}.head")));
+        let d = max_rel_diff(&head, get(&f, &format!("fpn{i}.head")));
         assert!(d < 1e-4, "level {i}: first channels off by {d} (relative)");
         let sums = m.sum((2, 3)).unwrap();
-        let d = max_rel(&sums, get(&f, &format!("fpn{i}.sums")));
+        let d = max_rel_diff(&sums, get(&f, &format!("fpn{i}.sums")));
         assert!(d < 1e-4, "level {i}: channel sums off by {d} (relative)");
     }
     let (_, _, h, w) = batch.dims4().unwrap();
@@ -153,20 +136,6 @@ fn pyramid_and_proposals_match_torchvision() {
     }
 }
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn detections_match_torchvision() {
     let f = fixture();
@@ -178,15 +147,15 @@ fn detections_match_torchvision() {
         let labels = d.labels.to_vec1::<i64>().unwrap();
         let want = get(&f, &format!("{p}labels")).to_vec1::<i64>().unwrap();
         assert_eq!(labels, want, "image {i}: labels");
-        let db = max_abs(&d.boxes, get(&f, &format!("{p}boxes")));
+        let db = max_abs_diff(&d.boxes, get(&f, &format!("{p}boxes")));
         assert!(db < 1e-3, "image {i}: boxes off by {db} px");
-        let ds = max_abs(&d.scores, get(&f, &format!("{p}scores")));
+        let ds = max_abs_diff(&d.scores, get(&f, &format!("{p}scores")));
         assert!(ds < 1e-4, "image {i}: scores off by {ds}");
         let first = d.masks.narrow(0, 0, 8).unwrap();
-        let dm = max_abs(&first, get(&f, &format!("{p}masks_first")));
+        let dm = max_abs_diff(&first, get(&f, &format!("{p}masks_first")));
         assert!(dm < 1e-3, "image {i}: masks off by {dm}");
         let sums = d.masks.sum((1, 2, 3)).unwrap();
-        let dsum = max_rel(&sums, get(&f, &format!("{p}mask_sums")));
+        let dsum = max_rel_diff(&sums, get(&f, &format!("{p}mask_sums")));
         assert!(dsum < 1e-4, "image {i}: mask sums off by {dsum} (relative)");
         assert_eq!(
             d.masks.dims()[2..],
@@ -222,11 +191,11 @@ fn legacy_fpn_and_rpn_names_load() {
     let a = backbone.forward(&x).unwrap();
     let b = b2.forward(&x).unwrap();
     for (p, q) in a.iter().zip(&b) {
-        assert_eq!(max_rel(p, q), 0.0);
+        assert_eq!(max_rel_diff(p, q), 0.0);
     }
     let pa = rpn.forward((64, 64), &[(64, 64)], &a, false).unwrap();
     let pb = r2.forward((64, 64), &[(64, 64)], &b, false).unwrap();
-    assert_eq!(max_rel(&pa.objectness, &pb.objectness), 0.0);
+    assert_eq!(max_rel_diff(&pa.objectness, &pb.objectness), 0.0);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::{formula, scrambled};
+use common::{detection_weight, values};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use unetpp::maskrcnn::{
@@ -77,14 +77,7 @@ fn formula_weights(cfg: &RoiHeadsConfig) -> HashMap<String, Tensor> {
     .unwrap();
     let data = varmap.data().lock().unwrap();
     data.iter()
-        .map(|(n, v)| {
-            let t = if v.rank() >= 2 {
-                scrambled(n, v.dims())
-            } else {
-                formula(n, v.dims())
-            };
-            (n.clone(), t)
-        })
+        .map(|(n, v)| (n.clone(), detection_weight(n, v.dims())))
         .collect()
 }
 
@@ -94,15 +87,6 @@ fn features() -> Vec<Tensor> {
         .enumerate()
         .map(|(l, s)| feature(l as u64, &[2, 256, PADDED.0 / s, PADDED.1 / s]))
         .collect()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// Shapes equal and every element within `tol` (absolute).

@@ -2,40 +2,19 @@
 //! `GeneralizedRCNNTransform` and `paste_masks_in_image` (fixture from
 //! `scripts/make_transform_fixtures.py`), and the errors.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use common::{assert_close_rel as assert_close, values};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use unetpp::maskrcnn::{paste_masks_in_image, resize_boxes, RcnnTransform, Target};
 use unetpp::Error;
 
 fn fixture() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/transform.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// Every element within `tol · max(1, |theirs|)`, shapes equal.
-fn assert_close(ours: &Tensor, theirs: &Tensor, tol: f64, what: &str) {
-    assert_eq!(ours.dims(), theirs.dims(), "{what}: shapes");
-    for (i, (a, b)) in values(ours).iter().zip(values(theirs)).enumerate() {
-        assert!(
-            (a - b).abs() <= tol * b.abs().max(1.0),
-            "{what}: element {i}: ours {a}, torchvision {b}"
-        );
-    }
+    common::fixture("transform.safetensors")
 }
 
 fn sizes(t: &Tensor) -> Vec<(usize, usize)> {

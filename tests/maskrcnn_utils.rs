@@ -2,40 +2,19 @@
 //! `scripts/make_box_fixtures.py`): box coding, anchors and matching; the sampler's
 //! properties (its random stream cannot be torch's); and the errors.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::{assert_close_rel as assert_close, values};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use unetpp::maskrcnn::{AnchorGenerator, BalancedPositiveNegativeSampler, BoxCoder, Matcher};
 use unetpp::Error;
 
 fn fixture() -> HashMap<String, Tensor> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/boxes.safetensors"
-    );
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// Every element within `tol · max(1, |theirs|)`, shapes equal.
-fn assert_close(ours: &Tensor, theirs: &Tensor, tol: f64, what: &str) {
-    assert_eq!(ours.dims(), theirs.dims(), "{what}: shapes");
-    for (i, (a, b)) in values(ours).iter().zip(values(theirs)).enumerate() {
-        assert!(
-            (a - b).abs() <= tol * b.abs().max(1.0),
-            "{what}: element {i}: ours {a}, torchvision {b}"
-        );
-    }
+    common::fixture("boxes.safetensors")
 }
 
 fn labels(t: &Tensor) -> Vec<i64> {

@@ -396,13 +396,7 @@ impl ResNet {
     /// Every tensor under torchvision's name, each prefixed with `prefix` and a dot when
     /// `prefix` is not empty (smp nests the body under `encoder`).
     pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let p = |name: &str| {
-            if prefix.is_empty() {
-                name.to_string()
-            } else {
-                format!("{prefix}.{name}")
-            }
-        };
+        let p = |name: &str| crate::nn::join(prefix, name);
         let mut out = Vec::new();
         self.stem.named_tensors(&p("conv1"), &p("bn1"), &mut out);
         for (stage, blocks) in self.layers.iter().enumerate() {
@@ -472,9 +466,9 @@ impl ResNet {
         tensors: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
-        let kept = tensors
+        let kept = weights::without_bn_counters(tensors)
             .into_iter()
-            .filter(|(n, _)| !n.starts_with("fc.") && !n.ends_with("num_batches_tracked"))
+            .filter(|(n, _)| !n.starts_with("fc."))
             .collect();
         weights::build_checked(kept, DType::F32, device, |vb| Self::new(cfg, vb))
     }

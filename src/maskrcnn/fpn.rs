@@ -18,9 +18,50 @@ use crate::{Error, Result};
 /// torchvision 0.13 (`inner_blocks.{i}.weight`, ...).
 #[derive(Debug, Clone)]
 pub struct Fpn {
-    inner: Vec<Conv>,
-    layer: Vec<Conv>,
+    convs: LevelConvs,
     out_channels: usize,
+}
+
+/// FPN's lateral 1×1 convolution (`inner_blocks.{i}`) and output 3×3 convolution
+/// (`layer_blocks.{i}`) of every level; the nested pyramid has the same ones.
+#[derive(Debug, Clone)]
+pub(super) struct LevelConvs {
+    pub(super) inner: Vec<Conv>,
+    pub(super) layer: Vec<Conv>,
+}
+
+impl LevelConvs {
+    pub(super) fn new(in_channels: &[usize], out_channels: usize, vb: &VarBuilder) -> Result<Self> {
+        let mut inner = Vec::with_capacity(in_channels.len());
+        let mut layer = Vec::with_capacity(in_channels.len());
+        for (i, &c) in in_channels.iter().enumerate() {
+            inner.push(Conv::new(
+                c,
+                out_channels,
+                1,
+                kaiming_uniform_a1(c),
+                block_vb(vb, "inner_blocks", i),
+            )?);
+            layer.push(Conv::new(
+                out_channels,
+                out_channels,
+                3,
+                kaiming_uniform_a1(9 * out_channels),
+                block_vb(vb, "layer_blocks", i),
+            )?);
+        }
+        Ok(LevelConvs { inner, layer })
+    }
+
+    /// The tensors under torchvision's current names, prefixed with `prefix.`.
+    pub(super) fn named_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
+        for (i, c) in self.inner.iter().enumerate() {
+            c.named_tensors(&format!("{prefix}.inner_blocks.{i}.0"), out);
+        }
+        for (i, c) in self.layer.iter().enumerate() {
+            c.named_tensors(&format!("{prefix}.layer_blocks.{i}.0"), out);
+        }
+    }
 }
 
 /// The variable builder of block `i` of `group`, under the current or the legacy name.
@@ -42,27 +83,8 @@ impl Fpn {
                 format!("needs non-zero channels, got {in_channels:?} -> {out_channels}"),
             ));
         }
-        let mut inner = Vec::with_capacity(in_channels.len());
-        let mut layer = Vec::with_capacity(in_channels.len());
-        for (i, &c) in in_channels.iter().enumerate() {
-            inner.push(Conv::new(
-                c,
-                out_channels,
-                1,
-                kaiming_uniform_a1(c),
-                block_vb(&vb, "inner_blocks", i),
-            )?);
-            layer.push(Conv::new(
-                out_channels,
-                out_channels,
-                3,
-                kaiming_uniform_a1(9 * out_channels),
-                block_vb(&vb, "layer_blocks", i),
-            )?);
-        }
         Ok(Fpn {
-            inner,
-            layer,
+            convs: LevelConvs::new(in_channels, out_channels, &vb)?,
             out_channels,
         })
     }
@@ -75,21 +97,21 @@ impl Fpn {
     /// The pyramid of `features` (finest first): one map per input at its resolution, then the
     /// extra level at half the coarsest one's resolution.
     pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
-        if features.len() != self.inner.len() {
+        if features.len() != self.convs.inner.len() {
             return Err(Error::Shape(format!(
                 "the FPN has {} levels, got {} feature maps",
-                self.inner.len(),
+                self.convs.inner.len(),
                 features.len()
             )));
         }
         let last = features.len() - 1;
-        let mut top = self.inner[last].forward(&features[last], false)?;
-        let mut out = vec![self.layer[last].forward(&top, false)?];
+        let mut top = self.convs.inner[last].forward(&features[last], false)?;
+        let mut out = vec![self.convs.layer[last].forward(&top, false)?];
         for i in (0..last).rev() {
-            let lateral = self.inner[i].forward(&features[i], false)?;
+            let lateral = self.convs.inner[i].forward(&features[i], false)?;
             let (_, _, h, w) = lateral.dims4()?;
             top = (lateral + resize_nearest(&top, h, w)?)?;
-            out.push(self.layer[i].forward(&top, false)?);
+            out.push(self.convs.layer[i].forward(&top, false)?);
         }
         out.reverse();
         let pool = subsample2(&out[last])?;
@@ -100,12 +122,7 @@ impl Fpn {
     /// Every tensor under torchvision's current names, prefixed with `prefix.`.
     pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
         let mut out = Vec::new();
-        for (i, c) in self.inner.iter().enumerate() {
-            c.named_tensors(&format!("{prefix}.inner_blocks.{i}.0"), &mut out);
-        }
-        for (i, c) in self.layer.iter().enumerate() {
-            c.named_tensors(&format!("{prefix}.layer_blocks.{i}.0"), &mut out);
-        }
+        self.convs.named_tensors(prefix, &mut out);
         out
     }
 }

@@ -78,7 +78,9 @@ pub fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
         }
         let values: Vec<f32> = match d {
             Draw::Const(c) => vec![c; n],
-            Draw::Normal(std) => (0..n).map(|_| (normal(&mut rng) * std) as f32).collect(),
+            Draw::Normal(std) => (0..n)
+                .map(|_| (crate::train::init::normal(&mut rng) * std) as f32)
+                .collect(),
             Draw::Uniform(b) => (0..n).map(|_| rng.random_range(-b..b) as f32).collect(),
         };
         let t = Tensor::from_vec(values, dims, var.device())?.to_dtype(var.dtype())?;
@@ -98,11 +100,4 @@ fn linear_weight_fan_in(
     }
     let w = data.get(&format!("{stem}.weight"))?;
     (w.rank() == 2).then(|| w.dims()[1])
-}
-
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut StdRng) -> f64 {
-    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-    let u2: f64 = rng.random_range(0.0..1.0);
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }

@@ -62,7 +62,7 @@ pub(crate) fn kaiming_uniform_a1(fan_in: usize) -> Init {
 /// PyTorch's nearest-neighbour source index for output `dst` (`F.interpolate(mode="nearest")`
 /// with a given size): exact halving when the size doubles, otherwise
 /// `floor(dst · in / out)` in single precision.
-fn nearest_index(dst: usize, input: usize, output: usize) -> usize {
+pub(super) fn nearest_index(dst: usize, input: usize, output: usize) -> usize {
     if output == 2 * input {
         return dst / 2;
     }

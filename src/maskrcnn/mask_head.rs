@@ -89,18 +89,7 @@ impl MaskRcnnHeads {
     /// The features of the pooled boxes `x` `(K, in_channels, H, W)`: `(K, out_channels, H,
     /// W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (k, c, h, w) = x.dims4().map_err(|_| {
-            Error::Shape(format!(
-                "MaskRcnnHeads expects (K, C, H, W) pooled boxes, got {:?}",
-                x.dims()
-            ))
-        })?;
-        if c != self.in_channels {
-            return Err(Error::Shape(format!(
-                "MaskRcnnHeads expects {} channels, got {c}",
-                self.in_channels
-            )));
-        }
+        let (k, h, w) = check_input(x, self.in_channels, "MaskRcnnHeads", "pooled boxes")?;
         if k == 0 {
             return Ok(Tensor::zeros(
                 (0, self.out_channels(), h, w),
@@ -187,18 +176,7 @@ impl MaskRcnnPredictor {
 
     /// The mask logits `(K, num_classes, 2H, 2W)` of `x` `(K, in_channels, H, W)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (k, c, h, w) = x.dims4().map_err(|_| {
-            Error::Shape(format!(
-                "MaskRcnnPredictor expects (K, C, H, W) features, got {:?}",
-                x.dims()
-            ))
-        })?;
-        if c != self.in_channels {
-            return Err(Error::Shape(format!(
-                "MaskRcnnPredictor expects {} channels, got {c}",
-                self.in_channels
-            )));
-        }
+        let (k, h, w) = check_input(x, self.in_channels, "MaskRcnnPredictor", "features")?;
         if k == 0 {
             return Ok(Tensor::zeros(
                 (0, self.num_classes, 2 * h, 2 * w),
@@ -437,4 +415,25 @@ pub fn maskrcnn_loss(
         .index_select(&rows, 0)?;
     let targets = Tensor::cat(&targets, 0)?.to_dtype(mask_logits.dtype())?;
     crate::loss::bce_with_logits(&picked, &targets.detach())
+}
+
+/// `(K, H, W)` of `x`, after checking that it is `(K, channels, H, W)`.
+fn check_input(
+    x: &Tensor,
+    channels: usize,
+    who: &str,
+    what: &str,
+) -> Result<(usize, usize, usize)> {
+    let (k, c, h, w) = x.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "{who} expects (K, C, H, W) {what}, got {:?}",
+            x.dims()
+        ))
+    })?;
+    if c != channels {
+        return Err(Error::Shape(format!(
+            "{who} expects {channels} channels, got {c}"
+        )));
+    }
+    Ok((k, h, w))
 }

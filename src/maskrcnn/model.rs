@@ -216,10 +216,7 @@ impl MaskRcnn {
         tensors: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
-        let kept = tensors
-            .into_iter()
-            .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
-            .collect();
+        let kept = weights::without_bn_counters(tensors);
         weights::build_checked(kept, DType::F32, device, |vb| Self::new(cfg, vb))
     }
 

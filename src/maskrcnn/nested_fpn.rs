@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::fpn::LevelConvs;
 use super::layers::{kaiming_uniform_a1, resize_nearest, subsample2, Conv};
 use crate::nn::NamedTensor;
 use crate::unetpp::grid::{ConcatOrder, Grid, Input, Node};
@@ -25,8 +26,8 @@ use crate::{Error, Result};
 /// The nested pyramid over backbone maps with `in_channels` channels (finest first).
 ///
 /// Weight names: `inner_blocks.{i}.0.*` (laterals) and `layer_blocks.{i}.0.*` (outputs) as in
-/// torchvision's FPN, so an FPN's weights can initialise them, and `nested.x_{i}_{j}.*` for the
-/// fusion convolutions.
+/// torchvision's FPN (whose pre-0.13 names load too), so an FPN's weights can initialise them,
+/// and `nested.x_{i}_{j}.*` for the fusion convolutions.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -47,9 +48,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct NestedFpn {
     grid: Grid,
-    inner: Vec<Conv>,
+    convs: LevelConvs,
     fuse: Vec<(Node, Conv)>,
-    layer: Vec<Conv>,
     out_channels: usize,
 }
 
@@ -66,25 +66,7 @@ impl NestedFpn {
             ));
         }
         let grid = Grid::new(in_channels.len() - 1);
-        let mut inner = Vec::with_capacity(in_channels.len());
-        let mut layer = Vec::with_capacity(in_channels.len());
-        for (i, &c) in in_channels.iter().enumerate() {
-            let at = |g: &str| vb.pp(g).pp(i.to_string()).pp("0");
-            inner.push(Conv::new(
-                c,
-                out_channels,
-                1,
-                kaiming_uniform_a1(c),
-                at("inner_blocks"),
-            )?);
-            layer.push(Conv::new(
-                out_channels,
-                out_channels,
-                3,
-                kaiming_uniform_a1(9 * out_channels),
-                at("layer_blocks"),
-            )?);
-        }
+        let convs = LevelConvs::new(in_channels, out_channels, &vb)?;
         let mut fuse = Vec::new();
         for &node in grid.nodes().iter().filter(|n| n.col > 0) {
             let c_in = out_channels * grid.inputs(node, ConcatOrder::SkipsFirst).len();
@@ -99,9 +81,8 @@ impl NestedFpn {
         }
         Ok(NestedFpn {
             grid,
-            inner,
+            convs,
             fuse,
-            layer,
             out_channels,
         })
     }
@@ -119,10 +100,10 @@ impl NestedFpn {
     /// The pyramid of `features` (finest first): one map per input at its resolution, then the
     /// extra level at half the coarsest one's resolution.
     pub fn forward(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
-        if features.len() != self.inner.len() {
+        if features.len() != self.convs.inner.len() {
             return Err(Error::Shape(format!(
                 "the nested FPN has {} levels, got {} feature maps",
-                self.inner.len(),
+                self.convs.inner.len(),
                 features.len()
             )));
         }
@@ -131,7 +112,7 @@ impl NestedFpn {
         for &node in self.grid.nodes() {
             let i = node.level;
             if node.col == 0 {
-                out.insert(node, self.inner[i].forward(&features[i], false)?);
+                out.insert(node, self.convs.inner[i].forward(&features[i], false)?);
                 continue;
             }
             let (_, conv) = fuse
@@ -153,7 +134,7 @@ impl NestedFpn {
         }
         let depth = self.grid.depth();
         let mut levels = Vec::with_capacity(depth + 2);
-        for (i, conv) in self.layer.iter().enumerate() {
+        for (i, conv) in self.convs.layer.iter().enumerate() {
             let last = out
                 .get(&Node::new(i, depth - i))
                 .ok_or_else(|| Error::Shape(format!("no output node for level {i}")))?;
@@ -167,12 +148,7 @@ impl NestedFpn {
     /// Every tensor, prefixed with `prefix.`.
     pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
         let mut out = Vec::new();
-        for (i, c) in self.inner.iter().enumerate() {
-            c.named_tensors(&format!("{prefix}.inner_blocks.{i}.0"), &mut out);
-        }
-        for (i, c) in self.layer.iter().enumerate() {
-            c.named_tensors(&format!("{prefix}.layer_blocks.{i}.0"), &mut out);
-        }
+        self.convs.named_tensors(prefix, &mut out);
         for (node, c) in &self.fuse {
             c.named_tensors(&format!("{prefix}.nested.{}", node.name()), &mut out);
         }

@@ -550,13 +550,7 @@ impl RoiHeads {
     /// Every weight under torchvision's names, in the order of its `state_dict`, each name
     /// prefixed by `prefix.` (none with an empty prefix; `"roi_heads"` for a whole model).
     pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let p = |name: &str| {
-            if prefix.is_empty() {
-                name.to_string()
-            } else {
-                format!("{prefix}.{name}")
-            }
-        };
+        let p = |name: &str| crate::nn::join(prefix, name);
         let mut out = self.box_head.named_tensors(&p("box_head"));
         out.extend(self.box_predictor.named_tensors(&p("box_predictor")));
         out.extend(self.mask_head.named_tensors(&p("mask_head")));

@@ -626,9 +626,8 @@ fn resize_nearest(masks: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> 
         )?);
     }
     let index = |input: usize, output: usize| -> Result<Tensor> {
-        let scale = input as f32 / output as f32;
         let idx: Vec<u32> = (0..output)
-            .map(|dst| ((dst as f32 * scale).floor() as usize).min(input - 1) as u32)
+            .map(|dst| super::layers::nearest_index(dst, input, output) as u32)
             .collect();
         Ok(Tensor::from_vec(idx, output, masks.device())?)
     };

@@ -76,6 +76,15 @@ pub struct NamedTensor {
     pub trainable: bool,
 }
 
+/// `prefix.name`, or `name` alone when `prefix` is empty.
+pub(crate) fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
 pub(crate) fn push(
     out: &mut Vec<NamedTensor>,
     prefix: &str,

@@ -46,20 +46,27 @@ pub fn check_boxes(boxes: &Tensor, what: &str) -> Result<()> {
 pub(crate) fn host_boxes<T: Real>(boxes: &Tensor, what: &str) -> Result<Vec<[T; 4]>> {
     let rows = host_rows::<T, 4>(boxes, what)?;
     for (k, b) in rows.iter().enumerate() {
-        if !b.iter().all(|v| v.is_finite()) {
-            return Err(Error::Input(format!(
-                "{what}: box {k} has a non-finite coordinate: [{}, {}, {}, {}]",
-                b[0], b[1], b[2], b[3]
-            )));
-        }
-        if b[2] < b[0] || b[3] < b[1] {
-            return Err(Error::Input(format!(
-                "{what}: box {k} is not x1 <= x2, y1 <= y2: [{}, {}, {}, {}]",
-                b[0], b[1], b[2], b[3]
-            )));
-        }
+        check_corners(b, &format!("{what}: box {k}"))?;
     }
     Ok(rows)
+}
+
+/// An `Error::Input` naming `which` unless `b` holds finite `x1, y1, x2, y2` with `x1 <= x2`
+/// and `y1 <= y2`.
+pub(crate) fn check_corners<T: Real>(b: &[T; 4], which: &str) -> Result<()> {
+    if !b.iter().all(|v| v.is_finite()) {
+        return Err(Error::Input(format!(
+            "{which} has a non-finite coordinate: [{}, {}, {}, {}]",
+            b[0], b[1], b[2], b[3]
+        )));
+    }
+    if b[2] < b[0] || b[3] < b[1] {
+        return Err(Error::Input(format!(
+            "{which} is not x1 <= x2, y1 <= y2: [{}, {}, {}, {}]",
+            b[0], b[1], b[2], b[3]
+        )));
+    }
+    Ok(())
 }
 
 /// The rows of a `(K, C)` tensor on the host in precision `T` (no value checks).

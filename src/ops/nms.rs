@@ -89,13 +89,19 @@ fn host_inputs<T: Real>(boxes: &Tensor, scores: &Tensor) -> Result<HostInputs<T>
     Ok((b, s))
 }
 
-fn host_scores<T: Real>(t: &Tensor, k: usize, what: &str) -> Result<Vec<T>> {
+/// An `Error::Shape` unless `t` is `(k,)`: one value per box.
+fn check_one_per_box(t: &Tensor, k: usize, what: &str) -> Result<()> {
     if t.dims() != [k] {
         return Err(Error::Shape(format!(
             "{what}: expected shape [{k}] (one per box), got {:?}",
             t.dims()
         )));
     }
+    Ok(())
+}
+
+fn host_scores<T: Real>(t: &Tensor, k: usize, what: &str) -> Result<Vec<T>> {
+    check_one_per_box(t, k, what)?;
     let v = t
         .to_dtype(T::DTYPE)?
         .to_device(&candle_core::Device::Cpu)?
@@ -153,13 +159,7 @@ fn batched<T: Real>(
     iou_threshold: f64,
 ) -> Result<Vec<usize>> {
     let (b, s) = host_inputs::<T>(boxes, scores)?;
-    let k = b.len();
-    if classes.dims() != [k] {
-        return Err(Error::Shape(format!(
-            "batched_nms classes: expected shape [{k}] (one per box), got {:?}",
-            classes.dims()
-        )));
-    }
+    check_one_per_box(classes, b.len(), "batched_nms classes")?;
     if classes.dtype().is_float() {
         return Err(Error::Input(format!(
             "batched_nms classes: expected an integer tensor, got {:?}",

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use super::boxes::host_rows;
+use super::boxes::{check_corners, host_rows};
 use super::real::Real;
 use super::roi_align_cpu::RoiAlignOp;
 use crate::{Error, Result};
@@ -311,18 +311,10 @@ fn checked_rois<T: Real>(rois: &Tensor, n: usize) -> Result<Vec<[T; 5]>> {
                 "roi_align rois: roi {k} has batch index {b}, expected an integer in 0..{n}"
             )));
         }
-        if !r[1..].iter().all(|v| v.is_finite()) {
-            return Err(Error::Input(format!(
-                "roi_align rois: roi {k} has a non-finite coordinate: [{}, {}, {}, {}]",
-                r[1], r[2], r[3], r[4]
-            )));
-        }
-        if r[3] < r[1] || r[4] < r[2] {
-            return Err(Error::Input(format!(
-                "roi_align rois: roi {k} is not x1 <= x2, y1 <= y2: [{}, {}, {}, {}]",
-                r[1], r[2], r[3], r[4]
-            )));
-        }
+        check_corners(
+            &[r[1], r[2], r[3], r[4]],
+            &format!("roi_align rois: roi {k}"),
+        )?;
     }
     Ok(rows)
 }

@@ -2,7 +2,7 @@
 //! training step and evaluation over any [`SegmentationModel`](crate::SegmentationModel).
 
 mod checkpoint;
-mod init;
+pub(crate) mod init;
 mod optimizer;
 mod step;
 

@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use unetpp::prelude::*;
@@ -110,4 +112,46 @@ pub fn scrambled(name: &str, dims: &[usize]) -> Tensor {
         })
         .collect();
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+/// The tensors of `tests/fixtures/{file}`.
+pub fn fixture(file: &str) -> HashMap<String, Tensor> {
+    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+    unetpp::weights::load_tensors(&path, &Device::Cpu).unwrap()
+}
+
+/// Tensor `k` of a fixture, or a panic naming it.
+pub fn get<'a>(f: &'a HashMap<String, Tensor>, k: &str) -> &'a Tensor {
+    f.get(k).unwrap_or_else(|| panic!("fixture lacks {k}"))
+}
+
+/// The elements of `t`, as f64.
+pub fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Shapes equal and every element within `tol · max(1, |theirs|)`.
+pub fn assert_close_rel(ours: &Tensor, theirs: &Tensor, tol: f64, what: &str) {
+    assert_eq!(ours.dims(), theirs.dims(), "{what}: shapes");
+    for (i, (a, b)) in values(ours).iter().zip(values(theirs)).enumerate() {
+        assert!(
+            (a - b).abs() <= tol * b.abs().max(1.0),
+            "{what}: element {i}: ours {a}, torchvision {b}"
+        );
+    }
+}
+
+/// The weight of the detection fixtures: `scripts/make_resnet_fixtures.py`'s `fill` formula,
+/// then `make_roi_heads_fixtures.py`'s `scramble` for tensors of two or more dimensions.
+pub fn detection_weight(name: &str, dims: &[usize]) -> Tensor {
+    if dims.len() >= 2 {
+        scrambled(name, dims)
+    } else {
+        formula(name, dims)
+    }
 }
