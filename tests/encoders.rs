@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::{formula, max_rel_diff};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use unetpp::encoders::{ResNet, ResNetConfig};
 
 /// The named tensors of a ResNet of `cfg`, filled by the formula.
@@ -126,8 +128,15 @@ fn resnet_gradients_on_sizes_with_different_remainders_per_axis() {
     let varmap = candle_nn::VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
     let net = ResNet::new(&ResNetConfig::resnet18(), vb).unwrap();
+    // Seeded weights and input: candle's CPU initialisers and `randn` cannot be seeded, and a
+    // random draw now and then puts a ReLU or max-pool kink within the finite-difference step.
+    unetpp::train::seeded_init(&varmap, 11).unwrap();
     let (hh, ww) = (100, 140);
-    let x = Tensor::randn(0f64, 1., (1, 3, hh, ww), &Device::Cpu).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let pixels: Vec<f64> = (0..3 * hh * ww)
+        .map(|_| rng.random_range(-2.0..2.0))
+        .collect();
+    let x = Tensor::from_vec(pixels, (1, 3, hh, ww), &Device::Cpu).unwrap();
     let xv = candle_core::Var::from_tensor(&x).unwrap();
     let loss = |x: &Tensor| -> Tensor {
         let taps = net.features(x, false).unwrap();
@@ -147,20 +156,23 @@ fn resnet_gradients_on_sizes_with_different_remainders_per_axis() {
     let flat = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let gflat = gx.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     for &i in &[0usize, ww - 1, ww * 50 + 77, 3 * hh * ww - 1] {
-        let eps = 1e-7;
         let at = |d: f64| {
             let mut v = flat.clone();
             v[i] += d;
             let t = Tensor::from_vec(v, x.dims(), &Device::Cpu).unwrap();
             loss(&t).to_scalar::<f64>().unwrap()
         };
-        let fd = (at(eps) - at(-eps)) / (2.0 * eps);
         // ReLU kinks near the step keep central differences through 20 layers to about 1e-3
-        // of the gradient (the same at 96x128, where no padding happens); a misplaced or
-        // truncated gradient is far off.
+        // of the gradient (the same at 96x128, where no padding happens); a kink crossed by
+        // one step size is not crossed by a step 100 times smaller, so the closer of the two
+        // counts. A misplaced or truncated gradient is far off at both.
+        let err = [1e-5, 1e-7]
+            .iter()
+            .map(|&eps| ((at(eps) - at(-eps)) / (2.0 * eps) - gflat[i]).abs())
+            .fold(f64::INFINITY, f64::min);
         assert!(
-            (fd - gflat[i]).abs() <= 1e-2 * fd.abs().max(1.0),
-            "pixel {i}: fd {fd}, backward {}",
+            err <= 1e-2 * gflat[i].abs().max(1.0),
+            "pixel {i}: backward {}, closest central difference off by {err}",
             gflat[i]
         );
     }
