@@ -4,12 +4,15 @@
 //!
 //! ```text
 //! cargo run --release --example bench_detection -- [--runs 5] [--boxes 1000] [--nms-boxes 5000]
-//!     [--maskrcnn]
+//!     [--maskrcnn] [--maskrcnn-train]
 //! ```
 //!
 //! Prints the median seconds of each operation after one warm-up run. `--maskrcnn` instead
 //! times a whole `maskrcnn_resnet50_fpn` detection (random weights, 91 classes) on one
 //! 3×800×1024 image (the Python script's `--maskrcnn` times torchvision on the same input).
+//! `--maskrcnn-train` times one training step of the same detector (the five losses and their
+//! backward pass, no optimiser update) on that image with four ground-truth objects, training
+//! the last three ResNet stages as torchvision does by default for a pretrained backbone.
 
 mod support;
 
@@ -53,11 +56,8 @@ fn bench_maskrcnn(runs: usize) -> unetpp::Result<()> {
     let varmap = VarMap::new();
     let model = MaskRcnn::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
     unetpp::maskrcnn::init::seeded_init(&varmap, 0)?;
-    let (h, w) = (800, 1024);
-    let v: Vec<f32> = (0..3 * h * w)
-        .map(|i| ((i as u64 * 7919) % 1000) as f32 / 1000.0)
-        .collect();
-    let image = Tensor::from_vec(v, (3, h, w), &dev)?;
+    let image = maskrcnn_image(&dev)?;
+    let (_, h, w) = image.dims3()?;
     let mut found = 0;
     let t = support::median_seconds(
         || -> unetpp::Result<()> {
@@ -69,6 +69,75 @@ fn bench_maskrcnn(runs: usize) -> unetpp::Result<()> {
         runs,
     )?;
     println!("maskrcnn_resnet50_fpn detect 3x{h}x{w}: {t:.3} s ({found} detections)");
+    Ok(())
+}
+
+/// The image both Mask R-CNN benchmarks use: 3×800×1024, values from a formula.
+fn maskrcnn_image(dev: &Device) -> unetpp::Result<Tensor> {
+    let (h, w) = (800, 1024);
+    let v: Vec<f32> = (0..3 * h * w)
+        .map(|i| ((i as u64 * 7919) % 1000) as f32 / 1000.0)
+        .collect();
+    Ok(Tensor::from_vec(v, (3, h, w), dev)?)
+}
+
+/// Median time of one Mask R-CNN training step (losses and backward) on the benchmark image
+/// with four objects (boxes and filled-rectangle masks), three trainable ResNet stages.
+fn bench_maskrcnn_train(runs: usize) -> unetpp::Result<()> {
+    use candle_nn::{VarBuilder, VarMap};
+    use rand::SeedableRng;
+    use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, Target};
+    let dev = Device::Cpu;
+    let mut cfg = MaskRcnnConfig::mask_rcnn(91)?;
+    cfg.trainable_backbone_layers = 3;
+    let varmap = VarMap::new();
+    let model = MaskRcnn::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    unetpp::maskrcnn::init::seeded_init(&varmap, 0)?;
+    let vars = unetpp::maskrcnn::trainable_vars(&varmap, 3)?;
+    let image = maskrcnn_image(&dev)?;
+    let (_, h, w) = image.dims3()?;
+    let objects: [[usize; 4]; 4] = [
+        [100, 120, 300, 380],
+        [400, 80, 560, 200],
+        [600, 450, 900, 760],
+        [200, 500, 260, 580],
+    ];
+    let mut masks = vec![0f32; objects.len() * h * w];
+    let mut boxes = Vec::new();
+    for (k, &[x1, y1, x2, y2]) in objects.iter().enumerate() {
+        for y in y1..y2 {
+            masks[k * h * w + y * w + x1..k * h * w + y * w + x2].fill(1.0);
+        }
+        boxes.extend([x1 as f32, y1 as f32, x2 as f32, y2 as f32]);
+    }
+    let n = objects.len();
+    let target = Target::new(
+        Tensor::from_vec(boxes, (n, 4), &dev)?,
+        Tensor::from_vec(vec![1i64, 2, 3, 4], n, &dev)?,
+    )
+    .with_masks(Tensor::from_vec(masks, (n, h, w), &dev)?.to_dtype(DType::U8)?);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut total = 0.0;
+    let t = support::median_seconds(
+        || -> unetpp::Result<()> {
+            let losses = model.losses(
+                std::slice::from_ref(&image),
+                std::slice::from_ref(&target),
+                &mut rng,
+            )?;
+            let loss = losses.total()?;
+            total = loss.to_scalar::<f32>()?;
+            let grads = loss.backward()?;
+            if vars.iter().all(|v| grads.get(v.as_tensor()).is_none()) {
+                return Err(unetpp::Error::Input(
+                    "no gradient reached the weights".into(),
+                ));
+            }
+            Ok(())
+        },
+        runs,
+    )?;
+    println!("maskrcnn_resnet50_fpn train step 3x{h}x{w}, {n} objects: {t:.3} s (loss {total:.3})");
     Ok(())
 }
 
@@ -87,6 +156,9 @@ fn main() -> unetpp::Result<()> {
     let n_nms = arg(&args, "--nms-boxes", 5000);
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());
+    if args.iter().any(|a| a == "--maskrcnn-train") {
+        return bench_maskrcnn_train(runs);
+    }
     if args.iter().any(|a| a == "--maskrcnn") {
         return bench_maskrcnn(runs);
     }

@@ -35,22 +35,66 @@ def boxes(rng, n, hw, sizes):
     return torch.tensor(np.array(out, dtype=np.float32))
 
 
+def maskrcnn_image():
+    h, w = 800, 1024
+    i = np.arange(3 * h * w, dtype=np.int64)
+    return torch.from_numpy((((i * 7919) % 1000) / 1000.0).astype(np.float32)).reshape(3, h, w)
+
+
+def train_step(runs):
+    """One training step (losses and backward, no optimiser update) of maskrcnn_resnet50_fpn as
+    torchvision fine-tunes it from a pretrained backbone: frozen batch-norm, the last three
+    ResNet stages trainable. Four objects, as the Rust side."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    body = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    model = MaskRCNN(_resnet_fpn_extractor(body, 3), num_classes=91).train()
+    image = maskrcnn_image()
+    h, w = image.shape[1:]
+    objects = [[100, 120, 300, 380], [400, 80, 560, 200], [600, 450, 900, 760], [200, 500, 260, 580]]
+    masks = torch.zeros(len(objects), h, w, dtype=torch.uint8)
+    for k, (x1, y1, x2, y2) in enumerate(objects):
+        masks[k, y1:y2, x1:x2] = 1
+    target = {
+        "boxes": torch.tensor(objects, dtype=torch.float32),
+        "labels": torch.tensor([1, 2, 3, 4]),
+        "masks": masks,
+    }
+    total = []
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = sum(model([image], [target]).values())
+        loss.backward()
+        total[:] = [loss.item()]
+
+    t = median_seconds(step, runs)
+    print(f"maskrcnn_resnet50_fpn train step 3x{h}x{w}, {len(objects)} objects: {t:.3f} s (loss {total[0]:.3f})")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--boxes", type=int, default=1000)
     p.add_argument("--nms-boxes", type=int, default=5000)
     p.add_argument("--maskrcnn", action="store_true")
+    p.add_argument("--maskrcnn-train", action="store_true")
     a = p.parse_args()
     print(f"torch {torch.__version__}, threads: {torch.get_num_threads()}")
+    if a.maskrcnn_train:
+        train_step(a.runs)
+        return
     if a.maskrcnn:
         from torchvision.models.detection import maskrcnn_resnet50_fpn
 
         torch.manual_seed(0)
         model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
-        h, w = 800, 1024
-        i = np.arange(3 * h * w, dtype=np.int64)
-        image = torch.from_numpy((((i * 7919) % 1000) / 1000.0).astype(np.float32)).reshape(3, h, w)
+        image = maskrcnn_image()
+        h, w = image.shape[1:]
         found = []
 
         def run():

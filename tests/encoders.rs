@@ -176,4 +176,57 @@ fn resnet_gradients_on_sizes_with_different_remainders_per_axis() {
             gflat[i]
         );
     }
+    // Batch-norm scale and shift with running statistics (folded into the convolution): the
+    // gradient of one channel of each against central differences.
+    for name in ["layer2.0.bn2.weight", "layer3.1.bn1.bias", "bn1.weight"] {
+        let var = varmap.data().lock().unwrap()[name].clone();
+        let g = grads
+            .get(var.as_tensor())
+            .expect(name)
+            .to_vec1::<f64>()
+            .unwrap()[3];
+        let base = var.as_tensor().to_vec1::<f64>().unwrap();
+        let at = |d: f64| {
+            let mut v = base.clone();
+            v[3] += d;
+            var.set(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap();
+            loss(&x).to_scalar::<f64>().unwrap()
+        };
+        let err = [1e-5, 1e-7]
+            .iter()
+            .map(|&eps| ((at(eps) - at(-eps)) / (2.0 * eps) - g).abs())
+            .fold(f64::INFINITY, f64::min);
+        var.set(&Tensor::new(base, &Device::Cpu).unwrap()).unwrap();
+        assert!(
+            err <= 1e-2 * g.abs().max(1.0),
+            "{name}: backward {g}, closest central difference off by {err}"
+        );
+    }
+}
+
+#[test]
+fn frozen_stages_stop_the_backward_pass_and_keep_the_values() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let net = ResNet::new(&ResNetConfig::resnet18(), vb).unwrap();
+    let x = Tensor::ones((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
+    let x = candle_core::Var::from_tensor(&x).unwrap();
+    let all = net.features(x.as_tensor(), false).unwrap();
+    for n in 0..=5 {
+        let taps = net.features_trainable(x.as_tensor(), false, n).unwrap();
+        for (a, b) in all.iter().zip(&taps) {
+            assert_eq!(max_rel_diff(a, b), 0.0);
+        }
+        let grads = taps[4].sum_all().unwrap().backward().unwrap();
+        let has = |name: &str| {
+            let v = varmap.data().lock().unwrap()[name].clone();
+            grads.get(v.as_tensor()).is_some()
+        };
+        assert_eq!(has("conv1.weight"), n == 5, "{n}");
+        assert_eq!(has("layer1.0.conv1.weight"), n >= 4, "{n}");
+        assert_eq!(has("layer4.1.conv2.weight"), n >= 1, "{n}");
+        assert_eq!(grads.get(x.as_tensor()).is_some(), n == 5, "{n}");
+    }
+    let e = net.features_trainable(x.as_tensor(), false, 6).unwrap_err();
+    assert!(e.to_string().contains("trainable_layers"), "{e}");
 }

@@ -211,3 +211,66 @@ fn invalid_targets_are_errors() {
     ));
     assert!(matches!(model.detect(&[]), Err(Error::Input(_))));
 }
+
+#[test]
+fn frozen_backbone_stages_get_no_gradient_and_change_no_value() {
+    let (images, targets) = data(2);
+    let (varmap, full) = model(PyramidKind::Fpn);
+    let losses = |m: &MaskRcnn| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let l = m.losses(&images, &targets, &mut rng).unwrap();
+        let total = l.total().unwrap();
+        (total.to_scalar::<f32>().unwrap(), total.backward().unwrap())
+    };
+    let (full_loss, full_grads) = losses(&full);
+    let with_grad = |grads: &candle_core::backprop::GradStore| -> Vec<String> {
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<String> = data
+            .iter()
+            .filter(|(_, v)| grads.get(v.as_tensor()).is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    let all = with_grad(&full_grads);
+    assert!(all.iter().any(|n| n.starts_with("backbone.body.conv1")));
+    for n in 0..5 {
+        let mut cfg = full.config().clone();
+        cfg.trainable_backbone_layers = n;
+        // The same variables: the VarMap hands back the ones it holds.
+        let m = MaskRcnn::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let (loss, grads) = losses(&m);
+        assert_eq!(loss, full_loss, "{n} trainable stages change the losses");
+        let kept: Vec<candle_core::TensorId> = unetpp::maskrcnn::trainable_vars(&varmap, n)
+            .unwrap()
+            .iter()
+            .map(|v| v.as_tensor().id())
+            .collect();
+        let expected: Vec<String> = {
+            let data = varmap.data().lock().unwrap();
+            all.iter()
+                .filter(|k| kept.contains(&data[*k].as_tensor().id()))
+                .cloned()
+                .collect()
+        };
+        let got = with_grad(&grads);
+        assert_eq!(got, expected, "{n} trainable stages");
+        assert!(got.len() < all.len());
+        if n < 4 {
+            assert!(!got.iter().any(|k| k.starts_with("backbone.body.layer1")));
+        }
+    }
+    let mut cfg = full.config().clone();
+    cfg.trainable_backbone_layers = 6;
+    let e = MaskRcnn::new(
+        &cfg,
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("trainable_backbone_layers"), "{e}");
+}

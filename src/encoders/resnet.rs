@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 
 use crate::nn::{push, NamedTensor};
 use crate::{weights, Error, Result};
@@ -92,6 +92,7 @@ struct ConvBn {
     bn: BatchNorm,
     k: usize,
     stride: usize,
+    eps: f64,
 }
 
 impl ConvBn {
@@ -147,11 +148,49 @@ impl ConvBn {
             bn,
             k,
             stride,
+            eps: cfg.bn_eps,
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.bn.forward_t(&self.conv_forward(x)?, train)
+    /// Convolution, batch-norm and, when `relu`, a ReLU. With batch statistics (`train` and a
+    /// trainable batch-norm) the three run one after the other. With running statistics the
+    /// batch-norm is a per-channel affine map, folded into the convolution: the kernel scaled
+    /// by `γ / √(σ² + ε)` and a bias `β − μ·γ / √(σ² + ε)`, computed from the current values
+    /// on every call (so loaded weights take effect, and gradients reach the kernel, `γ` and
+    /// `β` through the small tensors). This saves the four passes over the output that the
+    /// normalisation takes, in the forward and in the backward pass.
+    fn forward(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+        let y = if train {
+            self.bn.forward_t(
+                &self.conv_forward(x, self.conv.weight(), None, false)?,
+                true,
+            )?
+        } else {
+            let (kernel, bias) = self.folded()?;
+            return self.conv_forward(x, &kernel, Some(&bias), relu);
+        };
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// The kernel and bias of the convolution with the batch-norm (running statistics)
+    /// folded in.
+    fn folded(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        let inv_std = (self.bn.running_var() + self.eps)?.sqrt()?.recip()?;
+        let (scale, shift) = match self.bn.weight_and_bias() {
+            Some((gamma, beta)) => (gamma.mul(&inv_std)?, beta.clone()),
+            None => (inv_std.clone(), inv_std.zeros_like()?),
+        };
+        let bias = (shift - self.bn.running_mean().mul(&scale)?)?;
+        let o = scale.elem_count();
+        let kernel = self
+            .conv
+            .weight()
+            .broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
+        Ok((kernel, bias))
     }
 
     /// The convolution. candle's backward pass of a strided convolution gives the input
@@ -160,35 +199,54 @@ impl ConvBn {
     /// one short. So when a gradient is needed, the input is zero-padded at the bottom and
     /// right until both remainders are zero, and the extra outputs (which only those zeros
     /// reach) are cut off: the same values, and a gradient of the right shape.
-    fn conv_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn conv_forward(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (s, p, k) = (self.stride, self.k / 2, self.k);
-        // Stride-1 1×1 and 3×3 convolutions (most of a ResNet's work) run on unetpp's kernels.
-        if s == 1 && (k == 1 || k == 3) {
-            let weight = self.conv.weight();
-            let y = if k == 1 {
-                crate::ops::conv1x1(x, weight, None)
+        let to_candle = |e: Error| match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        };
+        // Stride-1 1×1 and 3×3 convolutions (most of a ResNet's work) run on unetpp's kernels;
+        // the 3×3 one applies bias and ReLU while the output is in cache.
+        if s == 1 && k == 3 {
+            return crate::ops::conv3x3_fused(x, weight, bias, relu).map_err(to_candle);
+        }
+        let y = if s == 1 && k == 1 {
+            crate::ops::conv1x1(x, weight, bias).map_err(to_candle)?
+        } else {
+            let tracked = x.track_op() || weight.track_op();
+            let (rh, rw) = if h + 2 * p < k || w + 2 * p < k {
+                (0, 0)
             } else {
-                crate::ops::conv3x3(x, weight, None)
+                ((h + 2 * p - k) % s, (w + 2 * p - k) % s)
             };
-            return y.map_err(|e| match e {
-                Error::Candle(c) => c,
-                other => candle_core::Error::Msg(other.to_string()),
-            });
+            let y = if s == 1 || !tracked || rh == rw {
+                x.conv2d(weight, p, s, 1, 1)?
+            } else {
+                let xp =
+                    x.pad_with_zeros(2, 0, (s - rh) % s)?
+                        .pad_with_zeros(3, 0, (s - rw) % s)?;
+                let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+                xp.conv2d(weight, p, s, 1, 1)?
+                    .narrow(2, 0, oh)?
+                    .narrow(3, 0, ow)?
+            };
+            match bias {
+                Some(b) => y.broadcast_add(&b.reshape((b.elem_count(), 1, 1))?)?,
+                None => y,
+            }
+        };
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
         }
-        let tracked = x.track_op() || self.conv.weight().track_op();
-        if s == 1 || !tracked || h + 2 * p < k || w + 2 * p < k {
-            return self.conv.forward(x);
-        }
-        let (rh, rw) = ((h + 2 * p - k) % s, (w + 2 * p - k) % s);
-        if rh == rw {
-            return self.conv.forward(x);
-        }
-        let xp = x
-            .pad_with_zeros(2, 0, (s - rh) % s)?
-            .pad_with_zeros(3, 0, (s - rw) % s)?;
-        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-        self.conv.forward(&xp)?.narrow(2, 0, oh)?.narrow(3, 0, ow)
     }
 
     fn named_tensors(&self, conv: &str, bn: &str, out: &mut Vec<NamedTensor>) {
@@ -280,13 +338,10 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (k, cb) in self.convs.iter().enumerate() {
-            y = cb.forward(&y, train)?;
-            if k < last {
-                y = y.relu()?;
-            }
+            y = cb.forward(&y, train, k < last)?;
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.forward(x, train)?,
+            Some(d) => d.forward(x, train, false)?,
             None => x.clone(),
         };
         (y + shortcut)?.relu()
@@ -426,6 +481,43 @@ impl ResNet {
     /// [`ResNetConfig::out_channels`]. `train` switches batch-norm to batch statistics (never
     /// with `frozen_bn`).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        self.features_trainable(x, train, 5)
+    }
+
+    /// [`Self::features`] where only the last `trainable_layers` stages (`layer4`, `layer3`,
+    /// `layer2`, `layer1`, the stem, in that order; at most 5) are trained: the output of the
+    /// last frozen stage is detached, so the backward pass stops there and neither the frozen
+    /// stages' weights nor the input get a gradient — what torchvision obtains by setting
+    /// `requires_grad = False` on them (`trainable_backbone_layers`). The values are those of
+    /// [`Self::features`]; only the backward pass is shorter (with 3 trainable stages it skips
+    /// the stem and `layer1`, which run on the largest maps).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor, Var};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use unetpp::encoders::{ResNet, ResNetConfig};
+    ///
+    /// let varmap = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    /// let net = ResNet::new(&ResNetConfig::resnet18(), vb)?;
+    /// let x = Var::from_tensor(&Tensor::ones((1, 3, 32, 32), DType::F32, &Device::Cpu)?)?;
+    /// let taps = net.features_trainable(x.as_tensor(), false, 3)?;
+    /// let grads = taps[4].sum_all()?.backward()?;
+    /// assert!(grads.get(x.as_tensor()).is_none());
+    /// # Ok::<(), unetpp::Error>(())
+    /// ```
+    pub fn features_trainable(
+        &self,
+        x: &Tensor,
+        train: bool,
+        trainable_layers: usize,
+    ) -> Result<Vec<Tensor>> {
+        if trainable_layers > 5 {
+            return Err(Error::config(
+                "trainable_layers",
+                format!("0 to 5 ResNet stages, got {trainable_layers}"),
+            ));
+        }
         let (_, c, h, w) = x.dims4().map_err(|_| {
             Error::Shape(format!(
                 "expected an (N, C, H, W) image batch, got {:?}",
@@ -444,13 +536,21 @@ impl ResNet {
             )));
         }
         let train = train && !self.cfg.frozen_bn;
-        let stem = self.stem.forward(x, train)?.relu()?;
+        // Stage k (0 = stem) is frozen when k < 5 − trainable_layers.
+        let frozen = |stage: usize| stage + trainable_layers < 5;
+        let mut stem = self.stem.forward(x, train, true)?;
+        if frozen(0) {
+            stem = stem.detach();
+        }
         let mut taps = Vec::with_capacity(5);
         let mut y = max_pool_3x3_s2(&stem)?;
         taps.push(stem);
-        for blocks in &self.layers {
+        for (k, blocks) in self.layers.iter().enumerate() {
             for b in blocks {
                 y = b.forward(&y, train)?;
+            }
+            if frozen(k + 1) {
+                y = y.detach();
             }
             taps.push(y.clone());
         }

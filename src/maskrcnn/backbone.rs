@@ -32,6 +32,7 @@ use crate::Result;
 pub struct ResNetFpn {
     body: ResNet,
     pyramid: Pyramid,
+    trainable_layers: usize,
 }
 
 /// Which feature pyramid a [`ResNetFpn`] has.
@@ -72,7 +73,29 @@ impl ResNetFpn {
                 Pyramid::Nested(NestedFpn::new(&taps[1..], out_channels, vb.pp("fpn"))?)
             }
         };
-        Ok(ResNetFpn { body, pyramid })
+        Ok(ResNetFpn {
+            body,
+            pyramid,
+            trainable_layers: 5,
+        })
+    }
+
+    /// The same backbone training only the last `trainable_layers` stages of its body (see
+    /// [`ResNet::features_trainable`]; 5, all of them, unless set). The pyramid always trains.
+    pub fn with_trainable_layers(mut self, trainable_layers: usize) -> Result<Self> {
+        if trainable_layers > 5 {
+            return Err(crate::Error::config(
+                "trainable_backbone_layers",
+                format!("0 to 5 ResNet stages, got {trainable_layers}"),
+            ));
+        }
+        self.trainable_layers = trainable_layers;
+        Ok(self)
+    }
+
+    /// How many stages of the body train (counted from `layer4` down).
+    pub fn trainable_layers(&self) -> usize {
+        self.trainable_layers
     }
 
     /// The ResNet body.
@@ -105,7 +128,9 @@ impl ResNetFpn {
 
     /// [`Self::forward`] with batch statistics in trainable batch-norm layers when `train`.
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let taps = self.body.features(images, train)?;
+        let taps = self
+            .body
+            .features_trainable(images, train, self.trainable_layers)?;
         match &self.pyramid {
             Pyramid::Plain(f) => f.forward(&taps[1..]),
             Pyramid::Nested(f) => f.forward(&taps[1..]),

@@ -34,6 +34,13 @@ pub struct MaskRcnnConfig {
     pub rpn: RpnConfig,
     /// The box and mask branches (their `num_classes` is the detector's, background included).
     pub roi_heads: RoiHeadsConfig,
+    /// How many ResNet stages train, from `layer4` down (torchvision's
+    /// `trainable_backbone_layers`, 0 to 5). 5 in every constructor here, as torchvision for a
+    /// backbone trained from scratch; set 3 to fine-tune pretrained weights as torchvision
+    /// does. The backward pass stops at the last frozen stage (see
+    /// [`crate::encoders::ResNet::features_trainable`]), so the frozen stages get no gradient;
+    /// [`trainable_vars`] with the same number lists what an optimiser should update.
+    pub trainable_backbone_layers: usize,
 }
 
 impl MaskRcnnConfig {
@@ -53,6 +60,7 @@ impl MaskRcnnConfig {
             roi_heads: RoiHeadsConfig::mask_rcnn()
                 .num_classes(num_classes)
                 .build()?,
+            trainable_backbone_layers: 5,
         })
     }
 
@@ -100,6 +108,7 @@ impl MaskRcnnConfig {
             anchors,
             rpn,
             roi_heads,
+            trainable_backbone_layers: 5,
         })
     }
 
@@ -197,7 +206,8 @@ impl MaskRcnn {
             ));
         }
         let backbone =
-            ResNetFpn::with_pyramid(&cfg.resnet, cfg.channels, cfg.pyramid, vb.pp("backbone"))?;
+            ResNetFpn::with_pyramid(&cfg.resnet, cfg.channels, cfg.pyramid, vb.pp("backbone"))?
+                .with_trainable_layers(cfg.trainable_backbone_layers)?;
         let rpn = Rpn::new(&cfg.rpn, cfg.anchors.clone(), cfg.channels, vb.pp("rpn"))?;
         let roi_heads = RoiHeads::new(&cfg.roi_heads, vb.pp("roi_heads"))?;
         Ok(MaskRcnn {
