@@ -193,7 +193,9 @@ impl ConvBn {
         Ok((kernel, bias))
     }
 
-    /// The convolution. candle's backward pass of a strided convolution gives the input
+    /// The convolution, with `bias` and a ReLU when `relu`: on unetpp's kernels wherever they
+    /// apply (see [`crate::ops::conv2d`]), else candle's. candle's backward pass of a strided
+    /// convolution gives the input
     /// gradient one `output_padding`, taken from the height, for both axes; when height and
     /// width leave different remainders (`(size + 2p − k) mod stride`), the width comes out
     /// one short. So when a gradient is needed, the input is zero-padded at the bottom and
@@ -219,6 +221,10 @@ impl ConvBn {
         }
         let y = if s == 1 && k == 1 {
             crate::ops::conv1x1(x, weight, bias).map_err(to_candle)?
+        } else if crate::ops::takes_fast_path(x, weight) {
+            // The stem and the strided convolutions: unetpp's kernels too (their input
+            // gradient has the right shape on both axes, and is skipped for frozen inputs).
+            crate::ops::conv2d(x, weight, bias, s, p).map_err(to_candle)?
         } else {
             let tracked = x.track_op() || weight.track_op();
             let (rh, rw) = if h + 2 * p < k || w + 2 * p < k {

@@ -126,7 +126,7 @@ pub fn conv3x3_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, relu: bool) 
 }
 
 /// Checks that `bias`, if any, has one value per output channel of `op`.
-fn check_bias(op: &str, bias: Option<&Tensor>, o: usize) -> Result<()> {
+pub(super) fn check_bias(op: &str, bias: Option<&Tensor>, o: usize) -> Result<()> {
     match bias {
         Some(b) if b.dims() != [o] => Err(Error::Shape(format!(
             "{op}: bias {:?} does not fit {o} output channels",
@@ -137,19 +137,23 @@ fn check_bias(op: &str, bias: Option<&Tensor>, o: usize) -> Result<()> {
 }
 
 /// Whether the CPU kernels take these tensors (see [`takes_fast_path`]), bias included.
-fn fast_with_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
+pub(super) fn fast_with_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
     takes_fast_path(x, w) && bias.is_none_or(|b| b.dtype() == DType::F32 && b.device().is_cpu())
 }
 
 /// The bias as the CPU kernels read it: contiguous, or `o` zeros when there is none.
-fn kernel_bias(bias: Option<&Tensor>, o: usize, device: &candle_core::Device) -> Result<Tensor> {
+pub(super) fn kernel_bias(
+    bias: Option<&Tensor>,
+    o: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     Ok(match bias {
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(o, DType::F32, device)?,
     })
 }
 
-fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub(super) fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
         Some(b) if fast_cpu_conv() => super::channels::bias_add(&y, b),
         Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),

@@ -1,7 +1,7 @@
 //! Operations candle lacks or runs slowly, each with a forward and a backward pass.
 //!
-//! - Convolutions and bilinear resizing with fast CPU kernels ([`conv3x3`],
-//!   [`resize_bilinear`], ...; see [`set_cpu_conv_algo`]).
+//! - Convolutions and bilinear resizing with fast CPU kernels ([`conv3x3`], [`conv2d`] for
+//!   any kernel size and stride, [`resize_bilinear`], ...; see [`set_cpu_conv_algo`]).
 //! - Detection ops as torchvision computes them: [`RoiAlign`], [`MultiScaleRoiAlign`],
 //!   [`nms`], [`batched_nms`], [`box_iou`] and the other box utilities.
 //!
@@ -32,6 +32,7 @@ mod poolers;
 mod real;
 mod roi_align;
 mod roi_align_cpu;
+mod strided;
 mod transposed;
 mod winograd;
 mod winograd_wgrad;
@@ -48,3 +49,4 @@ pub use conv::{
 pub use nms::{batched_nms, nms};
 pub use poolers::MultiScaleRoiAlign;
 pub use roi_align::{rois_from_boxes, RoiAlign};
+pub use strided::conv2d;

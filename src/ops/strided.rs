@@ -1,0 +1,462 @@
+//! General 2-D convolution (any kernel size, stride and padding) with CPU kernels for the
+//! forward pass and both gradients: the strided convolutions of a ResNet (the 7×7 stem, the
+//! stride-2 3×3 and 1×1 convolutions that start layers 2–4) and anything else that is not a
+//! stride-1 3×3 or 1×1.
+//!
+//! candle's CPU `conv2d` is im2col plus GEMM, but its backward pass computes the input
+//! gradient with `conv_transpose2d`, a scalar loop that takes 3–5× PyTorch's time, and always
+//! computes it, even for an input that needs none. Here each band of output rows is unfolded
+//! into a buffer that stays in cache and multiplied with the `gemm` crate's kernels, forward
+//! and for the weight gradient; the input gradient is the transposed product, folded back onto
+//! the input rows, and is skipped when the input is not tracked (an image, or the output of a
+//! frozen stage).
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::cpu::{bands, contiguous, fold_sum, matmul, with_scratch, Mat, SendPtr};
+use crate::{Error, Result};
+
+/// The shape of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geom {
+    /// Rows of the unfolded input: one per input channel and kernel tap.
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// Bands of output rows with about 2 MiB of unfolded input each, at least
+    /// `⌈kh / stride⌉` rows tall, so that the input rows of a band overlap only those of its
+    /// neighbours (the input gradient relies on it).
+    fn bands(&self) -> (usize, Vec<(usize, usize)>, gemm::Parallelism) {
+        let b = bands(self.n, self.oh, self.k() * self.ow, 1 << 19);
+        let min_rows = self.kh.div_ceil(self.stride).max(1);
+        if b.rows >= min_rows {
+            return (b.rows, b.tasks, b.par);
+        }
+        let rows = min_rows.min(self.oh.max(1));
+        let tasks = (0..self.n)
+            .flat_map(|img| (0..self.oh).step_by(rows).map(move |r| (img, r)))
+            .collect();
+        (rows, tasks, b.par)
+    }
+
+    /// For kernel column `kx`, the output columns whose input column lies inside the image:
+    /// `lo..hi`, and the input column of output column `ox` is `ox·stride + kx − pad`.
+    fn cols_inside(&self, kx: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.pad);
+        let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
+        // ox·s + kx − p ≤ w − 1  ⇔  ox ≤ (w − 1 + p − kx) / s
+        let hi = if self.w + p > kx {
+            ((self.w - 1 + p - kx) / s + 1).min(self.ow)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// The input row of output row `oy` and kernel row `ky`, if inside the image.
+    fn row_inside(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.stride + ky)
+            .checked_sub(self.pad)
+            .filter(|&iy| iy < self.h)
+    }
+}
+
+/// Unfolds output rows `y0..y1` of image `x` (`c` planes of `h × w`) into `cols`, a `k × t`
+/// row-major matrix (`t = (y1 − y0)·ow`): row `(c·kh + ky)·kw + kx` holds, for every output
+/// pixel of the band, the input pixel under kernel tap `(ky, kx)`, or 0 outside the image.
+fn unfold(x: &[f32], g: &Geom, y0: usize, y1: usize, cols: &mut [f32]) {
+    let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
+    for ci in 0..g.c {
+        let plane = &x[ci * hw..(ci + 1) * hw];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * t..][..t];
+                let (lo, hi) = g.cols_inside(kx);
+                for (dst, oy) in row.chunks_exact_mut(g.ow).zip(y0..y1) {
+                    let Some(iy) = g.row_inside(oy, ky) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if g.stride == 1 {
+                        let x0 = lo + kx - g.pad;
+                        dst[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
+                    } else {
+                        for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
+                            *d = src[ox * g.stride + kx - g.pad];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of [`unfold`] for gradients: adds every entry of `cols` onto the input pixel it
+/// was read from (entries read from outside the image are dropped).
+fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usize) {
+    let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
+    for ci in 0..g.c {
+        // SAFETY: plane `ci` of image `img` lies inside the (n, c, h, w) buffer; the caller
+        // runs only bands whose input rows do not overlap at the same time.
+        let plane = unsafe { dx.slice((img * g.c + ci) * hw, hw) };
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &cols[((ci * g.kh + ky) * g.kw + kx) * t..][..t];
+                let (lo, hi) = g.cols_inside(kx);
+                for (src, oy) in row.chunks_exact(g.ow).zip(y0..y1) {
+                    let Some(iy) = g.row_inside(oy, ky) else {
+                        continue;
+                    };
+                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    for (ox, &v) in (lo..hi).zip(&src[lo..hi]) {
+                        dst[ox * g.stride + kx - g.pad] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn forward(x: &[f32], wt: &[f32], bias: &[f32], g: Geom) -> Vec<f32> {
+    let (p, k) = (g.oh * g.ow, g.k());
+    let mut out = vec![0f32; g.n * g.o * p];
+    if out.is_empty() {
+        return out;
+    }
+    let (rows, tasks, par) = g.bands();
+    let dst = SendPtr(out.as_mut_ptr());
+    tasks.par_iter().for_each(|&(img, y0)| {
+        with_scratch(|[cols, _, _]| {
+            let y1 = (y0 + rows).min(g.oh);
+            let t = (y1 - y0) * g.ow;
+            cols.resize(k * t, 0.0);
+            unfold(&x[img * g.c * g.h * g.w..], &g, y0, y1, cols);
+            for (o, &b) in bias.iter().enumerate() {
+                // SAFETY: rows y0..y1 of channel o of image img lie inside `out`, and only
+                // this task touches them.
+                unsafe { dst.slice((img * g.o + o) * p + y0 * g.ow, t) }.fill(b);
+            }
+            // SAFETY: `dst` points into `out` (n·o·p elements); this task owns the o × t
+            // block at rows y0..y1 of image img (row stride p). `wt` is o × k and `cols`
+            // k × t, both row-major and in bounds.
+            unsafe {
+                matmul(
+                    (g.o, t, k),
+                    dst.get().add(img * g.o * p + y0 * g.ow),
+                    p,
+                    true,
+                    Mat {
+                        ptr: wt.as_ptr(),
+                        rs: k,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: cols.as_ptr(),
+                        rs: t,
+                        cs: 1,
+                    },
+                    par,
+                )
+            }
+        })
+    });
+    out
+}
+
+/// `dw[o, k] = Σ_n Σ_pixels dy[n, o, pixel] · unfold(x)[n, k, pixel]`.
+fn weight_grad(x: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
+    let (p, k) = (g.oh * g.ow, g.k());
+    if g.n * p == 0 {
+        return vec![0f32; g.o * k];
+    }
+    let (rows, tasks, par) = g.bands();
+    fold_sum(&tasks, g.o * k, |dw, &(img, y0)| {
+        with_scratch(|[cols, _, _]| {
+            let y1 = (y0 + rows).min(g.oh);
+            let t = (y1 - y0) * g.ow;
+            cols.resize(k * t, 0.0);
+            unfold(&x[img * g.c * g.h * g.w..], &g, y0, y1, cols);
+            // SAFETY: `dw` is o × k row-major and owned by this share; the lhs is the o × t
+            // block of `dy` at rows y0..y1 of image img (row stride p); the rhs is `cols`
+            // (k × t row-major) read as its t × k transpose.
+            unsafe {
+                matmul(
+                    (g.o, k, t),
+                    dw.as_mut_ptr(),
+                    k,
+                    true,
+                    Mat {
+                        ptr: dy.as_ptr().add(img * g.o * p + y0 * g.ow),
+                        rs: p,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: cols.as_ptr(),
+                        rs: 1,
+                        cs: t,
+                    },
+                    par,
+                )
+            }
+        })
+    })
+}
+
+/// `dx = fold(wᵀ · dy)`, band by band: bands of even index (within each image) first, then
+/// odd ones, so that no two bands that run at once add onto the same input row.
+fn input_grad(wt: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
+    let (p, k) = (g.oh * g.ow, g.k());
+    let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
+    if dx.is_empty() || p == 0 {
+        return dx;
+    }
+    let (rows, tasks, par) = g.bands();
+    let ptr = SendPtr(dx.as_mut_ptr());
+    for parity in 0..2 {
+        tasks
+            .par_iter()
+            .filter(|&&(_, y0)| (y0 / rows) % 2 == parity)
+            .for_each(|&(img, y0)| {
+                with_scratch(|[cols, _, _]| {
+                    let y1 = (y0 + rows).min(g.oh);
+                    let t = (y1 - y0) * g.ow;
+                    cols.resize(k * t, 0.0);
+                    // SAFETY: `cols` is k × t row-major and ours; the lhs is `wt` (o × k
+                    // row-major) read as its k × o transpose; the rhs is the o × t block of
+                    // `dy` at rows y0..y1 of image img (row stride p).
+                    unsafe {
+                        matmul(
+                            (k, t, g.o),
+                            cols.as_mut_ptr(),
+                            t,
+                            false,
+                            Mat {
+                                ptr: wt.as_ptr(),
+                                rs: 1,
+                                cs: k,
+                            },
+                            Mat {
+                                ptr: dy.as_ptr().add(img * g.o * p + y0 * g.ow),
+                                rs: p,
+                                cs: 1,
+                            },
+                            par,
+                        )
+                    }
+                    fold_into(cols, &g, y0, y1, ptr, img);
+                })
+            });
+    }
+    dx
+}
+
+/// The forward op: `(x, w, b) ↦ conv(x, w) + b`.
+struct Conv {
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv {
+    fn geom(&self, x: &Shape, w: &Shape) -> candle_core::Result<Geom> {
+        let (n, c, h, wd) = x.dims4()?;
+        let (o, _, kh, kw) = w.dims4()?;
+        let (s, p) = (self.stride, self.pad);
+        Ok(Geom {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            stride: s,
+            pad: p,
+            oh: (h + 2 * p - kh) / s + 1,
+            ow: (wd + 2 * p - kw) / s + 1,
+        })
+    }
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "unetpp-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.geom(l1.shape(), l2.shape())?;
+        let out = forward(
+            contiguous::<f32>(s1, l1)?,
+            contiguous::<f32>(s2, l2)?,
+            contiguous::<f32>(s3, l3)?,
+            g,
+        );
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let g = self.geom(x.shape(), w.shape())?;
+        // Inputs that need no gradient (images, frozen stages' outputs) skip theirs.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &InputGrad(g))?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.contiguous()?.apply_op2_no_bwd(&grad, &WeightGrad(g))?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            Some(super::channels::channel_sums(&grad)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// `(dy, w) ↦ dx`.
+struct InputGrad(Geom);
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "unetpp-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let dx = input_grad(contiguous::<f32>(s2, l2)?, contiguous::<f32>(s1, l1)?, g);
+        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+/// `(x, dy) ↦ dw`.
+struct WeightGrad(Geom);
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "unetpp-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let dw = weight_grad(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, g);
+        Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, g.kh, g.kw))))
+    }
+}
+
+/// 2-D convolution with `stride` and zero `padding` on both axes (dilation 1, one group):
+/// `x` is `(N, C, H, W)`, `w` is `(O, C, KH, KW)`, `bias` is `(O)`; the output is
+/// `(N, O, (H + 2·padding − KH) / stride + 1, (W + 2·padding − KW) / stride + 1)`, as
+/// PyTorch's `conv2d`. Differentiable in all three.
+///
+/// On the CPU with `f32` tensors (and the fast path on, see [`super::set_fast_cpu_conv`]) it
+/// runs unetpp's kernels, whose backward pass skips the input gradient when `x` needs none;
+/// elsewhere candle's `conv2d`. Unlike candle's backward pass, the input gradient has the
+/// input's shape whatever the remainders of `(size + 2·padding − k) / stride` on each axis.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1., (1, 3, 15, 12), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1., (4, 3, 7, 7), &Device::Cpu)?;
+/// let y = unetpp::ops::conv2d(&x, &w, None, 2, 3)?;
+/// let reference = x.conv2d(&w, 3, 2, 1, 1)?;
+/// assert_eq!(y.dims(), &[1, 4, 8, 6]);
+/// let diff = (y - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+/// assert!(diff < 1e-4);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (_, c, h, wd) = x.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "conv2d expects an (N, C, H, W) input, got {:?}",
+            x.dims()
+        ))
+    })?;
+    let (o, wc, kh, kw) = w.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "conv2d expects an (O, C, KH, KW) kernel, got {:?}",
+            w.dims()
+        ))
+    })?;
+    if wc != c {
+        return Err(Error::Shape(format!(
+            "conv2d: kernel {:?} does not fit an input with {c} channels",
+            w.dims()
+        )));
+    }
+    if stride == 0 {
+        return Err(Error::config("stride", "must be at least 1"));
+    }
+    if kh == 0 || kw == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
+        return Err(Error::Shape(format!(
+            "conv2d: a {kh}x{kw} kernel does not fit a {h}x{wd} input padded by {padding}"
+        )));
+    }
+    super::conv::check_bias("conv2d", bias, o)?;
+    if super::conv::fast_with_bias(x, w, bias) {
+        let b = super::conv::kernel_bias(bias, o, x.device())?;
+        return Ok(x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b,
+            Conv {
+                stride,
+                pad: padding,
+            },
+        )?);
+    }
+    super::conv::add_bias(x.conv2d(w, padding, stride, 1, 1)?, bias)
+}

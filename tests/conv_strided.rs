@@ -1,0 +1,226 @@
+//! `ops::conv2d` (any kernel, stride and padding): outputs and all three gradients against
+//! PyTorch (fixture from `scripts/make_conv_fixtures.py`) and candle on random shapes,
+//! central differences, skipped input gradients, and errors.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::{fixture, get, max_rel_diff};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use unetpp::ops::conv2d;
+
+/// The cases of the fixture: name, stride, padding.
+const CASES: [(&str, usize, usize); 5] = [
+    ("stem", 2, 3),
+    ("s2k3", 2, 1),
+    ("s2k1", 2, 0),
+    ("s3k5", 3, 2),
+    ("k2x4", 1, 0),
+];
+
+/// Output and gradients of `sum(conv2d(x, w, b) * r)`.
+fn run(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> (Tensor, Tensor, Tensor, Tensor) {
+    let (x, w, b) = (
+        Var::from_tensor(x).unwrap(),
+        Var::from_tensor(w).unwrap(),
+        Var::from_tensor(b).unwrap(),
+    );
+    let y = conv2d(
+        x.as_tensor(),
+        w.as_tensor(),
+        Some(b.as_tensor()),
+        stride,
+        pad,
+    )
+    .unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let grad = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
+    (y, grad(&x), grad(&w), grad(&b))
+}
+
+#[test]
+fn matches_pytorch_forward_and_gradients() {
+    let f = fixture("conv_strided.safetensors");
+    for (name, stride, pad) in CASES {
+        let t = |k: &str| get(&f, &format!("{name}_{k}")).clone();
+        let (y, dx, dw, db) = run(&t("x"), &t("w"), &t("b"), &t("r"), stride, pad);
+        for (what, ours, theirs) in [
+            ("y", &y, t("y")),
+            ("dx", &dx, t("dx")),
+            ("dw", &dw, t("dw")),
+            ("db", &db, t("db")),
+        ] {
+            assert_eq!(ours.dims(), theirs.dims(), "{name} {what}");
+            let d = max_rel_diff(ours, &theirs);
+            assert!(d < 1e-5, "{name} {what}: {d}");
+        }
+    }
+}
+
+/// candle's convolution on an explicitly padded input, whose backward pass is right when
+/// both axes leave no remainder (the padding makes sure they do).
+fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Tensor {
+    let (_, _, h, wd) = x.dims4().unwrap();
+    let (_, _, kh, kw) = w.dims4().unwrap();
+    let (oh, ow) = (
+        (h + 2 * pad - kh) / stride + 1,
+        (wd + 2 * pad - kw) / stride + 1,
+    );
+    let eh = (stride - (h + 2 * pad - kh) % stride) % stride;
+    let ew = (stride - (wd + 2 * pad - kw) % stride) % stride;
+    x.pad_with_zeros(2, pad, pad + eh)
+        .unwrap()
+        .pad_with_zeros(3, pad, pad + ew)
+        .unwrap()
+        .conv2d(w, 0, stride, 1, 1)
+        .unwrap()
+        .narrow(2, 0, oh)
+        .unwrap()
+        .narrow(3, 0, ow)
+        .unwrap()
+}
+
+#[test]
+fn matches_candle_on_random_shapes() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let dev = Device::Cpu;
+    let mut draw = |shape: &[usize]| -> Tensor {
+        let v: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        Tensor::from_vec(v, shape, &dev).unwrap()
+    };
+    let mut rng2 = StdRng::seed_from_u64(4);
+    for case in 0..30 {
+        let k = [1usize, 2, 3, 5, 7][case % 5];
+        let stride = rng2.random_range(1..=3);
+        let pad = rng2.random_range(0..=k / 2 + 1);
+        let (n, c, o) = (
+            rng2.random_range(1..=2),
+            rng2.random_range(1..=9),
+            rng2.random_range(1..=9),
+        );
+        let h = rng2.random_range(k.max(2)..=k + 25);
+        let w = rng2.random_range(k.max(2)..=k + 25);
+        let x = draw(&[n, c, h, w]);
+        let wt = draw(&[o, c, k, k]);
+        let b = draw(&[o]);
+        let y_ref = reference(&x, &wt, stride, pad)
+            .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
+            .unwrap();
+        let r = draw(y_ref.dims());
+        let (y, dx, dw, db) = run(&x, &wt, &b, &r, stride, pad);
+        let (xv, wv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&wt).unwrap(),
+        );
+        let g = (reference(xv.as_tensor(), wv.as_tensor(), stride, pad) * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let label =
+            format!("case {case}: {n}x{c}x{h}x{w}, {o}x{k}x{k}, stride {stride}, pad {pad}");
+        assert!(max_rel_diff(&y, &y_ref) < 1e-4, "{label}: y");
+        assert!(
+            max_rel_diff(&dx, g.get(xv.as_tensor()).unwrap()) < 1e-4,
+            "{label}: dx"
+        );
+        assert!(
+            max_rel_diff(&dw, g.get(wv.as_tensor()).unwrap()) < 1e-4,
+            "{label}: dw"
+        );
+        let db_ref = r.sum((0, 2, 3)).unwrap();
+        assert!(max_rel_diff(&db, &db_ref) < 1e-4, "{label}: db");
+    }
+}
+
+#[test]
+fn gradients_match_central_differences() {
+    // The loss is linear in x and in w, so a large step has no truncation error.
+    let f = fixture("conv_strided.safetensors");
+    let t = |k: &str| get(&f, &format!("s2k3_{k}")).clone();
+    let (x, w, b, r) = (t("x"), t("w"), t("b"), t("r"));
+    let (_, dx, dw, _) = run(&x, &w, &b, &r, 2, 1);
+    let loss = |x: &Tensor, w: &Tensor| -> f64 {
+        let y = conv2d(x, w, Some(&b), 2, 1).unwrap();
+        (y.to_dtype(DType::F64).unwrap() * r.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let check = |t: &Tensor, grad: &Tensor, which: usize| {
+        let base = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for i in [0, base.len() / 3, base.len() / 2 + 1, base.len() - 1] {
+            let at = |d: f32| {
+                let mut v = base.clone();
+                v[i] += d;
+                let p = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+                if which == 0 {
+                    loss(&p, &w)
+                } else {
+                    loss(&x, &p)
+                }
+            };
+            let fd = (at(0.25) - at(-0.25)) / 0.5;
+            assert!(
+                (fd - g[i] as f64).abs() < 1e-3 * fd.abs().max(1.0),
+                "element {i} of {}: fd {fd}, backward {}",
+                ["x", "w"][which],
+                g[i]
+            );
+        }
+    };
+    check(&x, &dx, 0);
+    check(&w, &dw, 1);
+}
+
+#[test]
+fn an_input_that_needs_no_gradient_gets_none() {
+    let dev = Device::Cpu;
+    let x = Tensor::ones((1, 2, 9, 9), DType::F32, &dev).unwrap();
+    let w = Var::from_tensor(&Tensor::ones((3, 2, 3, 3), DType::F32, &dev).unwrap()).unwrap();
+    let y = conv2d(&x, w.as_tensor(), None, 2, 1).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_none());
+    // Each output sums the 3x3 window that lies inside the image; every kernel tap sees
+    // 2 channels x (outputs whose tap lands inside).
+    let dw = g.get(w.as_tensor()).unwrap();
+    assert_eq!(dw.dims(), &[3, 2, 3, 3]);
+    let v = dw.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    // Output 5x5 at stride 2 over 9x9 padded by 1: the centre tap always lands inside (25),
+    // a corner tap (−1, −1) misses the first row and column (16).
+    assert_eq!(v[4], 25.0);
+    assert_eq!(v[0], 16.0);
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 2, 5, 5), DType::F32, &dev).unwrap();
+    let w = |c: usize, k: usize| Tensor::zeros((3, c, k, k), DType::F32, &dev).unwrap();
+    assert!(conv2d(&x, &w(3, 3), None, 2, 1).is_err());
+    assert!(conv2d(&x, &w(2, 3), None, 0, 1).is_err());
+    assert!(conv2d(&x, &w(2, 9), None, 1, 1).is_err());
+    let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
+    assert!(conv2d(&x, &w(2, 3), Some(&b), 1, 1).is_err());
+    let flat = Tensor::zeros((2, 5, 5), DType::F32, &dev).unwrap();
+    assert!(conv2d(&flat, &w(2, 3), None, 1, 1).is_err());
+    // f64 takes candle's path and agrees.
+    let x64 = Tensor::ones((1, 2, 7, 6), DType::F64, &dev).unwrap();
+    let w64 = Tensor::ones((1, 2, 3, 3), DType::F64, &dev).unwrap();
+    let y = conv2d(&x64, &w64, None, 2, 1).unwrap();
+    assert_eq!(y.dims(), &[1, 1, 4, 3]);
+}
