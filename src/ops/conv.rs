@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{bands, contiguous, fold_sum, matmul, with_scratch, Bands, Mat, SendPtr};
+use super::cpu::{banded_forward, banded_weight_grad, bands, contiguous, Bands, OutGeom};
 use crate::{Error, Result};
 
 /// Which kernels compute 3×3 convolutions on the CPU.
@@ -96,21 +96,10 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
 /// (bias and activation are applied while the output is still in cache, and the backward
 /// pass masks the gradient in one sweep).
 pub fn conv3x3_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
-    let (_, c, _, _) = x.dims4().map_err(|_| {
-        Error::Shape(format!(
-            "conv3x3 expects an (N, C, H, W) input, got {:?}",
-            x.dims()
-        ))
-    })?;
-    let (o, wc, kh, kw) = w.dims4().map_err(|_| {
-        Error::Shape(format!(
-            "conv3x3 expects an (O, C, 3, 3) kernel, got {:?}",
-            w.dims()
-        ))
-    })?;
-    if (wc, kh, kw) != (c, 3, 3) {
+    let (_, [o, _, kh, kw]) = conv_dims("conv3x3", x, w)?;
+    if (kh, kw) != (3, 3) {
         return Err(Error::Shape(format!(
-            "conv3x3: kernel {:?} does not fit an input with {c} channels",
+            "conv3x3 expects an (O, C, 3, 3) kernel, got {:?}",
             w.dims()
         )));
     }
@@ -123,6 +112,30 @@ pub fn conv3x3_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, relu: bool) 
     }
     let y = add_bias(x.conv2d(w, 1, 1, 1, 1)?, bias)?;
     Ok(if relu { y.relu()? } else { y })
+}
+
+/// The dimensions of `op`'s `(N, C, H, W)` input and `(O, C, KH, KW)` kernel, or an error
+/// naming what does not fit.
+pub(super) fn conv_dims(op: &str, x: &Tensor, w: &Tensor) -> Result<([usize; 4], [usize; 4])> {
+    let (n, c, h, wd) = x.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "{op} expects an (N, C, H, W) input, got {:?}",
+            x.dims()
+        ))
+    })?;
+    let (o, wc, kh, kw) = w.dims4().map_err(|_| {
+        Error::Shape(format!(
+            "{op} expects an (O, C, KH, KW) kernel, got {:?}",
+            w.dims()
+        ))
+    })?;
+    if wc != c {
+        return Err(Error::Shape(format!(
+            "{op}: kernel {:?} does not fit an input with {c} channels",
+            w.dims()
+        )));
+    }
+    Ok(([n, c, h, wd], [o, wc, kh, kw]))
 }
 
 /// Checks that `bias`, if any, has one value per output channel of `op`.
@@ -391,59 +404,31 @@ impl Dims {
     fn bands(&self) -> Bands {
         bands(self.n, self.h, self.c * 9 * self.w, 1 << 19)
     }
+
+    /// The output as the banded kernels see it.
+    fn out_geom(&self) -> OutGeom {
+        OutGeom {
+            n: self.n,
+            o: self.o,
+            rows: self.h,
+            cols: self.w,
+            k: self.c * 9,
+        }
+    }
 }
 
 /// `y[n, o] = b[o] + Σ_c w[o, c] ⋆ x[n, c]` for 3×3 kernels, stride 1, padding 1, then
 /// `max(y, 0)` when `relu`.
 fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> Vec<f32> {
-    let (p, k) = (d.h * d.w, d.c * 9);
-    let mut out = vec![0f32; d.n * d.o * p];
     let Bands { rows, tasks, par } = d.bands();
-    let dst = SendPtr(out.as_mut_ptr());
-    tasks.par_iter().for_each(|&(img, y0)| {
-        with_scratch(|[cols, _, _]| {
-            let y1 = (y0 + rows).min(d.h);
-            let t = (y1 - y0) * d.w;
-            cols.resize(k * t, 0.0);
-            unfold_band(x.image(img), d.c, d.h, d.w, y0, y1, cols);
-            let band = |o: usize| {
-                // SAFETY: rows y0..y1 of channel o of image img lie inside `out` (n·o·p
-                // elements), and only this task touches them while the loop runs.
-                unsafe { dst.slice((img * d.o + o) * p + y0 * d.w, t) }
-            };
-            for (o, &b) in bias.iter().enumerate() {
-                band(o).fill(b);
-            }
-            // SAFETY: `dst` points into `out`, which has n·o·p elements; this task reads and
-            // writes the o × t block at rows y0..y1 of image `img` (row stride p), which no other
-            // task touches. `wt` is o × k and `cols` is k × t, both row-major and in bounds.
-            unsafe {
-                matmul(
-                    (d.o, t, k),
-                    dst.get().add(img * d.o * p + y0 * d.w),
-                    p,
-                    true,
-                    Mat {
-                        ptr: wt.as_ptr(),
-                        rs: k,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: cols.as_ptr(),
-                        rs: t,
-                        cs: 1,
-                    },
-                    par,
-                )
-            }
-            if relu {
-                for o in 0..d.o {
-                    band(o).iter_mut().for_each(|v| *v = v.max(0.0));
-                }
-            }
-        })
-    });
-    out
+    banded_forward(
+        d.out_geom(),
+        (rows, &tasks, par),
+        wt,
+        bias,
+        relu,
+        |img, y0, y1, cols| unfold_band(x.image(img), d.c, d.h, d.w, y0, y1, cols),
+    )
 }
 
 /// The forward pass with the algorithm the process has chosen for this shape.
@@ -460,16 +445,13 @@ fn forward_planes(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> 
 
 /// `dw[o, c·9] = Σ_n Σ_pixels dy[n, o, pixel] · unfold(x)[n, c·9, pixel]`.
 fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
-    let (p, k) = (d.h * d.w, d.c * 9);
-    if d.n * p == 0 {
-        return vec![0f32; d.o * k];
-    }
+    let p = d.h * d.w;
     let Bands { rows, tasks, par } = d.bands();
-    fold_sum(&tasks, d.o * k, |dw, &(img, y0)| {
-        with_scratch(|[cols, _, _]| {
-            let y1 = (y0 + rows).min(d.h);
-            let t = (y1 - y0) * d.w;
-            cols.resize(k * t, 0.0);
+    banded_weight_grad(
+        d.out_geom(),
+        (rows, &tasks, par),
+        dy,
+        |img, y0, y1, cols| {
             unfold_band(
                 x[img * d.c * p..(img + 1) * d.c * p].chunks_exact(p.max(1)),
                 d.c,
@@ -478,31 +460,9 @@ fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
                 y0,
                 y1,
                 cols,
-            );
-            // SAFETY: `dw` is o × k row-major and owned by this share; the lhs is the
-            // o × t block of `dy` at rows y0..y1 of image `img` (row stride p), in
-            // bounds; the rhs is `cols` (k × t row-major) read as its t × k transpose.
-            unsafe {
-                matmul(
-                    (d.o, k, t),
-                    dw.as_mut_ptr(),
-                    k,
-                    true,
-                    Mat {
-                        ptr: dy.as_ptr().add(img * d.o * p + y0 * d.w),
-                        rs: p,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: cols.as_ptr(),
-                        rs: 1,
-                        cs: t,
-                    },
-                    par,
-                )
-            }
-        })
-    })
+            )
+        },
+    )
 }
 
 /// The kernel flipped in space with input and output channels swapped: the kernel whose

@@ -169,3 +169,123 @@ pub(super) fn bands(n: usize, rows: usize, floats_per_row: usize, target: usize)
         par,
     }
 }
+
+/// The output of an unfolded convolution: `n` images of `o` channels of `rows × cols` pixels.
+#[derive(Clone, Copy)]
+pub(super) struct OutGeom {
+    pub(super) n: usize,
+    pub(super) o: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    /// Rows of the unfolded input (input channels × kernel taps).
+    pub(super) k: usize,
+}
+
+/// `out[img, o, band] = bias[o] + wt · unfold(img, band)`, then `max(·, 0)` when `relu`, for
+/// every band of `bands` (`band_rows` output rows each, the last one shorter), in parallel.
+/// `unfold(img, y0, y1, cols)` fills `cols`, a `k × t` row-major matrix with
+/// `t = (y1 − y0)·cols`, with the input under each kernel tap of output rows `y0..y1`.
+pub(super) fn banded_forward(
+    g: OutGeom,
+    (band_rows, tasks, par): (usize, &[(usize, usize)], gemm::Parallelism),
+    wt: &[f32],
+    bias: &[f32],
+    relu: bool,
+    unfold: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let p = g.rows * g.cols;
+    let mut out = vec![0f32; g.n * g.o * p];
+    if out.is_empty() {
+        return out;
+    }
+    let dst = SendPtr(out.as_mut_ptr());
+    tasks.par_iter().for_each(|&(img, y0)| {
+        with_scratch(|[cols, _, _]| {
+            let y1 = (y0 + band_rows).min(g.rows);
+            let t = (y1 - y0) * g.cols;
+            cols.resize(g.k * t, 0.0);
+            unfold(img, y0, y1, cols);
+            let band = |o: usize| {
+                // SAFETY: rows y0..y1 of channel o of image img lie inside `out` (n·o·p
+                // elements), and only this task touches them while the loop runs.
+                unsafe { dst.slice((img * g.o + o) * p + y0 * g.cols, t) }
+            };
+            for (o, &b) in bias.iter().enumerate() {
+                band(o).fill(b);
+            }
+            // SAFETY: `dst` points into `out`, which has n·o·p elements; this task reads and
+            // writes the o × t block at rows y0..y1 of image `img` (row stride p), which no
+            // other task touches. `wt` is o × k and `cols` is k × t, both row-major and in
+            // bounds.
+            unsafe {
+                matmul(
+                    (g.o, t, g.k),
+                    dst.get().add(img * g.o * p + y0 * g.cols),
+                    p,
+                    true,
+                    Mat {
+                        ptr: wt.as_ptr(),
+                        rs: g.k,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: cols.as_ptr(),
+                        rs: t,
+                        cs: 1,
+                    },
+                    par,
+                )
+            }
+            if relu {
+                for o in 0..g.o {
+                    band(o).iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+            }
+        })
+    });
+    out
+}
+
+/// `dw[o, k] = Σ_images Σ_bands dy[img, o, band] · unfold(img, band)ᵀ`, summed in a fixed
+/// order ([`fold_sum`]); `unfold` as for [`banded_forward`].
+pub(super) fn banded_weight_grad(
+    g: OutGeom,
+    (band_rows, tasks, par): (usize, &[(usize, usize)], gemm::Parallelism),
+    dy: &[f32],
+    unfold: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let p = g.rows * g.cols;
+    if g.n * p == 0 {
+        return vec![0f32; g.o * g.k];
+    }
+    fold_sum(tasks, g.o * g.k, |dw, &(img, y0)| {
+        with_scratch(|[cols, _, _]| {
+            let y1 = (y0 + band_rows).min(g.rows);
+            let t = (y1 - y0) * g.cols;
+            cols.resize(g.k * t, 0.0);
+            unfold(img, y0, y1, cols);
+            // SAFETY: `dw` is o × k row-major and owned by this share; the lhs is the o × t
+            // block of `dy` at rows y0..y1 of image `img` (row stride p), in bounds; the rhs
+            // is `cols` (k × t row-major) read as its t × k transpose.
+            unsafe {
+                matmul(
+                    (g.o, g.k, t),
+                    dw.as_mut_ptr(),
+                    g.k,
+                    true,
+                    Mat {
+                        ptr: dy.as_ptr().add(img * g.o * p + y0 * g.cols),
+                        rs: p,
+                        cs: 1,
+                    },
+                    Mat {
+                        ptr: cols.as_ptr(),
+                        rs: 1,
+                        cs: t,
+                    },
+                    par,
+                )
+            }
+        })
+    })
+}

@@ -14,7 +14,10 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{bands, contiguous, fold_sum, matmul, with_scratch, Mat, SendPtr};
+use super::cpu::{
+    banded_forward, banded_weight_grad, bands, contiguous, matmul, with_scratch, Mat, OutGeom,
+    SendPtr,
+};
 use crate::{Error, Result};
 
 /// The shape of one convolution.
@@ -37,6 +40,17 @@ impl Geom {
     /// Rows of the unfolded input: one per input channel and kernel tap.
     fn k(&self) -> usize {
         self.c * self.kh * self.kw
+    }
+
+    /// The output as the banded kernels see it.
+    fn out(&self) -> OutGeom {
+        OutGeom {
+            n: self.n,
+            o: self.o,
+            rows: self.oh,
+            cols: self.ow,
+            k: self.k(),
+        }
     }
 
     /// Bands of output rows with about 2 MiB of unfolded input each, at least
@@ -137,87 +151,22 @@ fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usi
 }
 
 fn forward(x: &[f32], wt: &[f32], bias: &[f32], g: Geom) -> Vec<f32> {
-    let (p, k) = (g.oh * g.ow, g.k());
-    let mut out = vec![0f32; g.n * g.o * p];
-    if out.is_empty() {
-        return out;
-    }
     let (rows, tasks, par) = g.bands();
-    let dst = SendPtr(out.as_mut_ptr());
-    tasks.par_iter().for_each(|&(img, y0)| {
-        with_scratch(|[cols, _, _]| {
-            let y1 = (y0 + rows).min(g.oh);
-            let t = (y1 - y0) * g.ow;
-            cols.resize(k * t, 0.0);
-            unfold(&x[img * g.c * g.h * g.w..], &g, y0, y1, cols);
-            for (o, &b) in bias.iter().enumerate() {
-                // SAFETY: rows y0..y1 of channel o of image img lie inside `out`, and only
-                // this task touches them.
-                unsafe { dst.slice((img * g.o + o) * p + y0 * g.ow, t) }.fill(b);
-            }
-            // SAFETY: `dst` points into `out` (n·o·p elements); this task owns the o × t
-            // block at rows y0..y1 of image img (row stride p). `wt` is o × k and `cols`
-            // k × t, both row-major and in bounds.
-            unsafe {
-                matmul(
-                    (g.o, t, k),
-                    dst.get().add(img * g.o * p + y0 * g.ow),
-                    p,
-                    true,
-                    Mat {
-                        ptr: wt.as_ptr(),
-                        rs: k,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: cols.as_ptr(),
-                        rs: t,
-                        cs: 1,
-                    },
-                    par,
-                )
-            }
-        })
-    });
-    out
+    banded_forward(
+        g.out(),
+        (rows, &tasks, par),
+        wt,
+        bias,
+        false,
+        |img, y0, y1, cols| unfold(&x[img * g.c * g.h * g.w..], &g, y0, y1, cols),
+    )
 }
 
 /// `dw[o, k] = Σ_n Σ_pixels dy[n, o, pixel] · unfold(x)[n, k, pixel]`.
 fn weight_grad(x: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
-    let (p, k) = (g.oh * g.ow, g.k());
-    if g.n * p == 0 {
-        return vec![0f32; g.o * k];
-    }
     let (rows, tasks, par) = g.bands();
-    fold_sum(&tasks, g.o * k, |dw, &(img, y0)| {
-        with_scratch(|[cols, _, _]| {
-            let y1 = (y0 + rows).min(g.oh);
-            let t = (y1 - y0) * g.ow;
-            cols.resize(k * t, 0.0);
-            unfold(&x[img * g.c * g.h * g.w..], &g, y0, y1, cols);
-            // SAFETY: `dw` is o × k row-major and owned by this share; the lhs is the o × t
-            // block of `dy` at rows y0..y1 of image img (row stride p); the rhs is `cols`
-            // (k × t row-major) read as its t × k transpose.
-            unsafe {
-                matmul(
-                    (g.o, k, t),
-                    dw.as_mut_ptr(),
-                    k,
-                    true,
-                    Mat {
-                        ptr: dy.as_ptr().add(img * g.o * p + y0 * g.ow),
-                        rs: p,
-                        cs: 1,
-                    },
-                    Mat {
-                        ptr: cols.as_ptr(),
-                        rs: 1,
-                        cs: t,
-                    },
-                    par,
-                )
-            }
-        })
+    banded_weight_grad(g.out(), (rows, &tasks, par), dy, |img, y0, y1, cols| {
+        unfold(&x[img * g.c * g.h * g.w..], &g, y0, y1, cols)
     })
 }
 
@@ -332,12 +281,12 @@ impl CustomOp3 for Conv {
         let g = self.geom(x.shape(), w.shape())?;
         // Inputs that need no gradient (images, frozen stages' outputs) skip theirs.
         let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &InputGrad(g))?)
+            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &Grad::Input(g))?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(x.contiguous()?.apply_op2_no_bwd(&grad, &WeightGrad(g))?)
+            Some(x.contiguous()?.apply_op2_no_bwd(&grad, &Grad::Weight(g))?)
         } else {
             None
         };
@@ -350,33 +299,18 @@ impl CustomOp3 for Conv {
     }
 }
 
-/// `(dy, w) ↦ dx`.
-struct InputGrad(Geom);
-
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "unetpp-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let dx = input_grad(contiguous::<f32>(s2, l2)?, contiguous::<f32>(s1, l1)?, g);
-        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
-    }
+/// A gradient of [`Conv`]: `(dy, w) ↦ dx` or `(x, dy) ↦ dw`.
+enum Grad {
+    Input(Geom),
+    Weight(Geom),
 }
 
-/// `(x, dy) ↦ dw`.
-struct WeightGrad(Geom);
-
-impl CustomOp2 for WeightGrad {
+impl CustomOp2 for Grad {
     fn name(&self) -> &'static str {
-        "unetpp-conv2d-weight-grad"
+        match self {
+            Grad::Input(_) => "unetpp-conv2d-input-grad",
+            Grad::Weight(_) => "unetpp-conv2d-weight-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -386,9 +320,17 @@ impl CustomOp2 for WeightGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let dw = weight_grad(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, g);
-        Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, g.kh, g.kw))))
+        let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
+        Ok(match *self {
+            Grad::Input(g) => (
+                CpuStorage::F32(input_grad(b, a, g)),
+                Shape::from((g.n, g.c, g.h, g.w)),
+            ),
+            Grad::Weight(g) => (
+                CpuStorage::F32(weight_grad(a, b, g)),
+                Shape::from((g.o, g.c, g.kh, g.kw)),
+            ),
+        })
     }
 }
 
@@ -420,24 +362,7 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let (_, c, h, wd) = x.dims4().map_err(|_| {
-        Error::Shape(format!(
-            "conv2d expects an (N, C, H, W) input, got {:?}",
-            x.dims()
-        ))
-    })?;
-    let (o, wc, kh, kw) = w.dims4().map_err(|_| {
-        Error::Shape(format!(
-            "conv2d expects an (O, C, KH, KW) kernel, got {:?}",
-            w.dims()
-        ))
-    })?;
-    if wc != c {
-        return Err(Error::Shape(format!(
-            "conv2d: kernel {:?} does not fit an input with {c} channels",
-            w.dims()
-        )));
-    }
+    let ([_, _, h, wd], [o, _, kh, kw]) = super::conv::conv_dims("conv2d", x, w)?;
     if stride == 0 {
         return Err(Error::config("stride", "must be at least 1"));
     }
