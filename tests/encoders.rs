@@ -176,6 +176,12 @@ fn resnet_gradients_on_sizes_with_different_remainders_per_axis() {
             gflat[i]
         );
     }
+    // Running statistics are buffers: no gradient reaches them.
+    for v in varmap.data().lock().unwrap().iter() {
+        if v.0.contains("running_") {
+            assert!(grads.get(v.1.as_tensor()).is_none(), "{}", v.0);
+        }
+    }
     // Batch-norm scale and shift with running statistics (folded into the convolution): the
     // gradient of one channel of each against central differences.
     for name in ["layer2.0.bn2.weight", "layer3.1.bn1.bias", "bn1.weight"] {

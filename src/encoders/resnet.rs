@@ -92,7 +92,6 @@ struct ConvBn {
     bn: BatchNorm,
     k: usize,
     stride: usize,
-    eps: f64,
 }
 
 impl ConvBn {
@@ -148,17 +147,14 @@ impl ConvBn {
             bn,
             k,
             stride,
-            eps: cfg.bn_eps,
         })
     }
 
     /// Convolution, batch-norm and, when `relu`, a ReLU. With batch statistics (`train` and a
     /// trainable batch-norm) the three run one after the other. With running statistics the
-    /// batch-norm is a per-channel affine map, folded into the convolution: the kernel scaled
-    /// by `γ / √(σ² + ε)` and a bias `β − μ·γ / √(σ² + ε)`, computed from the current values
-    /// on every call (so loaded weights take effect, and gradients reach the kernel, `γ` and
-    /// `β` through the small tensors). This saves the four passes over the output that the
-    /// normalisation takes, in the forward and in the backward pass.
+    /// batch-norm is a per-channel affine map, folded into the convolution
+    /// ([`crate::nn::fold_batch_norm`]), which saves four passes over the output, forward and
+    /// backward.
     fn forward(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
         let y = if train {
             self.bn.forward_t(
@@ -166,7 +162,7 @@ impl ConvBn {
                 true,
             )?
         } else {
-            let (kernel, bias) = self.folded()?;
+            let (kernel, bias) = crate::nn::fold_batch_norm(&self.bn, self.conv.weight(), None)?;
             return self.conv_forward(x, &kernel, Some(&bias), relu);
         };
         if relu {
@@ -174,23 +170,6 @@ impl ConvBn {
         } else {
             Ok(y)
         }
-    }
-
-    /// The kernel and bias of the convolution with the batch-norm (running statistics)
-    /// folded in.
-    fn folded(&self) -> candle_core::Result<(Tensor, Tensor)> {
-        let inv_std = (self.bn.running_var() + self.eps)?.sqrt()?.recip()?;
-        let (scale, shift) = match self.bn.weight_and_bias() {
-            Some((gamma, beta)) => (gamma.mul(&inv_std)?, beta.clone()),
-            None => (inv_std.clone(), inv_std.zeros_like()?),
-        };
-        let bias = (shift - self.bn.running_mean().mul(&scale)?)?;
-        let o = scale.elem_count();
-        let kernel = self
-            .conv
-            .weight()
-            .broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
-        Ok((kernel, bias))
     }
 
     /// The convolution, with `bias` and a ReLU when `relu`: on unetpp's kernels wherever they

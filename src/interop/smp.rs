@@ -79,8 +79,19 @@ impl ConvBnRelu {
         })
     }
 
+    /// On unetpp's 3×3 kernels; with running statistics (`train` off) the batch-norm is
+    /// folded into the convolution and the ReLU fused.
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+        let to_candle = |e: Error| match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        };
+        if train {
+            let y = crate::ops::conv3x3(x, self.conv.weight(), None).map_err(to_candle)?;
+            return self.bn.forward_t(&y, true)?.relu();
+        }
+        let (kernel, bias) = crate::nn::fold_batch_norm(&self.bn, self.conv.weight(), None)?;
+        crate::ops::conv3x3_fused(x, &kernel, Some(&bias), true).map_err(to_candle)
     }
 }
 

@@ -107,12 +107,29 @@ impl ConvBlock {
                 Some(prev) => std::slice::from_ref(prev),
                 None => parts,
             };
-            let y = crate::ops::conv3x3_concat(input, conv.weight(), conv.bias(), fused(norm))
-                .map_err(to_candle)?;
-            let mut y = if fused(norm) {
-                y
-            } else {
-                self.activation.apply(&norm.forward_t(&y, train)?)?
+            let mut y = match norm {
+                // Running statistics: the batch-norm folded into the convolution.
+                NormLayer::Batch(bn) if !train => {
+                    let relu = self.activation == Activation::Relu;
+                    let (kernel, bias) = super::fold_batch_norm(bn, conv.weight(), conv.bias())?;
+                    let y = crate::ops::conv3x3_concat(input, &kernel, Some(&bias), relu)
+                        .map_err(to_candle)?;
+                    if relu {
+                        y
+                    } else {
+                        self.activation.apply(&y)?
+                    }
+                }
+                _ => {
+                    let y =
+                        crate::ops::conv3x3_concat(input, conv.weight(), conv.bias(), fused(norm))
+                            .map_err(to_candle)?;
+                    if fused(norm) {
+                        y
+                    } else {
+                        self.activation.apply(&norm.forward_t(&y, train)?)?
+                    }
+                }
             };
             if self.dropout > 0.0 {
                 y = dropout.forward_t(&y, train)?;

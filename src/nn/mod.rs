@@ -6,6 +6,7 @@ mod norm;
 mod upsample;
 
 pub use block::ConvBlock;
+pub(crate) use norm::fold_batch_norm;
 pub use norm::NormLayer;
 pub use upsample::UpLayer;
 

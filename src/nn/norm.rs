@@ -130,3 +130,35 @@ impl ModuleT for NormLayer {
         }
     }
 }
+
+/// The kernel and bias of one convolution equal to the convolution `(kernel, bias)` followed
+/// by batch-norm `bn` with its running statistics: the kernel scaled per output channel by
+/// `γ / √(σ² + ε)` and the bias `β + (b − μ)·γ / √(σ² + ε)`. Computed from the current values
+/// (so weights loaded or trained since take effect); gradients reach the kernel, the bias and
+/// `γ`, `β` through these small tensors, never the running statistics. Saves the four passes
+/// over the output that normalising it takes.
+pub(crate) fn fold_batch_norm(
+    bn: &BatchNorm,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    // Running statistics are buffers: never a gradient into them.
+    let (mean, var) = (bn.running_mean().detach(), bn.running_var().detach());
+    let inv_std = (var + bn.eps())?.sqrt()?.recip()?;
+    let (scale, shift) = match bn.weight_and_bias() {
+        Some((gamma, beta)) => (gamma.mul(&inv_std)?, beta.clone()),
+        None => (inv_std.clone(), inv_std.zeros_like()?),
+    };
+    let centred = match bias {
+        Some(b) => (b - mean)?,
+        None => mean.neg()?,
+    };
+    let folded_bias = (shift + centred.mul(&scale)?)?;
+    let o = scale.elem_count();
+    let mut dims = vec![1; kernel.rank()];
+    if let Some(d) = dims.first_mut() {
+        *d = o;
+    }
+    let folded_kernel = kernel.broadcast_mul(&scale.reshape(dims)?)?;
+    Ok((folded_kernel, folded_bias))
+}
