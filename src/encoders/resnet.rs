@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 
 use crate::nn::{push, NamedTensor};
@@ -157,10 +157,8 @@ impl ConvBn {
     /// backward.
     fn forward(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
         let y = if train {
-            self.bn.forward_t(
-                &self.conv_forward(x, self.conv.weight(), None, false)?,
-                true,
-            )?
+            let y = self.conv_forward(x, self.conv.weight(), None, false)?;
+            crate::nn::batch_norm_forward(&self.bn, &y, true)?
         } else {
             let (kernel, bias) = crate::nn::fold_batch_norm(&self.bn, self.conv.weight(), None)?;
             return self.conv_forward(x, &kernel, Some(&bias), relu);

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, VarBuilder};
 
 use crate::encoders::resnet::conv_bn_tensors;
@@ -88,7 +88,7 @@ impl ConvBnRelu {
         };
         if train {
             let y = crate::ops::conv3x3(x, self.conv.weight(), None).map_err(to_candle)?;
-            return self.bn.forward_t(&y, true)?.relu();
+            return crate::nn::batch_norm_forward(&self.bn, &y, true)?.relu();
         }
         let (kernel, bias) = crate::nn::fold_batch_norm(&self.bn, self.conv.weight(), None)?;
         crate::ops::conv3x3_fused(x, &kernel, Some(&bias), true).map_err(to_candle)

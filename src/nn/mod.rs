@@ -6,8 +6,8 @@ mod norm;
 mod upsample;
 
 pub use block::ConvBlock;
-pub(crate) use norm::fold_batch_norm;
 pub use norm::NormLayer;
+pub(crate) use norm::{batch_norm_forward, fold_batch_norm};
 pub use upsample::UpLayer;
 
 use candle_core::Tensor;

@@ -125,7 +125,7 @@ impl ModuleT for NormLayer {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             NormLayer::Identity => Ok(x.clone()),
-            NormLayer::Batch(bn) => bn.forward_t(x, train),
+            NormLayer::Batch(bn) => batch_norm_forward(bn, x, train),
             NormLayer::Group { layer, .. } => layer.forward(x),
         }
     }
@@ -161,4 +161,38 @@ pub(crate) fn fold_batch_norm(
     }
     let folded_kernel = kernel.broadcast_mul(&scale.reshape(dims)?)?;
     Ok((folded_kernel, folded_bias))
+}
+
+/// `bn` applied to `x`: with batch statistics when `train` (on the fused
+/// [`crate::ops::batch_norm_train`] for `(N, C, H, W)` inputs of an affine batch-norm, the
+/// running averages updated as PyTorch updates them: momentum, unbiased variance), with the
+/// running statistics otherwise.
+pub(crate) fn batch_norm_forward(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    let Some((gamma, beta)) = bn.weight_and_bias() else {
+        return bn.forward_t(x, train);
+    };
+    if !train || x.rank() != 4 {
+        return bn.forward_t(x, train);
+    }
+    let (n, _, h, w) = x.dims4()?;
+    let count = n * h * w;
+    if count < 2 {
+        candle_core::bail!(
+            "batch-norm in training mode needs more than one value per channel, got an input of {:?}",
+            x.dims()
+        );
+    }
+    let out = crate::ops::batch_norm_train(x, gamma, beta, bn.eps()).map_err(|e| match e {
+        crate::Error::Candle(c) => c,
+        other => candle_core::Error::Msg(other.to_string()),
+    })?;
+    let (rm, rv) = (bn.running_mean(), bn.running_var());
+    let m = bn.momentum();
+    let unbias = count as f64 / (count as f64 - 1.0);
+    let mean = ((rm.detach() * (1.0 - m))? + (out.mean.to_dtype(rm.dtype())? * m)?)?;
+    let var = ((rv.detach() * (1.0 - m))? + (out.var.to_dtype(rv.dtype())? * (m * unbias))?)?;
+    // In place: the running statistics are the layer's variables.
+    rm.slice_set(&mean, 0, 0)?;
+    rv.slice_set(&var, 0, 0)?;
+    Ok(out.output)
 }

@@ -1,7 +1,8 @@
 //! Operations candle lacks or runs slowly, each with a forward and a backward pass.
 //!
 //! - Convolutions and bilinear resizing with fast CPU kernels ([`conv3x3`], [`conv2d`] for
-//!   any kernel size and stride, [`resize_bilinear`], ...; see [`set_cpu_conv_algo`]).
+//!   any kernel size and stride, [`resize_bilinear`], ...; see [`set_cpu_conv_algo`]), and
+//!   training-mode batch normalisation as one op ([`batch_norm_train`]).
 //! - Detection ops as torchvision computes them: [`RoiAlign`], [`MultiScaleRoiAlign`],
 //!   [`nms`], [`batched_nms`], [`box_iou`] and the other box utilities.
 //!
@@ -22,6 +23,7 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 
+mod batch_norm;
 mod bilinear;
 mod boxes;
 mod channels;
@@ -37,6 +39,7 @@ mod transposed;
 mod winograd;
 mod winograd_wgrad;
 
+pub use batch_norm::{batch_norm_train, BatchNormOutput};
 pub use bilinear::{resize_bilinear, resize_bilinear_composed};
 pub use boxes::{
     box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes, BoxFormat,
