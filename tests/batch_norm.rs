@@ -196,3 +196,32 @@ fn untracked_inputs_get_no_gradient_and_bad_input_is_an_error() {
     assert!(e.to_string().contains("more than one value"), "{e}");
     assert!(layer.forward_t(&one, false).is_ok());
 }
+
+#[test]
+fn half_precision_computes_in_f32() {
+    let dev = Device::Cpu;
+    // Many equal values: a half-precision sum would saturate.
+    let x = (Tensor::ones((4, 2, 64, 64), DType::F32, &dev).unwrap() * 3.0).unwrap();
+    let x = x
+        .broadcast_add(&Tensor::new(&[[[[0f32]], [[1.]]]], &dev).unwrap())
+        .unwrap();
+    let g = Tensor::ones(2, DType::F32, &dev).unwrap();
+    let b = Tensor::new(&[0.5f32, -0.5], &dev).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        let out = batch_norm_train(&c(&x), &c(&g), &c(&b), 1e-5).unwrap();
+        assert_eq!(out.output.dtype(), dtype);
+        assert_eq!(
+            out.mean.to_vec1::<f32>().unwrap(),
+            vec![3.0, 4.0],
+            "{dtype:?}"
+        );
+        let y = common::values(&out.output);
+        assert!(
+            y[0] == 0.5 && y[y.len() - 1] == -0.5,
+            "{dtype:?}: {} {}",
+            y[0],
+            y[y.len() - 1]
+        );
+    }
+}

@@ -102,14 +102,26 @@ fn matches_candle_on_random_shapes() {
     for case in 0..30 {
         let k = [1usize, 2, 3, 5, 7][case % 5];
         let stride = rng2.random_range(1..=3);
-        let pad = rng2.random_range(0..=k / 2 + 1);
+        // Every fourth case is an image narrower than the kernel, which the padding makes fit.
+        let narrow = case % 4 == 3;
+        let pad = if narrow {
+            k
+        } else {
+            rng2.random_range(0..=k / 2 + 1)
+        };
         let (n, c, o) = (
             rng2.random_range(1..=2),
             rng2.random_range(1..=9),
             rng2.random_range(1..=9),
         );
-        let h = rng2.random_range(k.max(2)..=k + 25);
-        let w = rng2.random_range(k.max(2)..=k + 25);
+        let (h, w) = if narrow {
+            (rng2.random_range(1..=k), rng2.random_range(1..=k))
+        } else {
+            (
+                rng2.random_range(k.max(2)..=k + 25),
+                rng2.random_range(k.max(2)..=k + 25),
+            )
+        };
         let x = draw(&[n, c, h, w]);
         let wt = draw(&[o, c, k, k]);
         let b = draw(&[o]);
@@ -218,9 +230,29 @@ fn bad_shapes_are_errors() {
     assert!(conv2d(&x, &w(2, 3), Some(&b), 1, 1).is_err());
     let flat = Tensor::zeros((2, 5, 5), DType::F32, &dev).unwrap();
     assert!(conv2d(&flat, &w(2, 3), None, 1, 1).is_err());
-    // f64 takes candle's path and agrees.
-    let x64 = Tensor::ones((1, 2, 7, 6), DType::F64, &dev).unwrap();
-    let w64 = Tensor::ones((1, 2, 3, 3), DType::F64, &dev).unwrap();
-    let y = conv2d(&x64, &w64, None, 2, 1).unwrap();
-    assert_eq!(y.dims(), &[1, 1, 4, 3]);
+    let empty = Tensor::zeros((1, 2, 4, 0), DType::F32, &dev).unwrap();
+    assert!(conv2d(&empty, &w(2, 1), None, 1, 1).is_err());
+    assert!(conv2d(&x, &w(2, 3), None, 1, usize::MAX / 2 + 1).is_err());
+    // A kernel wider than the image, made to fit by the padding.
+    let one = Tensor::ones((1, 1, 1, 1), DType::F32, &dev).unwrap();
+    let k5 = Tensor::ones((1, 1, 5, 5), DType::F32, &dev).unwrap();
+    let y = conv2d(&one, &k5, None, 1, 2).unwrap();
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![1.0]
+    );
+    // f64 takes candle's path and agrees with the f32 kernels.
+    let x32 = Tensor::arange(0f32, 84., &dev)
+        .unwrap()
+        .reshape((1, 2, 7, 6))
+        .unwrap();
+    let w32 = Tensor::arange(0f32, 18., &dev)
+        .unwrap()
+        .reshape((1, 2, 3, 3))
+        .unwrap();
+    let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let y64 = conv2d(&to64(&x32), &to64(&w32), None, 2, 1).unwrap();
+    let y32 = conv2d(&x32, &w32, None, 2, 1).unwrap();
+    assert_eq!(y64.dims(), &[1, 1, 4, 3]);
+    assert!(max_rel_diff(&y32, &y64) < 1e-6);
 }

@@ -262,7 +262,7 @@ impl CustomOp2 for InputGrad {
 pub struct BatchNormOutput {
     /// The normalised, scaled and shifted input.
     pub output: Tensor,
-    /// The batch mean per channel, `(C)` (no gradient).
+    /// The batch mean per channel, `(C)` (no gradient; `f32` for half-precision inputs).
     pub mean: Tensor,
     /// The batch variance per channel, `(C)`, biased (divided by the `N·H·W` values; PyTorch's
     /// running average uses the unbiased one, this times `M / (M − 1)`).
@@ -321,6 +321,16 @@ pub fn batch_norm_train(
     }
     let fast = x.device().is_cpu() && [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32);
     if !fast {
+        // Half precision computes in f32, as candle-nn's layer does (sums of many halves
+        // lose everything).
+        if matches!(x.dtype(), DType::F16 | DType::BF16) {
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let out = batch_norm_train(&f(x)?, &f(gamma)?, &f(beta)?, eps)?;
+            return Ok(BatchNormOutput {
+                output: out.output.to_dtype(x.dtype())?,
+                ..out
+            });
+        }
         let dims = (1, c, 1, 1);
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centred = x.broadcast_sub(&mean)?;

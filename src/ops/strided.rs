@@ -63,10 +63,17 @@ impl Geom {
             return (b.rows, b.tasks, b.par);
         }
         let rows = min_rows.min(self.oh.max(1));
-        let tasks = (0..self.n)
+        let tasks: Vec<(usize, usize)> = (0..self.n)
             .flat_map(|img| (0..self.oh).step_by(rows).map(move |r| (img, r)))
             .collect();
-        (rows, tasks, b.par)
+        // Fewer, taller bands: let each GEMM use the threads the bands leave idle.
+        let threads = rayon::current_num_threads().max(1);
+        let par = if tasks.len() < threads && threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        (rows, tasks, par)
     }
 
     /// For kernel column `kx`, the output columns whose input column lies inside the image:
@@ -76,7 +83,7 @@ impl Geom {
         let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
         // ox·s + kx − p ≤ w − 1  ⇔  ox ≤ (w − 1 + p − kx) / s
         let hi = if self.w + p > kx {
-            ((self.w - 1 + p - kx) / s + 1).min(self.ow)
+            ((self.w + p - 1 - kx) / s + 1).min(self.ow)
         } else {
             0
         };
@@ -110,6 +117,9 @@ fn unfold(x: &[f32], g: &Geom, y0: usize, y1: usize, cols: &mut [f32]) {
                     let src = &plane[iy * g.w..(iy + 1) * g.w];
                     dst[..lo].fill(0.0);
                     dst[hi..].fill(0.0);
+                    if lo == hi {
+                        continue;
+                    }
                     if g.stride == 1 {
                         let x0 = lo + kx - g.pad;
                         dst[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
@@ -129,9 +139,7 @@ fn unfold(x: &[f32], g: &Geom, y0: usize, y1: usize, cols: &mut [f32]) {
 fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usize) {
     let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
     for ci in 0..g.c {
-        // SAFETY: plane `ci` of image `img` lies inside the (n, c, h, w) buffer; the caller
-        // runs only bands whose input rows do not overlap at the same time.
-        let plane = unsafe { dx.slice((img * g.c + ci) * hw, hw) };
+        let plane = (img * g.c + ci) * hw;
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let row = &cols[((ci * g.kh + ky) * g.kw + kx) * t..][..t];
@@ -140,7 +148,10 @@ fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usi
                     let Some(iy) = g.row_inside(oy, ky) else {
                         continue;
                     };
-                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    // SAFETY: row iy of plane (img, ci) lies inside the (n, c, h, w)
+                    // buffer; the caller runs at once only bands whose input rows do not
+                    // overlap, so no other live slice covers this row.
+                    let dst = unsafe { dx.slice(plane + iy * g.w, g.w) };
                     for (ox, &v) in (lo..hi).zip(&src[lo..hi]) {
                         dst[ox * g.stride + kx - g.pad] += v;
                     }
@@ -366,7 +377,18 @@ pub fn conv2d(
     if stride == 0 {
         return Err(Error::config("stride", "must be at least 1"));
     }
-    if kh == 0 || kw == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
+    if h == 0 || wd == 0 {
+        return Err(Error::Shape(format!(
+            "conv2d needs a non-empty image, got {:?}",
+            x.dims()
+        )));
+    }
+    let padded = |size: usize| padding.checked_mul(2).and_then(|p| p.checked_add(size));
+    let fits = match (padded(h), padded(wd)) {
+        (Some(ph), Some(pw)) => kh > 0 && kw > 0 && ph >= kh && pw >= kw,
+        _ => false,
+    };
+    if !fits {
         return Err(Error::Shape(format!(
             "conv2d: a {kh}x{kw} kernel does not fit a {h}x{wd} input padded by {padding}"
         )));

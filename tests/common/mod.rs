@@ -17,7 +17,24 @@ pub fn small() -> unetpp::unetpp::UNetPlusPlusConfigBuilder {
     UNetPlusPlusConfig::paper().widths([4, 6, 8, 10, 12])
 }
 
+/// Panics unless every element of `t` is finite (candle's `max` skips NaN after the first
+/// element, so a partly-NaN tensor would otherwise compare as close).
+pub fn assert_finite(t: &Tensor, what: &str) {
+    let v = t
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        panic!("{what}: element {i} is {}", v[i]);
+    }
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_finite(a, "compared tensor");
+    assert_finite(b, "reference tensor");
     (a - b)
         .unwrap()
         .abs()
@@ -42,6 +59,8 @@ pub fn tmp_path(name: &str) -> std::path::PathBuf {
 
 /// `max |a − b| / max |b|`, computed in f64 (the scale floored at 1e-12).
 pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_finite(a, "compared tensor");
+    assert_finite(b, "reference tensor");
     let a = a.to_dtype(DType::F64).unwrap();
     let b = b.to_dtype(DType::F64).unwrap();
     let scale = b
