@@ -256,3 +256,55 @@ fn bad_shapes_are_errors() {
     assert_eq!(y64.dims(), &[1, 1, 4, 3]);
     assert!(max_rel_diff(&y32, &y64) < 1e-6);
 }
+
+#[test]
+fn add_relu_matches_pytorch_and_central_differences() {
+    let f = fixture("conv_strided.safetensors");
+    let t = |k: &str| get(&f, &format!("add_relu_{k}")).clone();
+    let (a, b) = (
+        Var::from_tensor(&t("a")).unwrap(),
+        Var::from_tensor(&t("b")).unwrap(),
+    );
+    let y = unetpp::ops::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+    let g = (&y * t("r"))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    // Exact: one addition and one maximum, as PyTorch; no gradient where a + b is exactly 0.
+    assert_eq!(max_rel_diff(&y, &t("y")), 0.0);
+    assert_eq!(max_rel_diff(g.get(a.as_tensor()).unwrap(), &t("da")), 0.0);
+    assert_eq!(max_rel_diff(g.get(b.as_tensor()).unwrap(), &t("db")), 0.0);
+    // Central differences away from the kink (piecewise linear: exact there).
+    let av = t("a").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let bv = t("b").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let rv = t("r").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let da = g
+        .get(a.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for i in (1..av.len()).step_by(7) {
+        let s = av[i] + bv[i];
+        if s.abs() < 0.1 {
+            continue;
+        }
+        let fd = rv[i] * (((s + 0.05).max(0.0) - (s - 0.05).max(0.0)) / 0.1);
+        assert!(
+            (fd - da[i]).abs() < 1e-4,
+            "element {i}: fd {fd}, backward {}",
+            da[i]
+        );
+    }
+    // Mismatched shapes are an error; other dtypes take candle's ops.
+    assert!(unetpp::ops::add_relu(a.as_tensor(), &t("b").narrow(3, 0, 2).unwrap()).is_err());
+    let y64 = unetpp::ops::add_relu(
+        &t("a").to_dtype(DType::F64).unwrap(),
+        &t("b").to_dtype(DType::F64).unwrap(),
+    )
+    .unwrap();
+    assert!(max_rel_diff(&y64, &t("y")) < 1e-7);
+}

@@ -327,7 +327,10 @@ impl Block {
             Some(d) => d.forward(x, train, false)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        crate::ops::add_relu(&y, &shortcut).map_err(|e| match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        })
     }
 }
 

@@ -107,3 +107,64 @@ impl CustomOp1 for ChannelSum {
         Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
 }
+
+/// `max(a + b, 0)` for two tensors of the same shape (a residual connection and its ReLU),
+/// differentiable in both: one pass forward and one backward on the CPU for `f32`, where
+/// candle's `(a + b).relu()` takes two forward and about six backward.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        return Err(Error::Shape(format!(
+            "add_relu: shapes {:?} and {:?} differ",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    let fast =
+        a.device().is_cpu() && a.dtype() == candle_core::DType::F32 && b.dtype() == a.dtype();
+    if fast {
+        Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
+    } else {
+        Ok((a + b)?.relu()?)
+    }
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "unetpp-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = (a + b).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // The gradient where the output is positive (PyTorch's rule: none at exactly 0).
+        let g = grad
+            .contiguous()?
+            .apply_op2_no_bwd(&res.contiguous()?, &super::conv::ReluMask)?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}

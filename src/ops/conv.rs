@@ -535,7 +535,7 @@ impl CustomOp3 for Conv3x3 {
 }
 
 /// `(g, y) ↦ g · [y > 0]`: the gradient through a ReLU whose output is `y`.
-struct ReluMask;
+pub(super) struct ReluMask;
 
 impl CustomOp2 for ReluMask {
     fn name(&self) -> &'static str {

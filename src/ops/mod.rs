@@ -44,7 +44,7 @@ pub use bilinear::{resize_bilinear, resize_bilinear_composed};
 pub use boxes::{
     box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes, BoxFormat,
 };
-pub use channels::bias_add;
+pub use channels::{add_relu, bias_add};
 pub use conv::{
     conv1x1, conv3x3, conv3x3_concat, conv3x3_fused, conv_transpose2x2, cpu_conv_algo,
     fast_cpu_conv, set_cpu_conv_algo, set_fast_cpu_conv, takes_fast_path, CpuConvAlgo,
