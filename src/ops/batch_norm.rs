@@ -37,6 +37,26 @@ fn planes(
     (0..n).map(move |ni| &data[(ni * c + ci) * plane..(ni * c + ci + 1) * plane])
 }
 
+/// A new `(n, c, plane)` buffer filled channel by channel in parallel: `per_channel(ci)`
+/// gives the writer of channel `ci`, called with the offset and the output of each of its `n`
+/// planes.
+fn map_channels<W: Fn(usize, &mut [f32])>(
+    (n, c, plane): (usize, usize, usize),
+    per_channel: impl Fn(usize) -> W + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * c * plane];
+    let dst = SendPtr(out.as_mut_ptr());
+    (0..c).into_par_iter().for_each(|ci| {
+        let write = per_channel(ci);
+        for ni in 0..n {
+            let off = (ni * c + ci) * plane;
+            // SAFETY: plane (ni, ci) lies inside `out`, and only this channel's task writes it.
+            write(off, unsafe { dst.slice(off, plane) });
+        }
+    });
+    out
+}
+
 fn statistics(x: &[f32], n: usize, c: usize, plane: usize, eps: f64) -> Stats {
     let count = (n * plane) as f64;
     let per_channel: Vec<(f64, f64)> = (0..c)
@@ -93,17 +113,11 @@ impl CustomOp3 for BatchNormTrain {
         let gamma = contiguous::<f32>(s2, l2)?;
         let beta = contiguous::<f32>(s3, l3)?;
         let st = statistics(x, n, c, plane, self.eps);
-        let mut out = vec![0f32; x.len()];
-        let dst = SendPtr(out.as_mut_ptr());
-        (0..c).into_par_iter().for_each(|ci| {
+        let out = map_channels((n, c, plane), |ci| {
             let scale = f64::from(gamma[ci]) * st.inv_std[ci];
             let shift = f64::from(beta[ci]) - st.mean[ci] * scale;
             let (scale, shift) = (scale as f32, shift as f32);
-            for ni in 0..n {
-                let off = (ni * c + ci) * plane;
-                // SAFETY: plane (ni, ci) lies inside `out`, and only this channel's task
-                // writes it.
-                let o = unsafe { dst.slice(off, plane) };
+            move |off: usize, o: &mut [f32]| {
                 for (o, &v) in o.iter_mut().zip(&x[off..off + plane]) {
                     *o = v * scale + shift;
                 }
@@ -227,10 +241,8 @@ impl CustomOp2 for InputGrad {
         let plane = h * w;
         let m = (n * plane) as f64;
         let (x, g) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
-        let mut out = vec![0f32; x.len()];
-        let dst = SendPtr(out.as_mut_ptr());
         let st = &self.stats;
-        (0..c).into_par_iter().for_each(|ci| {
+        let out = map_channels((n, c, plane), |ci| {
             let inv = st.inv_std[ci];
             let k = f64::from(self.gamma[ci]) * inv;
             let mean_g = f64::from(self.sum_g[ci]) / m;
@@ -239,11 +251,7 @@ impl CustomOp2 for InputGrad {
             let a = k as f32;
             let b = (-k * mean_gx * inv) as f32;
             let d = (-k * mean_g + k * mean_gx * inv * st.mean[ci]) as f32;
-            for ni in 0..n {
-                let off = (ni * c + ci) * plane;
-                // SAFETY: plane (ni, ci) lies inside `out`, and only this channel's task
-                // writes it.
-                let o = unsafe { dst.slice(off, plane) };
+            move |off: usize, o: &mut [f32]| {
                 for ((o, &xv), &gv) in o
                     .iter_mut()
                     .zip(&x[off..off + plane])
