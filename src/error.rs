@@ -43,6 +43,17 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+/// For unetpp functions called inside candle's traits (`Module`, custom ops) with `?`:
+/// candle's own errors pass through, the others become candle's message error.
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}
+
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 

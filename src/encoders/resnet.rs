@@ -85,9 +85,9 @@ impl ResNetConfig {
 }
 
 /// Convolution + batch-norm, named as torchvision names them (`conv{k}` / `bn{k}` or
-/// `downsample.0` / `downsample.1`).
+/// `downsample.0` / `downsample.1`); smp's decoder (`Conv2dReLU`) uses it too.
 #[derive(Debug, Clone)]
-struct ConvBn {
+pub(crate) struct ConvBn {
     conv: Conv2d,
     bn: BatchNorm,
     k: usize,
@@ -95,13 +95,14 @@ struct ConvBn {
 }
 
 impl ConvBn {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
+    /// A `k × k` convolution (padding `k / 2`, no bias) and a batch-norm of epsilon `bn_eps`,
+    /// frozen (never trained, running statistics always) when `frozen_bn`.
+    pub(crate) fn new(
         c_in: usize,
         c_out: usize,
         k: usize,
         stride: usize,
-        cfg: &ResNetConfig,
+        (bn_eps, frozen_bn): (f64, bool),
         vb_conv: VarBuilder,
         vb_bn: VarBuilder,
     ) -> Result<Self> {
@@ -119,14 +120,14 @@ impl ConvBn {
         let bn = candle_nn::batch_norm(
             c_out,
             BatchNormConfig {
-                eps: cfg.bn_eps,
+                eps: bn_eps,
                 remove_mean: true,
                 affine: true,
                 momentum: 0.1,
             },
             vb_bn,
         )?;
-        let bn = if cfg.frozen_bn {
+        let bn = if frozen_bn {
             // Detached, so that training never updates them (the optimiser sees no gradient).
             let (w, b) = bn.weight_and_bias().ok_or_else(|| {
                 Error::config("frozen_bn", "batch-norm without affine parameters")
@@ -137,7 +138,7 @@ impl ConvBn {
                 bn.running_var().detach(),
                 w.detach(),
                 b.detach(),
-                cfg.bn_eps,
+                bn_eps,
             )?
         } else {
             bn
@@ -155,7 +156,12 @@ impl ConvBn {
     /// batch-norm is a per-channel affine map, folded into the convolution
     /// ([`crate::nn::fold_batch_norm`]), which saves four passes over the output, forward and
     /// backward.
-    fn forward(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
         let y = if train {
             let y = self.conv_forward(x, self.conv.weight(), None, false)?;
             crate::nn::batch_norm_forward(&self.bn, &y, true)?
@@ -170,14 +176,9 @@ impl ConvBn {
         }
     }
 
-    /// The convolution, with `bias` and a ReLU when `relu`: on unetpp's kernels wherever they
-    /// apply (see [`crate::ops::conv2d`]), else candle's. candle's backward pass of a strided
-    /// convolution gives the input
-    /// gradient one `output_padding`, taken from the height, for both axes; when height and
-    /// width leave different remainders (`(size + 2p − k) mod stride`), the width comes out
-    /// one short. So when a gradient is needed, the input is zero-padded at the bottom and
-    /// right until both remainders are zero, and the extra outputs (which only those zeros
-    /// reach) are cut off: the same values, and a gradient of the right shape.
+    /// The convolution, with `bias` and a ReLU when `relu`, on unetpp's kernels: stride-1 3×3
+    /// (bias and ReLU applied while the output is in cache) and 1×1 ones (most of a ResNet's
+    /// work), and [`crate::ops::conv2d`] for the stem and the strided ones.
     fn conv_forward(
         &self,
         x: &Tensor,
@@ -185,45 +186,14 @@ impl ConvBn {
         bias: Option<&Tensor>,
         relu: bool,
     ) -> candle_core::Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let (s, p, k) = (self.stride, self.k / 2, self.k);
-        let to_candle = |e: Error| match e {
-            Error::Candle(c) => c,
-            other => candle_core::Error::Msg(other.to_string()),
-        };
-        // Stride-1 1×1 and 3×3 convolutions (most of a ResNet's work) run on unetpp's kernels;
-        // the 3×3 one applies bias and ReLU while the output is in cache.
+        let (s, k) = (self.stride, self.k);
         if s == 1 && k == 3 {
-            return crate::ops::conv3x3_fused(x, weight, bias, relu).map_err(to_candle);
+            return Ok(crate::ops::conv3x3_fused(x, weight, bias, relu)?);
         }
         let y = if s == 1 && k == 1 {
-            crate::ops::conv1x1(x, weight, bias).map_err(to_candle)?
-        } else if crate::ops::takes_fast_path(x, weight) {
-            // The stem and the strided convolutions: unetpp's kernels too (their input
-            // gradient has the right shape on both axes, and is skipped for frozen inputs).
-            crate::ops::conv2d(x, weight, bias, s, p).map_err(to_candle)?
+            crate::ops::conv1x1(x, weight, bias)?
         } else {
-            let tracked = x.track_op() || weight.track_op();
-            let (rh, rw) = if h + 2 * p < k || w + 2 * p < k {
-                (0, 0)
-            } else {
-                ((h + 2 * p - k) % s, (w + 2 * p - k) % s)
-            };
-            let y = if s == 1 || !tracked || rh == rw {
-                x.conv2d(weight, p, s, 1, 1)?
-            } else {
-                let xp =
-                    x.pad_with_zeros(2, 0, (s - rh) % s)?
-                        .pad_with_zeros(3, 0, (s - rw) % s)?;
-                let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-                xp.conv2d(weight, p, s, 1, 1)?
-                    .narrow(2, 0, oh)?
-                    .narrow(3, 0, ow)?
-            };
-            match bias {
-                Some(b) => y.broadcast_add(&b.reshape((b.elem_count(), 1, 1))?)?,
-                None => y,
-            }
+            crate::ops::conv2d(x, weight, bias, s, k / 2)?
         };
         if relu {
             y.relu()
@@ -232,14 +202,14 @@ impl ConvBn {
         }
     }
 
-    fn named_tensors(&self, conv: &str, bn: &str, out: &mut Vec<NamedTensor>) {
+    pub(crate) fn named_tensors(&self, conv: &str, bn: &str, out: &mut Vec<NamedTensor>) {
         conv_bn_tensors(&self.conv, &self.bn, conv, bn, out);
     }
 }
 
 /// The tensors of a convolution (weight, optional bias) and its batch-norm under PyTorch's
 /// names; the batch-norm's running statistics are buffers.
-pub(crate) fn conv_bn_tensors(
+fn conv_bn_tensors(
     conv: &Conv2d,
     bn: &BatchNorm,
     conv_prefix: &str,
@@ -294,7 +264,7 @@ impl Block {
                     co,
                     ks,
                     s,
-                    cfg,
+                    (cfg.bn_eps, cfg.frozen_bn),
                     vb.pp(format!("conv{}", k + 1)),
                     vb.pp(format!("bn{}", k + 1)),
                 )
@@ -307,7 +277,7 @@ impl Block {
                 c_out,
                 1,
                 stride,
-                cfg,
+                (cfg.bn_eps, cfg.frozen_bn),
                 d.pp("0"),
                 d.pp("1"),
             )?)
@@ -327,10 +297,7 @@ impl Block {
             Some(d) => d.forward(x, train, false)?,
             None => x.clone(),
         };
-        crate::ops::add_relu(&y, &shortcut).map_err(|e| match e {
-            Error::Candle(c) => c,
-            other => candle_core::Error::Msg(other.to_string()),
-        })
+        Ok(crate::ops::add_relu(&y, &shortcut)?)
     }
 }
 
@@ -402,7 +369,15 @@ impl ResNet {
                 format!("must be finite and non-negative, got {}", cfg.bn_eps),
             ));
         }
-        let stem = ConvBn::new(cfg.in_channels, 64, 7, 2, cfg, vb.pp("conv1"), vb.pp("bn1"))?;
+        let stem = ConvBn::new(
+            cfg.in_channels,
+            64,
+            7,
+            2,
+            (cfg.bn_eps, cfg.frozen_bn),
+            vb.pp("conv1"),
+            vb.pp("bn1"),
+        )?;
         let mut layers = Vec::with_capacity(4);
         let mut c_in = 64;
         for (stage, &n) in cfg.depth.blocks().iter().enumerate() {

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Module, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, Module, VarBuilder};
 
-use crate::encoders::resnet::conv_bn_tensors;
+use crate::encoders::resnet::ConvBn;
 use crate::encoders::{ResNet, ResNetConfig};
 use crate::nn::{push, NamedTensor};
 use crate::{weights, Error, Result};
@@ -60,52 +60,18 @@ impl SmpConfig {
     }
 }
 
-/// `Conv2dReLU` with batch-norm: `conv{k}.0` (no bias), `conv{k}.1`, ReLU.
-#[derive(Debug, Clone)]
-struct ConvBnRelu {
-    conv: Conv2d,
-    bn: BatchNorm,
-}
-
-impl ConvBnRelu {
-    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
-        let conv_cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        Ok(Self {
-            conv: candle_nn::conv2d_no_bias(c_in, c_out, 3, conv_cfg, vb.pp("0"))?,
-            bn: candle_nn::batch_norm(c_out, BatchNormConfig::default(), vb.pp("1"))?,
-        })
-    }
-
-    /// On unetpp's 3×3 kernels; with running statistics (`train` off) the batch-norm is
-    /// folded into the convolution and the ReLU fused.
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let to_candle = |e: Error| match e {
-            Error::Candle(c) => c,
-            other => candle_core::Error::Msg(other.to_string()),
-        };
-        if train {
-            let y = crate::ops::conv3x3(x, self.conv.weight(), None).map_err(to_candle)?;
-            return crate::nn::batch_norm_forward(&self.bn, &y, true)?.relu();
-        }
-        let (kernel, bias) = crate::nn::fold_batch_norm(&self.bn, self.conv.weight(), None)?;
-        crate::ops::conv3x3_fused(x, &kernel, Some(&bias), true).map_err(to_candle)
-    }
-}
-
+/// Two of smp's `Conv2dReLU` with batch-norm (`conv{k}.0`, no bias, `conv{k}.1`, ReLU).
 #[derive(Debug, Clone)]
 struct DecoderBlock {
-    conv1: ConvBnRelu,
-    conv2: ConvBnRelu,
+    conv1: ConvBn,
+    conv2: ConvBn,
 }
 
 impl DecoderBlock {
     fn new(c_in: usize, skip: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv1: ConvBnRelu::new(c_in + skip, c_out, vb.pp("conv1"))?,
-            conv2: ConvBnRelu::new(c_out, c_out, vb.pp("conv2"))?,
+            conv1: conv_bn_relu(c_in + skip, c_out, vb.pp("conv1"))?,
+            conv2: conv_bn_relu(c_out, c_out, vb.pp("conv2"))?,
         })
     }
 
@@ -121,8 +87,14 @@ impl DecoderBlock {
             Some(s) => Tensor::cat(&[&x, s], 1)?,
             None => x,
         };
-        self.conv2.forward(&self.conv1.forward(&x, train)?, train)
+        self.conv2
+            .forward(&self.conv1.forward(&x, train, true)?, train, true)
     }
+}
+
+/// smp's `Conv2dReLU` with batch-norm (PyTorch's defaults: epsilon 1e-5, trainable).
+fn conv_bn_relu(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<ConvBn> {
+    ConvBn::new(c_in, c_out, 3, 1, (1e-5, false), vb.pp("0"), vb.pp("1"))
 }
 
 /// smp's `UnetPlusPlus` (see the module documentation).
@@ -269,9 +241,7 @@ impl SmpUnetPlusPlus {
             let b = &self.blocks[&(d, l)];
             let at = format!("decoder.blocks.x_{d}_{l}");
             for (k, c) in [(1, &b.conv1), (2, &b.conv2)] {
-                conv_bn_tensors(
-                    &c.conv,
-                    &c.bn,
+                c.named_tensors(
                     &format!("{at}.conv{k}.0"),
                     &format!("{at}.conv{k}.1"),
                     &mut out,

@@ -95,41 +95,31 @@ impl ConvBlock {
     /// concatenation of a node's dense skips is never built.
     pub fn forward_parts(&self, parts: &[Tensor], train: bool) -> Result<Tensor> {
         let dropout = Dropout::new(self.dropout);
-        let fused = |norm: &NormLayer| {
-            matches!(
-                (norm, self.activation),
-                (NormLayer::Identity, Activation::Relu)
-            )
-        };
         let mut x = None;
         for (conv, norm) in [(&self.conv1, &self.norm1), (&self.conv2, &self.norm2)] {
             let input: &[Tensor] = match &x {
                 Some(prev) => std::slice::from_ref(prev),
                 None => parts,
             };
-            let mut y = match norm {
-                // Running statistics: the batch-norm folded into the convolution.
+            // With running statistics the batch-norm is folded into the convolution; then, or
+            // without a norm, the convolution kernel applies a ReLU itself.
+            let folded = match norm {
                 NormLayer::Batch(bn) if !train => {
-                    let relu = self.activation == Activation::Relu;
-                    let (kernel, bias) = super::fold_batch_norm(bn, conv.weight(), conv.bias())?;
-                    let y = crate::ops::conv3x3_concat(input, &kernel, Some(&bias), relu)
-                        .map_err(to_candle)?;
-                    if relu {
-                        y
-                    } else {
-                        self.activation.apply(&y)?
-                    }
+                    Some(super::fold_batch_norm(bn, conv.weight(), conv.bias())?)
                 }
-                _ => {
-                    let y =
-                        crate::ops::conv3x3_concat(input, conv.weight(), conv.bias(), fused(norm))
-                            .map_err(to_candle)?;
-                    if fused(norm) {
-                        y
-                    } else {
-                        self.activation.apply(&norm.forward_t(&y, train)?)?
-                    }
-                }
+                _ => None,
+            };
+            let (kernel, bias) = match &folded {
+                Some((k, b)) => (k, Some(b)),
+                None => (conv.weight(), conv.bias()),
+            };
+            let norm_done = folded.is_some() || matches!(norm, NormLayer::Identity);
+            let relu = norm_done && self.activation == Activation::Relu;
+            let y = crate::ops::conv3x3_concat(input, kernel, bias, relu)?;
+            let mut y = match (relu, norm_done) {
+                (true, _) => y,
+                (false, true) => self.activation.apply(&y)?,
+                (false, false) => self.activation.apply(&norm.forward_t(&y, train)?)?,
             };
             if self.dropout > 0.0 {
                 y = dropout.forward_t(&y, train)?;
@@ -143,12 +133,5 @@ impl ConvBlock {
 impl ModuleT for ConvBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_parts(std::slice::from_ref(x), train)
-    }
-}
-
-fn to_candle(e: crate::Error) -> candle_core::Error {
-    match e {
-        crate::Error::Candle(e) => e,
-        other => candle_core::Error::Msg(other.to_string()),
     }
 }

@@ -168,12 +168,10 @@ pub(crate) fn fold_batch_norm(
 /// running averages updated as PyTorch updates them: momentum, unbiased variance), with the
 /// running statistics otherwise.
 pub(crate) fn batch_norm_forward(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
-    let Some((gamma, beta)) = bn.weight_and_bias() else {
-        return bn.forward_t(x, train);
+    let (gamma, beta) = match bn.weight_and_bias() {
+        Some(wb) if train && x.rank() == 4 => wb,
+        _ => return bn.forward_t(x, train),
     };
-    if !train || x.rank() != 4 {
-        return bn.forward_t(x, train);
-    }
     let (n, _, h, w) = x.dims4()?;
     let count = n * h * w;
     if count < 2 {
@@ -182,10 +180,7 @@ pub(crate) fn batch_norm_forward(bn: &BatchNorm, x: &Tensor, train: bool) -> Res
             x.dims()
         );
     }
-    let out = crate::ops::batch_norm_train(x, gamma, beta, bn.eps()).map_err(|e| match e {
-        crate::Error::Candle(c) => c,
-        other => candle_core::Error::Msg(other.to_string()),
-    })?;
+    let out = crate::ops::batch_norm_train(x, gamma, beta, bn.eps())?;
     let (rm, rv) = (bn.running_mean(), bn.running_var());
     let m = bn.momentum();
     let unbias = count as f64 / (count as f64 - 1.0);

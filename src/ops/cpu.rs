@@ -151,10 +151,21 @@ pub(super) struct Bands {
 /// (`floats_per_row` per row, so that a band stays in cache), with at least two bands per
 /// thread where the rows allow.
 pub(super) fn bands(n: usize, rows: usize, floats_per_row: usize, target: usize) -> Bands {
+    bands_at_least(n, rows, floats_per_row, target, 1)
+}
+
+/// [`bands`] at least `min_rows` rows tall (where the image has them).
+pub(super) fn bands_at_least(
+    n: usize,
+    rows: usize,
+    floats_per_row: usize,
+    target: usize,
+    min_rows: usize,
+) -> Bands {
     let threads = rayon::current_num_threads().max(1);
     let by_cache = (target / floats_per_row.max(1)).max(1);
     let by_threads = rows.div_ceil((2 * threads).div_ceil(n.max(1))).max(1);
-    let per_band = by_cache.min(by_threads).min(rows).max(1);
+    let per_band = by_cache.min(by_threads).max(min_rows).min(rows).max(1);
     let tasks: Vec<(usize, usize)> = (0..n)
         .flat_map(|img| (0..rows).step_by(per_band).map(move |r0| (img, r0)))
         .collect();

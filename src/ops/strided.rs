@@ -15,8 +15,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu::{
-    banded_forward, banded_weight_grad, bands, contiguous, matmul, with_scratch, Mat, OutGeom,
-    SendPtr,
+    banded_forward, banded_weight_grad, bands_at_least, contiguous, matmul, with_scratch, Mat,
+    OutGeom, SendPtr,
 };
 use crate::{Error, Result};
 
@@ -57,23 +57,9 @@ impl Geom {
     /// `⌈kh / stride⌉` rows tall, so that the input rows of a band overlap only those of its
     /// neighbours (the input gradient relies on it).
     fn bands(&self) -> (usize, Vec<(usize, usize)>, gemm::Parallelism) {
-        let b = bands(self.n, self.oh, self.k() * self.ow, 1 << 19);
-        let min_rows = self.kh.div_ceil(self.stride).max(1);
-        if b.rows >= min_rows {
-            return (b.rows, b.tasks, b.par);
-        }
-        let rows = min_rows.min(self.oh.max(1));
-        let tasks: Vec<(usize, usize)> = (0..self.n)
-            .flat_map(|img| (0..self.oh).step_by(rows).map(move |r| (img, r)))
-            .collect();
-        // Fewer, taller bands: let each GEMM use the threads the bands leave idle.
-        let threads = rayon::current_num_threads().max(1);
-        let par = if tasks.len() < threads && threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        (rows, tasks, par)
+        let min_rows = self.kh.div_ceil(self.stride);
+        let b = bands_at_least(self.n, self.oh, self.k() * self.ow, 1 << 19, min_rows);
+        (b.rows, b.tasks, b.par)
     }
 
     /// For kernel column `kx`, the output columns whose input column lies inside the image:
@@ -353,7 +339,10 @@ impl CustomOp2 for Grad {
 /// On the CPU with `f32` tensors (and the fast path on, see [`super::set_fast_cpu_conv`]) it
 /// runs unetpp's kernels, whose backward pass skips the input gradient when `x` needs none;
 /// elsewhere candle's `conv2d`. Unlike candle's backward pass, the input gradient has the
-/// input's shape whatever the remainders of `(size + 2·padding − k) / stride` on each axis.
+/// input's shape whatever the remainders of `(size + 2·padding − k) / stride` on each axis:
+/// candle's takes one `output_padding`, from the height, for both axes, so on its path an
+/// input that needs a gradient is zero-padded at the bottom and right until both remainders
+/// are zero, and the extra outputs (which only those zeros reach) are cut off.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -405,5 +394,22 @@ pub fn conv2d(
             },
         )?);
     }
-    super::conv::add_bias(x.conv2d(w, padding, stride, 1, 1)?, bias)
+    let (rh, rw) = (
+        (h + 2 * padding - kh) % stride,
+        (wd + 2 * padding - kw) % stride,
+    );
+    let y = if rh == rw || !(x.track_op() || w.track_op()) {
+        x.conv2d(w, padding, stride, 1, 1)?
+    } else {
+        let (oh, ow) = (
+            (h + 2 * padding - kh) / stride + 1,
+            (wd + 2 * padding - kw) / stride + 1,
+        );
+        x.pad_with_zeros(2, 0, (stride - rh) % stride)?
+            .pad_with_zeros(3, 0, (stride - rw) % stride)?
+            .conv2d(w, padding, stride, 1, 1)?
+            .narrow(2, 0, oh)?
+            .narrow(3, 0, ow)?
+    };
+    super::conv::add_bias(y, bias)
 }
