@@ -16,9 +16,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::cpu::{banded_forward, banded_weight_grad, bands, contiguous, Bands, OutGeom};
+use super::cpu::{banded_forward, banded_weight_grad, bands, contiguous, map2, Bands, OutGeom};
 use crate::{Error, Result};
 
 /// Which kernels compute 3×3 convolutions on the CPU.
@@ -551,16 +550,7 @@ impl CustomOp2 for ReluMask {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = contiguous::<f32>(s1, l1)?;
         let y = contiguous::<f32>(s2, l2)?;
-        let mut out = g.to_vec();
-        out.par_chunks_mut(1 << 14)
-            .zip(y.par_chunks(1 << 14))
-            .for_each(|(o, y)| {
-                o.iter_mut().zip(y).for_each(|(o, &y)| {
-                    if y <= 0.0 {
-                        *o = 0.0;
-                    }
-                })
-            });
+        let out = map2(g, y, |g, y| if y <= 0.0 { 0.0 } else { g });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -18,6 +18,19 @@ pub(super) fn contiguous<'a, T: WithDType>(
     }
 }
 
+/// `f(a[i], b[i])` for every element of two equally long buffers, in parallel chunks.
+pub(super) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    out
+}
+
 /// A raw pointer that may cross threads: every task writes a disjoint part of the buffer.
 #[derive(Clone, Copy)]
 pub(super) struct SendPtr(pub(super) *mut f32);
