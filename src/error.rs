@@ -29,6 +29,10 @@ pub enum Error {
         /// What was wrong with it.
         msg: String,
     },
+    /// Training produced a non-finite loss or gradient. The step that saw it changed
+    /// nothing: the weights and the optimizer's state are as they were before it.
+    #[error("training diverged: {0}")]
+    Diverged(String),
     /// An I/O error, with the path it happened on.
     #[error("i/o error on `{path}`: {source}")]
     Io {

@@ -12,12 +12,14 @@ use unetpp::ops::{conv3x3, conv3x3_fused, CpuConvAlgo};
 #[test]
 fn matches_candle_forward_and_backward_on_random_shapes() {
     // Both fast algorithms; the switch is process-wide, but every algorithm is correct, so
-    // the other tests of this binary may run under either.
+    // the other tests of this binary may run under either. The choice in force before
+    // (UNETPP_CPU_CONV's) is restored afterwards.
+    let before = unetpp::ops::cpu_conv_algo();
     for algo in [CpuConvAlgo::Gemm, CpuConvAlgo::Winograd] {
         unetpp::ops::set_cpu_conv_algo(algo);
         random_shapes_against_candle(algo);
     }
-    unetpp::ops::set_cpu_conv_algo(CpuConvAlgo::Winograd);
+    unetpp::ops::set_cpu_conv_algo(before);
 }
 
 fn random_shapes_against_candle(algo: CpuConvAlgo) {

@@ -36,6 +36,7 @@ fn same_losses(cfg: &UNetPlusPlusConfig) {
             .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
             .collect::<Vec<_>>()
     };
+    let before = unetpp::ops::cpu_conv_algo();
     let run = |fast: bool| -> Vec<f32> {
         unetpp::ops::set_fast_cpu_conv(fast);
         let varmap = VarMap::new();
@@ -59,7 +60,7 @@ fn same_losses(cfg: &UNetPlusPlusConfig) {
             opt.backward_step(&loss).unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());
         }
-        unetpp::ops::set_fast_cpu_conv(true);
+        unetpp::ops::set_cpu_conv_algo(before);
         losses
     };
     let fast = run(true);

@@ -36,7 +36,7 @@ fn fit<L: SegmentationLoss>(
     let mut opt = AdamW::new(
         varmap,
         ParamsAdamW {
-            lr: 1e-2,
+            lr: 3e-3,
             weight_decay: 0.0,
             ..Default::default()
         },
@@ -128,9 +128,79 @@ fn u_net_learns_multiclass_shapes_with_ce_dice() {
     let m = evaluate(&net, &test, &dev, Mode::Last).unwrap();
     assert_eq!(m.num_classes(), 3);
     let iou = m.per_class_iou();
+    eprintln!("U-Net loss {first} -> {last}, IoU {iou:?}");
     assert!(iou[0] > 0.85, "background IoU {iou:?}");
     assert!(
         iou[1..].iter().any(|&x| x > 0.1),
         "no shape class found: {iou:?}"
     );
+}
+
+/// A NaN in the input makes the loss NaN: the step is an `Error::Diverged`, and neither the
+/// weights nor the optimizer's state change (a checkpoint saved next keeps the good weights).
+#[test]
+fn a_non_finite_loss_leaves_weights_and_optimizer_untouched() {
+    let dev = Device::Cpu;
+    let set = data(4, 2, 3);
+    let loader = DataLoader::new(&set, 4).unwrap();
+    let cfg = UNetPlusPlusConfig::paper()
+        .widths([4, 8, 16])
+        .depth(2)
+        .build()
+        .unwrap();
+    let varmap = VarMap::new();
+    let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    seeded_init(&varmap, 5).unwrap();
+    let loss = DeepSupervisionLoss::new(BceDice::default());
+    let mut opt = AdamW::new(&varmap, ParamsAdamW::default()).unwrap();
+    let batch = loader.batches(0, &dev).next().unwrap().unwrap();
+    train_step(&net, &loss, &mut opt, &batch).unwrap();
+    let snapshot = |vm: &VarMap| -> Vec<(String, Vec<f32>)> {
+        let data = vm.data().lock().unwrap();
+        let mut v: Vec<_> = data
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (weights, state) = (snapshot(&varmap), opt.state());
+    let mut bad = batch.clone();
+    let mut pixels = bad.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    pixels[17] = f32::NAN;
+    bad.images = candle_core::Tensor::from_vec(pixels, bad.images.shape(), &dev).unwrap();
+    let err = train_step(&net, &loss, &mut opt, &bad).unwrap_err();
+    assert!(matches!(err, Error::Diverged(_)), "{err}");
+    assert_eq!(snapshot(&varmap), weights, "the weights changed");
+    assert_eq!(opt.step_count(), state.step);
+    for (name, m) in &state.m {
+        let after = &opt.state().m[name];
+        let d = (after - m)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "the first moment of {name} changed");
+    }
+    // A finite loss whose gradient is not: √0 = 0, but its derivative is infinite.
+    let w = varmap.data().lock().unwrap()["head_2.bias"].clone();
+    let zero = (w.as_tensor() - w.as_tensor().detach()).unwrap();
+    let finite = zero.sqrt().unwrap().sum_all().unwrap();
+    assert_eq!(finite.to_scalar::<f32>().unwrap(), 0.0);
+    let err = opt.backward_step(&finite).unwrap_err();
+    assert!(
+        matches!(&err, Error::Diverged(m) if m.contains("head_2.bias")),
+        "{err}"
+    );
+    assert_eq!(snapshot(&varmap), weights, "the weights changed");
+    // The good batch still trains.
+    train_step(&net, &loss, &mut opt, &batch).unwrap();
 }

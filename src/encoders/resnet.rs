@@ -301,38 +301,6 @@ impl Block {
     }
 }
 
-/// Max-pool 3×3, stride 2, padding 1, as the maximum of nine strided views, because
-/// candle's max-pool has no backward pass for overlapping windows. Its input is a ReLU's
-/// output (≥ 0), so zero padding pools exactly as PyTorch's −∞ padding does. (Where values
-/// tie, the gradient is shared between them rather than given to the first; tied values
-/// here are ReLU zeros, whose gradient the ReLU stops anyway.)
-fn max_pool_3x3_s2(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
-    // One row / column of padding before, enough after for every view to have 2·ho rows.
-    let p = x
-        .pad_with_zeros(2, 1, 2 * ho + 1 - h)?
-        .pad_with_zeros(3, 1, 2 * wo + 1 - w)?;
-    let mut out: Option<Tensor> = None;
-    for dy in 0..3 {
-        for dx in 0..3 {
-            let v = p
-                .narrow(2, dy, 2 * ho)?
-                .narrow(3, dx, 2 * wo)?
-                .reshape((n, c, ho, 2, 2 * wo))?
-                .narrow(3, 0, 1)?
-                .reshape((n, c, ho, wo, 2))?
-                .narrow(4, 0, 1)?
-                .squeeze(4)?;
-            out = Some(match out {
-                Some(m) => m.maximum(&v)?,
-                None => v,
-            });
-        }
-    }
-    out.ok_or_else(|| candle_core::Error::Msg("empty pooling window".into()))
-}
-
 /// A ResNet body without its classifier: the stem (7×7 convolution, stride 2, batch-norm,
 /// ReLU), a 3×3 max-pool of stride 2, and four stages of residual blocks. [`ResNet::features`]
 /// returns the five taps an encoder-decoder reads.
@@ -504,7 +472,7 @@ impl ResNet {
             stem = stem.detach();
         }
         let mut taps = Vec::with_capacity(5);
-        let mut y = max_pool_3x3_s2(&stem)?;
+        let mut y = crate::ops::max_pool2d(&stem, 3, 2, 1)?;
         taps.push(stem);
         for (k, blocks) in self.layers.iter().enumerate() {
             for b in blocks {

@@ -81,8 +81,7 @@ impl DecoderBlock {
         skip: Option<&Tensor>,
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let x = x.upsample_nearest2d(2 * h, 2 * w)?;
+        let x = crate::ops::upsample_nearest2d(x, 2)?;
         let x = match skip {
             Some(s) => Tensor::cat(&[&x, s], 1)?,
             None => x,

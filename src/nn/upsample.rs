@@ -41,7 +41,7 @@ impl UpLayer {
             UpLayer::Transposed(conv) => {
                 crate::ops::conv_transpose2x2(x, conv.weight(), conv.bias())?
             }
-            UpLayer::Nearest => x.upsample_nearest2d(2 * h, 2 * w)?,
+            UpLayer::Nearest => crate::ops::upsample_nearest2d(x, 2)?,
             UpLayer::Bilinear { align_corners } => {
                 resize_bilinear(x, 2 * h, 2 * w, *align_corners)?
             }

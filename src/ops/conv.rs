@@ -35,19 +35,56 @@ pub enum CpuConvAlgo {
     Winograd,
 }
 
-static CPU_CONV_ALGO: AtomicU8 = AtomicU8::new(2);
+/// The algorithm's number, or [`UNSET`] until the first call reads `UNETPP_CPU_CONV`.
+static CPU_CONV_ALGO: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = u8::MAX;
 
-/// Chooses the CPU convolution kernels for the whole process (default: Winograd).
+/// Chooses the CPU convolution kernels for the whole process. The default is
+/// [`CpuConvAlgo::Winograd`], or what the environment variable `UNETPP_CPU_CONV` names
+/// (`stock`, `gemm` or `winograd`; read once, at the first convolution), so that a whole
+/// program or test suite can be run on each kernel without changing its code:
+///
+/// ```sh
+/// UNETPP_CPU_CONV=stock cargo test --release
+/// ```
 pub fn set_cpu_conv_algo(algo: CpuConvAlgo) {
     CPU_CONV_ALGO.store(algo as u8, Ordering::Relaxed);
 }
 
-/// The CPU convolution kernels in use.
+/// The CPU convolution kernels in use (see [`set_cpu_conv_algo`]).
 pub fn cpu_conv_algo() -> CpuConvAlgo {
-    match CPU_CONV_ALGO.load(Ordering::Relaxed) {
+    let mut v = CPU_CONV_ALGO.load(Ordering::Relaxed);
+    if v == UNSET {
+        v = algo_from_env() as u8;
+        // A concurrent `set_cpu_conv_algo` wins over the environment.
+        v = match CPU_CONV_ALGO.compare_exchange(UNSET, v, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => v,
+            Err(current) => current,
+        };
+    }
+    match v {
         0 => CpuConvAlgo::Stock,
         1 => CpuConvAlgo::Gemm,
         _ => CpuConvAlgo::Winograd,
+    }
+}
+
+/// `UNETPP_CPU_CONV`'s choice; an unknown value is reported on standard error and ignored.
+fn algo_from_env() -> CpuConvAlgo {
+    match std::env::var("UNETPP_CPU_CONV") {
+        Ok(v) => match v.to_ascii_lowercase().as_str() {
+            "stock" => CpuConvAlgo::Stock,
+            "gemm" => CpuConvAlgo::Gemm,
+            "winograd" | "" => CpuConvAlgo::Winograd,
+            other => {
+                eprintln!(
+                    "unetpp: UNETPP_CPU_CONV={other:?} is not one of stock, gemm, winograd; \
+                     using winograd"
+                );
+                CpuConvAlgo::Winograd
+            }
+        },
+        Err(_) => CpuConvAlgo::Winograd,
     }
 }
 

@@ -6,6 +6,33 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, Layout, WithDType};
 
+/// Whether the hand-written kernels may use AVX2 and FMA: the CPU has them and the
+/// environment variable `UNETPP_SIMD` does not say `scalar` (it is read once). Forcing the
+/// portable path lets one machine test what a CPU without AVX2 computes. (The `gemm`
+/// crate's matrix kernels choose their own instructions.)
+pub(super) fn avx2_fma() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let level = std::env::var("UNETPP_SIMD").unwrap_or_default();
+        let forced_scalar = match level.to_ascii_lowercase().as_str() {
+            "scalar" => true,
+            "" | "native" | "avx2" => false,
+            other => {
+                eprintln!(
+                    "unetpp: UNETPP_SIMD={other:?} is not one of native, avx2, scalar; using native"
+                );
+                false
+            }
+        };
+        #[cfg(target_arch = "x86_64")]
+        let detected = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let detected = false;
+        detected && !forced_scalar
+    })
+}
+
 /// The elements of a contiguous tensor's CPU storage.
 pub(super) fn contiguous<'a, T: WithDType>(
     s: &'a CpuStorage,

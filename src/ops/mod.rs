@@ -3,6 +3,9 @@
 //! - Convolutions and bilinear resizing with fast CPU kernels ([`conv3x3`], [`conv2d`] for
 //!   any kernel size and stride, [`resize_bilinear`], ...; see [`set_cpu_conv_algo`]), and
 //!   training-mode batch normalisation as one op ([`batch_norm_train`]).
+//! - Max pooling and nearest up-sampling whose gradients are right ([`max_pool2d`],
+//!   [`upsample_nearest2d`]): use them, never candle's `Tensor::max_pool2d` /
+//!   `Tensor::upsample_nearest2d`, whose backward passes are wrong in candle 0.11.
 //! - Detection ops as torchvision computes them: [`RoiAlign`], [`MultiScaleRoiAlign`],
 //!   [`nms`], [`batched_nms`], [`box_iou`] and the other box utilities.
 //!
@@ -30,6 +33,7 @@ mod channels;
 mod conv;
 mod cpu;
 pub(crate) mod nms;
+mod pool;
 mod poolers;
 mod real;
 mod roi_align;
@@ -50,6 +54,7 @@ pub use conv::{
     fast_cpu_conv, set_cpu_conv_algo, set_fast_cpu_conv, takes_fast_path, CpuConvAlgo,
 };
 pub use nms::{batched_nms, nms};
+pub use pool::{max_pool2d, max_pool2d_generic, upsample_nearest2d, upsample_nearest2d_generic};
 pub use poolers::MultiScaleRoiAlign;
 pub use roi_align::{rois_from_boxes, RoiAlign};
 pub use strided::conv2d;

@@ -377,8 +377,8 @@ unsafe fn dispatch_outputs(
     dst: SendPtr,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected; the rest is the caller's promise.
+    if super::cpu::avx2_fma() {
+        // SAFETY: avx2_fma() detected the features; the rest is the caller's promise.
         return unsafe { transform_outputs_avx2(m, r, bias, relu, d, band, dst) };
     }
     // SAFETY: the caller's promise.
@@ -414,8 +414,8 @@ fn dispatch_inputs(
     v: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
+    if super::cpu::avx2_fma() {
+        // SAFETY: avx2_fma() detected the features.
         return unsafe { transform_inputs_avx2(x, img, d, ty0, ty1, tw, v) };
     }
     transform_inputs(x, img, d, ty0, ty1, tw, v)

@@ -93,8 +93,24 @@ impl AdamW {
         self.step
     }
 
-    /// One update from `grads`.
+    /// One update from `grads`. A gradient with a NaN or infinite element is an
+    /// [`Error::Diverged`] that names the variable, and then nothing is updated: neither the
+    /// weights, nor the moments, nor the step count.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        for (name, var) in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                // NaN · 0 and ∞ · 0 are NaN: the sum is 0 exactly when every element is finite.
+                let probe = (g * 0.0)?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+                if probe != 0.0 {
+                    return Err(Error::Diverged(format!(
+                        "the gradient of `{name}` is not finite; the step was not taken"
+                    )));
+                }
+            }
+        }
         self.step += 1;
         let p = &self.params;
         let t = self.step as i32;
@@ -123,8 +139,18 @@ impl AdamW {
         Ok(())
     }
 
-    /// Back-propagates `loss` and takes one step.
+    /// Back-propagates `loss` and takes one step. A NaN or infinite loss (or gradient) is an
+    /// [`Error::Diverged`], and then nothing is updated.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let value = loss
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(Error::Diverged(format!(
+                "the loss is {value}; the step was not taken (lower the learning rate?)"
+            )));
+        }
         let grads = loss.backward()?;
         self.step(&grads)
     }

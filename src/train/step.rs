@@ -24,6 +24,10 @@ pub enum Mode {
 
 /// One step: forward in training mode, the deep-supervision loss over every head, backward,
 /// and an optimizer update. Returns the loss before the update.
+///
+/// A NaN or infinite loss or gradient is an [`Error::Diverged`], checked before anything is
+/// updated: the weights and the optimizer's state stay as they were, so a checkpoint saved
+/// afterwards holds the last good weights.
 pub fn train_step<M, L>(
     model: &M,
     loss: &DeepSupervisionLoss<L>,
@@ -36,15 +40,15 @@ where
 {
     let out = model.forward_t(&batch.images, true)?;
     let value = loss.compute(&out, loss.loss().targets(batch))?;
-    optimizer.backward_step(&value)?;
     let v = value
         .to_dtype(candle_core::DType::F32)?
         .to_scalar::<f32>()?;
     if !v.is_finite() {
-        return Err(Error::Shape(format!(
-            "the loss is {v}: training diverged (lower the learning rate?)"
+        return Err(Error::Diverged(format!(
+            "the loss is {v}; the step was not taken (lower the learning rate?)"
         )));
     }
+    optimizer.backward_step(&value)?;
     Ok(v)
 }
 

@@ -233,7 +233,9 @@ impl UNetPlusPlus {
             for input in self.grid.inputs(node, self.cfg.concat) {
                 parts.push(match input {
                     Input::Image => x.clone(),
-                    Input::Pooled(src) => self.output_of(&outs, src)?.max_pool2d(2)?,
+                    Input::Pooled(src) => {
+                        crate::ops::max_pool2d(self.output_of(&outs, src)?, 2, 2, 0)?
+                    }
                     Input::Skip(src) => self.output_of(&outs, src)?.clone(),
                     Input::Upsampled(src) => match &self.ups[idx] {
                         Some(up) => {
