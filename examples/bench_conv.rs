@@ -9,6 +9,7 @@
 //! instead of a forward pass; its GFLOP/s count the three convolutions.
 
 use candle_core::{Device, Tensor};
+use clap::Parser;
 use unetpp::ops::{set_cpu_conv_algo, CpuConvAlgo};
 use unetpp::prelude::*;
 
@@ -16,13 +17,21 @@ use unetpp::prelude::*;
 mod support;
 use support::median_seconds;
 
+/// Per-layer timings of the 3×3 convolutions in the paper's UNet++: Winograd, banded GEMM and
+/// candle's stock `conv2d`, and of the other ops of a node.
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct Args {
+    /// Timed runs after one warm-up
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Time a forward and backward pass instead of a forward pass
+    #[arg(long)]
+    backward: bool,
+}
+
 fn main() -> Result<()> {
-    let runs = std::env::args()
-        .skip_while(|a| a != "--runs")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let backward = std::env::args().any(|a| a == "--backward");
+    let Args { runs, backward } = Args::parse();
     let dev = Device::Cpu;
     let what = if backward {
         "forward + backward"

@@ -17,6 +17,7 @@
 mod support;
 
 use candle_core::{DType, Device, Tensor, Var};
+use clap::Parser;
 use unetpp::ops::{batched_nms, nms, RoiAlign};
 
 /// The generator shared with the Python script: 64-bit LCG, top 53 bits as a float in [0, 1).
@@ -141,25 +142,37 @@ fn bench_maskrcnn_train(runs: usize) -> unetpp::Result<()> {
     Ok(())
 }
 
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Times RoIAlign (CPU kernel and composed path, forward and backward) and NMS on the inputs
+/// of scripts/bench_detection.py, or a whole Mask R-CNN.
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct Args {
+    /// Timed runs after one warm-up
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Boxes of each RoIAlign
+    #[arg(long, default_value_t = 1000)]
+    boxes: usize,
+    /// Boxes of each NMS
+    #[arg(long, default_value_t = 5000)]
+    nms_boxes: usize,
+    /// Time a maskrcnn_resnet50_fpn detection on one 3×800×1024 image instead
+    #[arg(long)]
+    maskrcnn: bool,
+    /// Time a maskrcnn_resnet50_fpn training step (losses and backward) instead
+    #[arg(long)]
+    maskrcnn_train: bool,
 }
 
 fn main() -> unetpp::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let runs = arg(&args, "--runs", 5);
-    let k = arg(&args, "--boxes", 1000);
-    let n_nms = arg(&args, "--nms-boxes", 5000);
+    let args = Args::parse();
+    let (runs, k, n_nms) = (args.runs, args.boxes, args.nms_boxes);
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());
-    if args.iter().any(|a| a == "--maskrcnn-train") {
+    if args.maskrcnn_train {
         return bench_maskrcnn_train(runs);
     }
-    if args.iter().any(|a| a == "--maskrcnn") {
+    if args.maskrcnn {
         return bench_maskrcnn(runs);
     }
 

@@ -17,6 +17,7 @@
 
 use candle_core::{DType, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use clap::Parser;
 use unetpp::prelude::*;
 
 #[path = "support/mod.rs"]
@@ -24,56 +25,38 @@ mod support;
 use support::median_seconds;
 use unetpp::unetpp::Node;
 
+/// Median forward time of the paper's UNet++ pruned to L1–L4, optionally of a training step
+/// and the peak memory of one inference.
+#[derive(Parser)]
+#[command(args_override_self = true)]
 struct Args {
+    /// Side of the square input
+    #[arg(long, default_value_t = 256)]
     size: usize,
+    /// Images per pass
+    #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Channels of the input
+    #[arg(long, default_value_t = 1)]
     in_channels: usize,
+    /// Timed runs after one warm-up (at least 1)
+    #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Also time a training step of the full network (4 heads, BCE + Dice, AdamW)
+    #[arg(long)]
     train: bool,
-    forward: bool,
+    /// Skip the forward table
+    #[arg(long)]
+    no_forward: bool,
+    /// Run candle's own convolutions instead of ours
+    #[arg(long)]
     stock: bool,
+    /// Only print the peak resident memory of one L4 inference (Linux)
+    #[arg(long)]
     memory: bool,
-}
-
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut a = Args {
-        size: 256,
-        batch: 1,
-        in_channels: 1,
-        runs: 5,
-        train: false,
-        forward: true,
-        stock: false,
-        memory: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--train" => a.train = true,
-            "--no-forward" => a.forward = false,
-            "--stock" => a.stock = true,
-            "--memory" => a.memory = true,
-            // `cargo bench` passes this to the bench target that includes this file.
-            "--bench" => {}
-            "--size" | "--batch" | "--runs" | "--in-channels" => {
-                let value = it.next().ok_or(format!("{flag} needs a value"))?;
-                let v: usize = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
-                match flag.as_str() {
-                    "--size" => a.size = v,
-                    "--batch" => a.batch = v,
-                    "--in-channels" => a.in_channels = v,
-                    _ => a.runs = v.max(1),
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "unknown flag {flag} (use --size, --batch, --in-channels, --runs, --train, \
-                     --no-forward, --stock, --memory)"
-                ))
-            }
-        }
-    }
-    Ok(a)
+    /// Passed by `cargo bench` to the bench target that includes this file
+    #[arg(long = "bench", hide = true)]
+    _bench: bool,
 }
 
 /// FLOPs (2 × multiply-adds) of a forward pass of `net` on `batch` images of `size²`.
@@ -107,10 +90,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 pub fn main() -> Result<()> {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
+    let mut args = Args::parse();
+    args.runs = args.runs.max(1);
     if args.stock {
         unetpp::ops::set_fast_cpu_conv(false);
     }
@@ -140,7 +121,7 @@ pub fn main() -> Result<()> {
     }
     let varmap = VarMap::new();
     let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-    if args.forward {
+    if !args.no_forward {
         println!("median of {} runs", args.runs);
         println!("level  parameters   GFLOP  median s  GFLOP/s");
         let inference = net.detach()?;

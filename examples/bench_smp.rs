@@ -12,17 +12,22 @@ mod support;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use clap::Parser;
 use unetpp::encoders::ResNetConfig;
 use unetpp::interop::smp::{SmpConfig, SmpUnetPlusPlus};
 
+/// Times segmentation_models_pytorch's UnetPlusPlus (ResNet-34 encoder) as unetpp runs it:
+/// inference on 1×3×256×256 and 1×3×512×512, a training step on 2×3×256×256.
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct Args {
+    /// Timed runs after one warm-up
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
 fn main() -> unetpp::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let runs = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let Args { runs } = Args::parse();
     let dev = Device::Cpu;
     let cfg = SmpConfig {
         encoder: ResNetConfig::resnet34(),

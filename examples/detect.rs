@@ -16,27 +16,43 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use clap::Parser;
 use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
 use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, PyramidKind};
 
 type AnyError = Box<dyn std::error::Error>;
 
-fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
+/// Runs a Mask R-CNN (or Mask R-CNN++) from a torchvision state dict exported to safetensors
+/// on a PNG image and draws the detections.
+#[derive(Parser)]
+#[command(args_override_self = true, allow_negative_numbers = true)]
+struct Args {
+    /// The exported state dict (scripts/export_torchvision.py)
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// PNG image to run on (default: a synthetic nuclei image)
+    #[arg(long, value_name = "PNG")]
+    image: Option<PathBuf>,
+    /// PNG of the image with the detections drawn
+    #[arg(long, value_name = "PNG", default_value = "detections.png")]
+    out: PathBuf,
+    /// Smallest score printed and drawn
+    #[arg(long, default_value_t = 0.5)]
+    score: f32,
+    /// Batch-norm epsilon [default: 0 for torchvision's COCO weights, 1e-5 otherwise]
+    #[arg(long, value_name = "EPS")]
+    bn_eps: Option<f64>,
+    /// Use the nested feature pyramid (Mask R-CNN++)
+    #[arg(long)]
+    nested: bool,
 }
 
 fn main() -> Result<(), AnyError> {
-    let args: Vec<String> = std::env::args().collect();
-    let weights = PathBuf::from(flag(&args, "--weights").ok_or("--weights FILE is required")?);
-    let out = PathBuf::from(flag(&args, "--out").unwrap_or_else(|| "detections.png".into()));
-    let min_score: f32 = flag(&args, "--score").map_or(Ok(0.5), |s| s.parse())?;
+    let args = Args::parse();
     let dev = Device::Cpu;
 
-    let meta = unetpp::weights::load_metadata(&weights)?;
-    let tensors = unetpp::weights::load_tensors(&weights, &dev)?;
+    let meta = unetpp::weights::load_metadata(&args.weights)?;
+    let tensors = unetpp::weights::load_tensors(&args.weights, &dev)?;
     let classes = match meta.get("num_classes") {
         Some(n) => n.parse()?,
         None => tensors
@@ -45,12 +61,12 @@ fn main() -> Result<(), AnyError> {
             .dim(0)?,
     };
     let mut cfg = MaskRcnnConfig::mask_rcnn(classes)?;
-    cfg.resnet.bn_eps = match flag(&args, "--bn-eps") {
-        Some(e) => e.parse()?,
+    cfg.resnet.bn_eps = match args.bn_eps {
+        Some(e) => e,
         None if meta.get("coco").map(String::as_str) == Some("true") => 0.0,
         None => 1e-5,
     };
-    if args.iter().any(|a| a == "--nested") {
+    if args.nested {
         cfg.pyramid = PyramidKind::Nested;
     }
     let model = MaskRcnn::from_torchvision(&cfg, tensors, &dev)?;
@@ -59,7 +75,7 @@ fn main() -> Result<(), AnyError> {
         classes, cfg.resnet.bn_eps, cfg.pyramid
     );
 
-    let (pixels, c, h, w) = match flag(&args, "--image") {
+    let (pixels, c, h, w) = match &args.image {
         Some(p) => unetpp::data::png_io::read_image(p)?,
         None => {
             let mut n = NucleiConfig::new(1, 0);
@@ -96,7 +112,7 @@ fn main() -> Result<(), AnyError> {
         [0, 130, 200],
         [245, 130, 48],
     ];
-    for k in (0..scores.len()).filter(|&k| scores[k] >= min_score) {
+    for k in (0..scores.len()).filter(|&k| scores[k] >= args.score) {
         let b = &boxes[k];
         println!(
             "label {:>3}  score {:.3}  box [{:.1}, {:.1}, {:.1}, {:.1}]",
@@ -123,7 +139,7 @@ fn main() -> Result<(), AnyError> {
             }
         }
     }
-    unetpp::data::png_io::write_rgb(&out, &canvas, w, h)?;
-    println!("wrote {}", out.display());
+    unetpp::data::png_io::write_rgb(&args.out, &canvas, w, h)?;
+    println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
+use clap::Parser;
 use unetpp::data::loader::DataLoader;
 use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
 use unetpp::data::{Batch, Dataset};
@@ -30,78 +31,55 @@ use unetpp::loss::DeepSupervisionLoss;
 use unetpp::prelude::{SegmentationModel, UNet, UNetPlusPlus, UNetPlusPlusConfig};
 use unetpp::train::{evaluate, predict, seeded_init, train_step, AdamW, Mode};
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/report.rs"]
 mod report;
 use report::{write_curve_svg, write_overlay};
 
 type AnyError = Box<dyn std::error::Error>;
 
+/// The paper's comparison on synthetic data: U-Net, wide U-Net, UNet++ without and with deep
+/// supervision, UNet++ pruned to L1–L4.
+#[derive(Parser)]
+#[command(args_override_self = true, allow_negative_numbers = true)]
 struct Args {
+    /// Side of the synthetic images
+    #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Training images
+    #[arg(long, default_value_t = 256)]
     train: usize,
+    /// Held-out test images
+    #[arg(long, default_value_t = 128)]
     test: usize,
+    /// Epochs per network
+    #[arg(long, default_value_t = 6)]
     epochs: usize,
+    /// Images per batch
+    #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Learning rate (AdamW, weight decay 0)
+    #[arg(long, default_value = "1e-3")]
     lr: f64,
+    /// Seed of the training set and of the first run
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Runs, with seeds --seed, --seed + 1, ...
+    #[arg(long, default_value_t = 3, value_parser = cli::at_least(1))]
     seeds: usize,
+    /// Interleaved rounds of the forward-time measurement
+    #[arg(long, default_value_t = 20)]
     runs: usize,
-    widths: Option<Vec<usize>>,
+    /// Channel widths per level, comma-separated (default: the paper's)
+    #[arg(long, value_name = "W,W,...", value_parser = cli::widths)]
+    widths: Option<::std::vec::Vec<usize>>,
+    /// Markdown file whose experiment section gets the table
+    #[arg(long, value_name = "FILE", default_value = "docs/EXPERIMENTS.md")]
     doc: PathBuf,
+    /// Folder of the loss curves and overlays
+    #[arg(long, value_name = "DIR", default_value = "docs/experiments")]
     pictures: PathBuf,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        size: 64,
-        train: 256,
-        test: 128,
-        epochs: 6,
-        batch: 8,
-        lr: 1e-3,
-        seed: 0,
-        seeds: 3,
-        runs: 20,
-        widths: None,
-        doc: "docs/EXPERIMENTS.md".into(),
-        pictures: "docs/experiments".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--size" => a.size = value.parse().map_err(|e| bad(&e))?,
-            "--train" => a.train = value.parse().map_err(|e| bad(&e))?,
-            "--test" => a.test = value.parse().map_err(|e| bad(&e))?,
-            "--epochs" => a.epochs = value.parse().map_err(|e| bad(&e))?,
-            "--batch" => a.batch = value.parse().map_err(|e| bad(&e))?,
-            "--lr" => a.lr = value.parse().map_err(|e| bad(&e))?,
-            "--seed" => a.seed = value.parse().map_err(|e| bad(&e))?,
-            "--seeds" => a.seeds = value.parse().map_err(|e| bad(&e))?,
-            "--runs" => a.runs = value.parse().map_err(|e| bad(&e))?,
-            "--widths" => {
-                a.widths = Some(
-                    value
-                        .split(',')
-                        .map(|w| w.trim().parse::<usize>())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| bad(&e))?,
-                )
-            }
-            "--doc" => a.doc = value.into(),
-            "--pictures" => a.pictures = value.into(),
-            _ => {
-                return Err(format!(
-                    "unknown flag {flag} (see the top of examples/experiment.rs)"
-                ))
-            }
-        }
-    }
-    if a.seeds == 0 {
-        return Err("--seeds must be at least 1".into());
-    }
-    Ok(a)
 }
 
 /// One row of the table: scores of every seed.
@@ -152,10 +130,7 @@ fn cell(v: &[f64], digits: usize) -> String {
 }
 
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
+    let args = Args::parse();
     if let Err(e) = run(&args) {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -16,12 +16,53 @@
 //! `scripts/roundtrip_monai.py`); `--export-smp` does the same for smp weights
 //! (`scripts/roundtrip_smp.py`).
 
+use std::path::PathBuf;
+
 use candle_core::{Device, Tensor};
+use clap::{ArgGroup, Parser};
 use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
 use unetpp::data::Dataset;
 use unetpp::interop::monai;
 
 type AnyError = Box<dyn std::error::Error>;
+
+/// Loads UNet++ weights trained in PyTorch, prints what was detected, segments an image and
+/// writes the mask as a PNG.
+#[derive(Parser)]
+#[command(args_override_self = true)]
+#[command(group(ArgGroup::new("source").required(true).multiple(true)))]
+struct Args {
+    /// MONAI BasicUNetPlusPlus weights (scripts/export_monai.py)
+    #[arg(long, value_name = "FILE", group = "source")]
+    #[arg(overrides_with_all = ["nested_unet", "smp"])]
+    monai: Option<String>,
+    /// pytorch-nested-unet NestedUNet weights
+    #[arg(long, value_name = "FILE", group = "source")]
+    #[arg(overrides_with_all = ["monai", "smp"])]
+    nested_unet: Option<String>,
+    /// segmentation_models_pytorch UnetPlusPlus weights (inputs must be multiples of 32)
+    #[arg(long, value_name = "FILE", group = "source")]
+    #[arg(overrides_with_all = ["monai", "nested_unet"])]
+    smp: Option<String>,
+    /// PNG image to segment (default: a synthetic 64×64 image)
+    #[arg(long, value_name = "PNG")]
+    image: Option<String>,
+    /// PNG of the mask (arg-max class of each pixel)
+    #[arg(long, value_name = "PNG", default_value = "mask.png")]
+    out: PathBuf,
+    /// Write MONAI weights back under MONAI's names (scripts/roundtrip_monai.py)
+    #[arg(long, value_name = "FILE")]
+    #[arg(overrides_with_all = ["export_smp", "export_nested_unet"])]
+    export_monai: Option<String>,
+    /// Write smp weights back under smp's names (scripts/roundtrip_smp.py)
+    #[arg(long, value_name = "FILE")]
+    #[arg(overrides_with_all = ["export_monai", "export_nested_unet"])]
+    export_smp: Option<String>,
+    /// Write NestedUNet weights back under NestedUNet's names
+    #[arg(long, value_name = "FILE")]
+    #[arg(overrides_with_all = ["export_monai", "export_smp"])]
+    export_nested_unet: Option<String>,
+}
 
 fn main() {
     if let Err(e) = run() {
@@ -31,30 +72,21 @@ fn main() {
 }
 
 fn run() -> Result<(), AnyError> {
-    let mut source = None;
-    let mut image = None;
-    let mut out = std::path::PathBuf::from("mask.png");
-    let mut export = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--monai" => source = Some(("monai", value)),
-            "--nested-unet" => source = Some(("nested-unet", value)),
-            "--smp" => source = Some(("smp", value)),
-            "--image" => image = Some(value),
-            "--out" => out = value.into(),
-            "--export-monai" | "--export-smp" | "--export-nested-unet" => export = Some(value),
-            _ => {
-                return Err(format!(
-                    "unknown flag {flag} (see the top of examples/import_pytorch.rs)"
-                )
-                .into())
-            }
-        }
-    }
-    let (kind, path) = source
-        .ok_or("name the weights: --monai FILE.safetensors or --nested-unet FILE.safetensors")?;
+    let args = Args::parse();
+    // The source flags override each other (the last one wins), as do the export flags.
+    let (kind, path) = [
+        ("monai", args.monai),
+        ("nested-unet", args.nested_unet),
+        ("smp", args.smp),
+    ]
+    .into_iter()
+    .find_map(|(kind, path)| Some((kind, path?)))
+    .ok_or("name the weights: --monai, --nested-unet or --smp FILE.safetensors")?;
+    let (image, out) = (args.image, args.out);
+    let export = args
+        .export_monai
+        .or(args.export_smp)
+        .or(args.export_nested_unet);
     let device = Device::Cpu;
     let tensors = unetpp::weights::load_tensors(&path, &device)?;
     // One forward function whatever the source: (input channels, classes, the network's forward).

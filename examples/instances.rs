@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use clap::{ArgAction, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use unetpp::data::instances::{InstanceSample, NucleiConfig, SyntheticNuclei};
@@ -30,64 +31,55 @@ use unetpp::maskrcnn::evaluate::{
 };
 use unetpp::maskrcnn::{Detection, MaskRcnn, MaskRcnnConfig, PyramidKind, Target};
 
+#[path = "support/cli.rs"]
+mod cli;
+
 type AnyError = Box<dyn std::error::Error>;
 
+/// Trains Mask R-CNN and Mask R-CNN++ (the nested feature pyramid) on synthetic nuclei and
+/// compares them on held-out images.
+#[derive(Parser)]
+#[command(args_override_self = true, allow_negative_numbers = true)]
 struct Args {
+    /// Training steps (AdamW)
+    #[arg(long, default_value_t = 150)]
     steps: usize,
+    /// Training images (at least --batch)
+    #[arg(long, default_value_t = 64)]
     train: usize,
+    /// Held-out test images
+    #[arg(long, default_value_t = 24, value_parser = cli::at_least(1))]
     test: usize,
+    /// Side of the square images
+    #[arg(long, default_value_t = 96)]
     size: usize,
+    /// Channels of the feature pyramid
+    #[arg(long, default_value_t = 64)]
     channels: usize,
+    /// Images per training step
+    #[arg(long, default_value_t = 2, value_parser = cli::at_least(1))]
     batch: usize,
+    /// Learning rate
+    #[arg(long, default_value = "1e-3")]
     lr: f64,
+    /// Object classes (2: round and elongated nuclei)
+    #[arg(long, default_value_t = 1)]
     classes: u32,
+    /// Seed of the data, the initial weights and the batch order
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Detectors to train, comma-separated
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = ["maskrcnn", "maskrcnn-pp"],
+        default_value = "maskrcnn,maskrcnn-pp",
+        action = ArgAction::Set
+    )]
     models: Vec<String>,
+    /// Folder of the pictures of the detections
+    #[arg(long, value_name = "DIR", default_value = "runs/instances")]
     out: PathBuf,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        steps: 150,
-        train: 64,
-        test: 24,
-        size: 96,
-        channels: 64,
-        batch: 2,
-        lr: 1e-3,
-        classes: 1,
-        seed: 0,
-        models: vec!["maskrcnn".into(), "maskrcnn-pp".into()],
-        out: PathBuf::from("runs/instances"),
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let flag = argv[i].as_str();
-        let value = argv
-            .get(i + 1)
-            .ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag {
-            "--steps" => a.steps = value.parse().map_err(|e| bad(&e))?,
-            "--train" => a.train = value.parse().map_err(|e| bad(&e))?,
-            "--test" => a.test = value.parse().map_err(|e| bad(&e))?,
-            "--size" => a.size = value.parse().map_err(|e| bad(&e))?,
-            "--channels" => a.channels = value.parse().map_err(|e| bad(&e))?,
-            "--batch" => a.batch = value.parse().map_err(|e| bad(&e))?,
-            "--lr" => a.lr = value.parse().map_err(|e| bad(&e))?,
-            "--classes" => a.classes = value.parse().map_err(|e| bad(&e))?,
-            "--seed" => a.seed = value.parse().map_err(|e| bad(&e))?,
-            "--models" => a.models = value.split(',').map(String::from).collect(),
-            "--out" => a.out = PathBuf::from(value),
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-        i += 2;
-    }
-    if a.batch == 0 || a.train < a.batch || a.test == 0 {
-        return Err("need --batch >= 1, --train >= --batch and --test >= 1".into());
-    }
-    Ok(a)
 }
 
 fn target(s: &InstanceSample, dev: &Device) -> unetpp::Result<Target> {
@@ -182,7 +174,10 @@ fn draw(
 }
 
 fn main() -> Result<(), AnyError> {
-    let args = parse_args()?;
+    let args = Args::parse();
+    if args.train < args.batch {
+        return Err("need --train >= --batch".into());
+    }
     let dev = Device::Cpu;
     std::fs::create_dir_all(&args.out)?;
     let data = |len: usize, seed: u64| -> unetpp::Result<Vec<InstanceSample>> {

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use clap::Parser;
 use unetpp::data::synthetic::circles_and_squares;
 use unetpp::loss::deep_supervision_bce_dice;
 use unetpp::metrics::iou_binary;
@@ -21,44 +22,26 @@ use unetpp::prelude::*;
 mod support;
 use support::median_seconds;
 
+/// Trains the paper's UNet++ briefly on a synthetic task, then prunes it.
+#[derive(Parser)]
+#[command(args_override_self = true, allow_negative_numbers = true)]
 struct Args {
+    /// Training steps (AdamW)
+    #[arg(long, default_value_t = 40)]
     steps: usize,
+    /// Side of the square synthetic images, a multiple of 16
+    #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Images per training step
+    #[arg(long, default_value_t = 2)]
     batch: usize,
+    /// Learning rate
+    #[arg(long, default_value = "1e-3")]
     lr: f64,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let mut a = Args {
-        steps: 40,
-        size: 64,
-        batch: 2,
-        lr: 1e-3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--steps" => a.steps = value.parse().map_err(|e| bad(&e))?,
-            "--size" => a.size = value.parse().map_err(|e| bad(&e))?,
-            "--batch" => a.batch = value.parse().map_err(|e| bad(&e))?,
-            "--lr" => a.lr = value.parse().map_err(|e| bad(&e))?,
-            _ => {
-                return Err(format!(
-                    "unknown flag {flag} (use --steps, --size, --batch, --lr)"
-                ))
-            }
-        }
-    }
-    Ok(a)
-}
-
 fn main() -> Result<()> {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
+    let args = Args::parse();
     let start = Instant::now();
     let device = unetpp::device::best_device(0)?;
     let cfg = UNetPlusPlusConfig::paper().deep_supervision(true).build()?;

@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use unetpp::data::folder::{MaskEncoding, PngFolder};
 use unetpp::data::loader::{Augment, DataLoader};
@@ -38,35 +39,27 @@ use unetpp::loss::{BceDice, CeDice, DeepSupervisionLoss, SegmentationLoss};
 use unetpp::prelude::{SegmentationModel, UNet, UNetPlusPlus, UNetPlusPlusConfig};
 use unetpp::train::{evaluate, predict, save_checkpoint, train_step, AdamW, Checkpoint, Mode};
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/report.rs"]
 mod report;
 use report::{write_curve_svg, write_json, write_overlay, Json};
 
 type AnyError = Box<dyn std::error::Error>;
 
-#[derive(Clone, Copy, PartialEq, Debug)]
+#[derive(Clone, Copy, PartialEq, Debug, ValueEnum)]
 enum Kind {
+    #[value(name = "unetpp-ds")]
     UNetPPDs,
+    #[value(name = "unetpp")]
     UNetPP,
+    #[value(name = "unet")]
     UNet,
+    #[value(name = "wide-unet")]
     WideUNet,
 }
 
 impl Kind {
-    fn parse(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "unetpp-ds" => Kind::UNetPPDs,
-            "unetpp" => Kind::UNetPP,
-            "unet" => Kind::UNet,
-            "wide-unet" => Kind::WideUNet,
-            _ => {
-                return Err(format!(
-                    "--model {s}: use unetpp-ds, unetpp, unet or wide-unet"
-                ))
-            }
-        })
-    }
-
     fn name(self) -> &'static str {
         match self {
             Kind::UNetPPDs => "unetpp-ds",
@@ -77,102 +70,62 @@ impl Kind {
     }
 }
 
+/// Trains UNet++, U-Net or the wide U-Net on the synthetic data set or on a folder of PNG
+/// image / mask pairs.
+#[derive(Parser)]
+#[command(args_override_self = true, allow_negative_numbers = true)]
 struct Args {
+    /// Network to train (unetpp-ds: UNet++ with deep supervision)
+    #[arg(long, value_enum, default_value_t = Kind::UNetPPDs)]
     model: Kind,
+    /// Folder of PNG images (with --masks; default: the synthetic set)
+    #[arg(long, value_name = "DIR", requires = "masks")]
     images: Option<PathBuf>,
+    /// Folder of PNG masks, paired with the images by file name
+    #[arg(long, value_name = "DIR", requires = "images")]
     masks: Option<PathBuf>,
+    /// Classes, background included (2: binary)
+    #[arg(long, default_value_t = 2, value_parser = cli::at_least(2))]
     classes: usize,
+    /// Side of the synthetic images
+    #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Synthetic training images
+    #[arg(long, default_value_t = 192)]
     train: usize,
+    /// Validation images (of a PNG folder: at most a fifth of it)
+    #[arg(long, default_value_t = 48, value_parser = cli::at_least(1))]
     val: usize,
+    /// Epochs
+    #[arg(long, default_value_t = 3)]
     epochs: usize,
+    /// Images per batch
+    #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Learning rate (AdamW)
+    #[arg(long, default_value = "3e-4")]
     lr: f64,
+    /// Weight decay (AdamW)
+    #[arg(long, default_value = "0")]
     weight_decay: f64,
-    widths: Option<Vec<usize>>,
+    /// Channel widths per level, comma-separated (default: the network's preset)
+    #[arg(long, value_name = "W,W,...", value_parser = cli::widths)]
+    widths: Option<::std::vec::Vec<usize>>,
+    /// Random flips and rotations of the training images
+    #[arg(long)]
     augment: bool,
+    /// Seed of the data, the initial weights and the batch order
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Folder of the checkpoints, CSV files, curves and overlays
+    #[arg(long, value_name = "DIR", default_value = "runs/train")]
     out: PathBuf,
+    /// Continue from <out>/last.safetensors
+    #[arg(long)]
     resume: bool,
+    /// Write the final metrics as JSON to this file
+    #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        model: Kind::UNetPPDs,
-        images: None,
-        masks: None,
-        classes: 2,
-        size: 64,
-        train: 192,
-        val: 48,
-        epochs: 3,
-        batch: 8,
-        lr: 3e-4,
-        weight_decay: 0.0,
-        widths: None,
-        augment: false,
-        seed: 0,
-        out: PathBuf::from("runs/train"),
-        resume: false,
-        report: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--augment" => {
-                a.augment = true;
-                continue;
-            }
-            "--resume" => {
-                a.resume = true;
-                continue;
-            }
-            _ => {}
-        }
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--model" => a.model = Kind::parse(&value)?,
-            "--images" => a.images = Some(value.into()),
-            "--masks" => a.masks = Some(value.into()),
-            "--classes" => a.classes = value.parse().map_err(|e| bad(&e))?,
-            "--size" => a.size = value.parse().map_err(|e| bad(&e))?,
-            "--train" => a.train = value.parse().map_err(|e| bad(&e))?,
-            "--val" => a.val = value.parse().map_err(|e| bad(&e))?,
-            "--epochs" => a.epochs = value.parse().map_err(|e| bad(&e))?,
-            "--batch" => a.batch = value.parse().map_err(|e| bad(&e))?,
-            "--lr" => a.lr = value.parse().map_err(|e| bad(&e))?,
-            "--weight-decay" => a.weight_decay = value.parse().map_err(|e| bad(&e))?,
-            "--widths" => {
-                a.widths = Some(
-                    value
-                        .split(',')
-                        .map(|w| w.trim().parse::<usize>())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| bad(&e))?,
-                )
-            }
-            "--seed" => a.seed = value.parse().map_err(|e| bad(&e))?,
-            "--out" => a.out = value.into(),
-            "--report" => a.report = Some(value.into()),
-            _ => {
-                return Err(format!(
-                    "unknown flag {flag} (see the top of examples/train.rs)"
-                ))
-            }
-        }
-    }
-    if a.images.is_some() != a.masks.is_some() {
-        return Err("--images and --masks go together".into());
-    }
-    if a.classes < 2 {
-        return Err("--classes counts the background too: at least 2".into());
-    }
-    if a.val == 0 {
-        return Err("--val must be at least 1".into());
-    }
-    Ok(a)
 }
 
 /// The network of `kind` for `in_channels` and `classes` (background included).
@@ -203,10 +156,7 @@ fn build_model(
 }
 
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
+    let args = Args::parse();
     if let Err(e) = run(&args) {
         eprintln!("error: {e}");
         std::process::exit(1);
