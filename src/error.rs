@@ -6,7 +6,8 @@
 /// caller can match on the kind of failure and still show a useful message.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A configuration value is invalid (zero width, depth 0, dropout outside `[0, 1)`, ...).
+    /// A configuration value is invalid (zero width, depth 0, dropout outside `[0, 1)`, ...):
+    /// raised when a network, loss or optimizer is configured, never by the data it sees.
     #[error("invalid configuration: {field}: {msg}")]
     Config {
         /// The name of the offending field, e.g. `"widths"`.
@@ -14,11 +15,15 @@ pub enum Error {
         /// What was wrong with it.
         msg: String,
     },
-    /// An input tensor has the wrong rank, channel count or spatial size.
+    /// An input tensor has the wrong rank, channel count or spatial size, or tensors that
+    /// must agree in size do not.
     #[error("shape error: {0}")]
     Shape(String),
-    /// Input values are invalid: boxes with `x2 < x1` or non-finite coordinates, a batch index
-    /// out of range, an empty set where one is required, a label out of range.
+    /// Input values are invalid (whatever their shape): boxes with `x2 < x1` or non-finite
+    /// coordinates, a batch or sample index out of range, an empty set where one is required,
+    /// a label out of range, a tensor of the wrong element type, an image whose content
+    /// cannot be decoded (a palette index out of range), an operation's argument out of its
+    /// domain (a pooling kernel of 0).
     #[error("invalid input: {0}")]
     Input(String),
     /// A weight file or a set of weights does not fit the network.

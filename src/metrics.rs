@@ -108,7 +108,7 @@ fn label_vec(t: &Tensor, what: &str) -> Result<Vec<u32>> {
                 .collect::<Result<_>>()?
         }
         other => {
-            return Err(Error::Shape(format!(
+            return Err(Error::Input(format!(
                 "{what} must hold integer class labels (u32, u8 or i64), got {other:?}; \
                  use labels_from_logits for logits"
             )))
@@ -202,7 +202,7 @@ impl SegmentationMetrics {
                 }
                 let c = self.num_classes as u32;
                 if pl >= c || tl >= c {
-                    return Err(Error::Shape(format!(
+                    return Err(Error::Input(format!(
                         "label {} found with {} classes",
                         pl.max(tl),
                         self.num_classes

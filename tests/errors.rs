@@ -174,3 +174,27 @@ fn up_and_top_widths_are_checked() {
     let zero = UNetPlusPlusConfig::paper().top_width(0).build();
     assert!(matches!(zero, Err(Error::Config { .. })));
 }
+
+/// Each variant means one thing: values out of range are `Input`, not `Shape`.
+#[test]
+fn values_out_of_range_are_input_errors() {
+    use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
+    use unetpp::data::Dataset;
+    let set = SyntheticDataset::new(SyntheticConfig {
+        samples: 2,
+        height: 16,
+        width: 16,
+        ..Default::default()
+    })
+    .unwrap();
+    let err = set.get(2).unwrap_err();
+    assert!(matches!(err, Error::Input(_)), "{err}");
+    let mut m = SegmentationMetrics::new(2).unwrap();
+    let labels = Tensor::new(&[[[0u32, 5]]], &Device::Cpu).unwrap();
+    let err = m.update(&labels, &labels).unwrap_err();
+    assert!(matches!(err, Error::Input(_)), "{err}");
+    let pool = unetpp::ops::max_pool2d(&randn(&[1, 1, 4, 4]), 0, 1, 0).unwrap_err();
+    assert!(matches!(pool, Error::Input(_)), "{pool}");
+    let small_map = unetpp::ops::max_pool2d(&randn(&[1, 1, 2, 2]), 3, 1, 0).unwrap_err();
+    assert!(matches!(small_map, Error::Shape(_)), "{small_map}");
+}

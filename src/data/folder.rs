@@ -143,7 +143,7 @@ impl Dataset for PngFolder {
     /// the files.
     fn get(&self, index: usize) -> Result<Sample> {
         let (image_path, mask_path) = self.pairs.get(index).ok_or_else(|| {
-            Error::Shape(format!(
+            Error::Input(format!(
                 "sample {index} asked of a folder of {} pairs",
                 self.pairs.len()
             ))

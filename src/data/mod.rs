@@ -121,7 +121,7 @@ impl<D: Dataset> Subset<D> {
     /// The samples `indices` of `inner`; an index out of range is an error.
     pub fn new(inner: D, indices: Vec<usize>) -> Result<Self> {
         if let Some(&i) = indices.iter().find(|&&i| i >= inner.len()) {
-            return Err(Error::Shape(format!(
+            return Err(Error::Input(format!(
                 "subset index {i} out of range for a data set of {} samples",
                 inner.len()
             )));
@@ -137,7 +137,7 @@ impl<D: Dataset> Dataset for Subset<D> {
 
     fn get(&self, index: usize) -> Result<Sample> {
         let &i = self.indices.get(index).ok_or_else(|| {
-            Error::Shape(format!(
+            Error::Input(format!(
                 "index {index} out of range for a subset of {} samples",
                 self.indices.len()
             ))

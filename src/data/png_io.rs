@@ -142,14 +142,14 @@ pub fn write_indexed(
 ) -> Result<()> {
     let path = path.as_ref();
     if palette.is_empty() || palette.len() > 256 {
-        return Err(Error::Shape(format!(
+        return Err(Error::Input(format!(
             "`{}`: a palette holds 1 to 256 colours, got {}",
             path.display(),
             palette.len()
         )));
     }
     if let Some(&bad) = indices.iter().find(|&&i| i as usize >= palette.len()) {
-        return Err(Error::Shape(format!(
+        return Err(Error::Input(format!(
             "`{}`: palette index {bad} with only {} colours",
             path.display(),
             palette.len()

@@ -360,7 +360,7 @@ impl Dataset for SyntheticDataset {
     fn get(&self, index: usize) -> Result<Sample> {
         let cfg = &self.cfg;
         if index >= cfg.samples {
-            return Err(Error::Shape(format!(
+            return Err(Error::Input(format!(
                 "sample {index} asked of a synthetic data set of {}",
                 cfg.samples
             )));
