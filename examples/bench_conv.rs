@@ -100,8 +100,10 @@ fn main() -> Result<()> {
         runs,
     )?;
     println!("  conv_transpose2d 2x2 s2 64->32 128->256   {t:.4} s");
+    let t = median_seconds(|| unetpp::ops::max_pool2d(&y, 2, 2, 0).map(|_| ()), runs)?;
+    println!("  max_pool2d 32x256x256 (unetpp)            {t:.4} s");
     let t = median_seconds(|| y.max_pool2d(2).map(|_| ()).map_err(Error::from), runs)?;
-    println!("  max_pool2d 32x256x256                     {t:.4} s");
+    println!("  max_pool2d 32x256x256 (candle)            {t:.4} s");
     let t = median_seconds(|| y.relu().map(|_| ()).map_err(Error::from), runs)?;
     println!("  relu 32x256x256                           {t:.4} s");
     let parts = [y.clone(), y.clone(), y.clone(), y.clone(), y.clone()];
