@@ -128,14 +128,19 @@ impl ConvBn {
             vb_bn,
         )?;
         let bn = if frozen_bn {
-            // Detached, so that training never updates them (the optimiser sees no gradient).
+            // γ and β detached, so that training never updates them (the optimiser sees no
+            // gradient); both share storage with the variables, so weights written into the
+            // `VarMap` later (a checkpoint, pretrained weights) reach the layer. The running
+            // statistics are passed as the variables themselves: `BatchNorm::new` would copy
+            // any other tensor, and they get no gradient anyway (`fold_batch_norm` detaches
+            // them).
             let (w, b) = bn.weight_and_bias().ok_or_else(|| {
                 Error::config("frozen_bn", "batch-norm without affine parameters")
             })?;
             BatchNorm::new(
                 c_out,
-                bn.running_mean().detach(),
-                bn.running_var().detach(),
+                bn.running_mean().clone(),
+                bn.running_var().clone(),
                 w.detach(),
                 b.detach(),
                 bn_eps,
@@ -509,5 +514,46 @@ impl ResNet {
         device: &Device,
     ) -> Result<Self> {
         Self::from_torchvision(cfg, weights::load_tensors(path, device)?, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    /// Frozen batch-norm reads its statistics from the `VarMap`, also when they are written
+    /// after the network is built (as loading a checkpoint does).
+    #[test]
+    fn frozen_batch_norm_sees_statistics_written_later() {
+        let cfg = ResNetConfig {
+            frozen_bn: true,
+            ..ResNetConfig::resnet18()
+        };
+        let varmap = VarMap::new();
+        let net = ResNet::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let x = Tensor::ones((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        let before = net.features(&x, false).unwrap()[0]
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let var = varmap.data().lock().unwrap()["bn1.running_mean"].clone();
+        var.set(&(var.as_tensor().ones_like().unwrap() * 100.0).unwrap())
+            .unwrap();
+        let after = net.features(&x, false).unwrap()[0]
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_ne!(
+            before, after,
+            "the frozen batch-norm kept its old running mean"
+        );
     }
 }

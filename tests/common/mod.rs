@@ -174,3 +174,48 @@ pub fn detection_weight(name: &str, dims: &[usize]) -> Tensor {
         formula(name, dims)
     }
 }
+
+/// `hashed_uniform` of `scripts/make_gradient_fixtures.py`: element `i` is
+/// splitmix64(fnv1a(name) + (i + 1)·golden), its top 24 bits mapped to [-0.5, 0.5) (exact in
+/// f64 on both sides).
+pub fn hashed_uniform(name: &str, n: usize) -> Vec<f64> {
+    let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (0..n as u64)
+        .map(|i| {
+            let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f64 / 16_777_216.0 - 0.5
+        })
+        .collect()
+}
+
+/// `formula` of `scripts/make_gradient_fixtures.py`, in f32: kernels (2 or more dims)
+/// uniform with variance 1 / fan-in, norm scales `1 + 0.4u`, biases and running means `0.2u`
+/// (biases `±(1.5 + 2|u|)` when `shifted`), running variances `1 + u`.
+pub fn hashed_weight(name: &str, dims: &[usize], shifted: bool) -> Tensor {
+    let n: usize = dims.iter().product();
+    let leaf = name.rsplit('.').next().unwrap();
+    let v: Vec<f32> = hashed_uniform(name, n)
+        .into_iter()
+        .map(|u| {
+            let x = if dims.len() >= 2 {
+                let fan_in: usize = dims[1..].iter().product();
+                u * 2.0 * (3.0 / fan_in as f64).sqrt()
+            } else {
+                match leaf {
+                    "weight" => 1.0 + 0.4 * u,
+                    "bias" if shifted => 2.0 * u + if u >= 0.0 { 1.5 } else { -1.5 },
+                    "bias" | "running_mean" => 0.2 * u,
+                    "running_var" => 1.0 + u,
+                    other => panic!("no formula for {other}"),
+                }
+            };
+            x as f32
+        })
+        .collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
