@@ -1,5 +1,7 @@
 //! Gradients: a finite-difference check of the bilinear op, gradients reaching every weight
-//! for each up-sampling mode, and training on every size the network accepts.
+//! for each up-sampling mode, and training on every size the network accepts. These only
+//! show that a gradient exists and is finite; its values are checked against central
+//! differences in `network_gradients.rs` and against PyTorch in `gradient_parity.rs`.
 
 mod common;
 
