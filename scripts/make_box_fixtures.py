@@ -17,11 +17,18 @@ torchvision computes on them:
   hand-made ties, duplicates, thresholds hit exactly...) and their labels `ml_{case}_rpn`,
   `ml_{case}_roi`.
 
+Bounds: `tol.{output}` holds PyTorch's float32 error on each float32 box-coder output (the
+same call on the inputs cast to float64; max |f32 - f64| / max(1, |f64|) per element); the
+tests allow 4 times that or 8 float32 ulps (`make_resnet_fixtures.py` says why), against the
+float32 outputs (both sides do the same elementwise float32 arithmetic). Measured here: 1e-6
+to 2e-5 (encode subtracts nearby centres, then divides by the width and multiplies by 10).
+
     ../venv/bin/python scripts/make_box_fixtures.py
 """
 
 import math
 import pathlib
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -30,9 +37,18 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from make_resnet_fixtures import max_error  # noqa: E402
+
 torch.manual_seed(11)
 out = {}
 f32 = torch.float32
+
+
+def with_error(key, f, *inputs):
+    """out[key] = f(*inputs), and tol.{key}: its float32 error against f on float64 inputs."""
+    out[key] = f(*inputs)
+    out[f"tol.{key}"] = torch.tensor(max_error(out[key], f(*[x.double() for x in inputs]), "rel1"), dtype=torch.float64)
 
 
 def random_boxes(n, lo=0.0, hi=100.0, min_size=1.0, max_size=50.0, dtype=f32):
@@ -57,14 +73,14 @@ gt = jitter(proposals)
 codes = torch.randn(200, 4)
 out["bc_proposals"], out["bc_gt"], out["bc_codes"] = proposals, gt, codes
 for name, coder in coders.items():
-    out[f"enc_{name}"] = coder.encode_single(gt, proposals)
-    out[f"dec_{name}"] = coder.decode(codes, [proposals])  # (200, 1, 4)
+    with_error(f"enc_{name}", coder.encode_single, gt, proposals)
+    with_error(f"dec_{name}", lambda c, p: coder.decode(c, [p]), codes, proposals)  # (200, 1, 4)
 
 C = 5
 mc_boxes = proposals[:40].clone()
 mc_codes = torch.randn(40, 4 * C) * 2
 out["mc_boxes"], out["mc_codes"] = mc_boxes, mc_codes
-out["mc_dec_roi"] = coders["roi"].decode(mc_codes, [mc_boxes])  # (40, 5, 4)
+with_error("mc_dec_roi", lambda c, p: coders["roi"].decode(c, [p]), mc_codes, mc_boxes)  # (40, 5, 4)
 
 # Log-scale deltas far above the clip ln(1000/16) ≈ 4.135 (and far below: no lower bound).
 clamp_boxes = random_boxes(16, max_size=8.0)
@@ -73,7 +89,7 @@ clamp_codes[:8, 2:] = torch.rand(8, 2) * 40 + 5
 clamp_codes[8:, 2:] = -(torch.rand(8, 2) * 20 + 5)
 out["clamp_boxes"], out["clamp_codes"] = clamp_boxes, clamp_codes
 for name, coder in coders.items():
-    out[f"clamp_dec_{name}"] = coder.decode(clamp_codes, [clamp_boxes])
+    with_error(f"clamp_dec_{name}", lambda c, p: coder.decode(c, [p]), clamp_codes, clamp_boxes)
 
 f64_props = random_boxes(50, dtype=torch.float64)
 f64_gt = jitter(f64_props)
@@ -171,4 +187,5 @@ for case, q in mq.items():
 
 path = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "boxes.safetensors"
 save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+print(", ".join(f"{k} = {float(v):.1e}" for k, v in out.items() if k.startswith("tol.")))
 print(f"wrote {path} ({path.stat().st_size} bytes, torch {torch.__version__})")

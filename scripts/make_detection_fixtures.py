@@ -8,18 +8,40 @@ sampling ratios and scales, boxes partly or wholly outside the map, empty and ti
 boxes, both of batched_nms's code paths), `box_iou`, `clip_boxes_to_image`,
 `remove_small_boxes` and `box_convert`.
 
+Bounds: `tol.{output}` holds PyTorch's float32 error on each float32 output compared with a
+tolerance (`roi_align.{i}.output` and `.grad_input`, `multiscale.{boxes,masks}.output`,
+`multiscale.boxes.grad_feature` over the levels, `boxes.iou`, `boxes.area`, `boxes.convert`
+over the conversions): max |f32 - f64| against the same call on the inputs cast to float64
+(0 for the float64 RoIAlign case, whose floor is then in float64 ulps). The tests allow 4
+times that or 8 ulps of the output's largest value (`make_resnet_fixtures.py` says why),
+against the float32 outputs, as our kernels repeat torchvision's float32 arithmetic.
+Measured here: 4e-8 (IoU) to 1.8e-5 (MultiScaleRoIAlign gradients; the sampling coordinates
+of RoIAlign round in float32); the old bounds were 1e-6 and 1e-5, fixed.
+The pyramid levels of the MultiScaleRoIAlign boxes (sizes near the boundaries 112, 224, 448)
+come out the same in float64.
+
     ../venv/bin/python scripts/make_detection_fixtures.py
 """
 
 import pathlib
+import sys
 
 import torch
 import torchvision
 from torchvision import ops
 from safetensors.torch import save_file
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from make_resnet_fixtures import max_error  # noqa: E402
+
 torch.manual_seed(5)
 out = {}
+
+
+def record_error(key, t32, t64):
+    """PyTorch's float32 error on output `key` (pooled with earlier ones of the same key)."""
+    err = max_error(t32, t64) if t32.dtype == torch.float32 else 0.0
+    out[f"tol.{key}"] = max(out.get(f"tol.{key}", 0.0), err)
 
 
 def random_boxes(n, width, height, max_size, outside=0.0):
@@ -71,6 +93,11 @@ for i, (size, scale, ratio, aligned) in enumerate(cases):
     out[p + "grad_output"] = g
     out[p + "grad_input"] = xg.grad
     out[p + "config"] = torch.tensor([size[0], size[1], scale, ratio, float(aligned)], dtype=torch.float64)
+    x64 = x.double().requires_grad_(True)
+    y64 = ops.roi_align(x64, rois.double(), size, spatial_scale=scale, sampling_ratio=ratio, aligned=aligned)
+    y64.backward(g.double())
+    record_error(p + "output", y, y64)
+    record_error(p + "grad_input", xg.grad, x64.grad)
 
 # ---- MultiScaleRoIAlign: two images, (256, 320) and (200, 288), batched to (256, 320);
 # FPN maps at strides 4, 8, 16, 32 with two channels.
@@ -91,15 +118,22 @@ for name, size in [("boxes", 7), ("masks", 14)]:
     pooler = ops.MultiScaleRoIAlign(["0", "1", "2", "3"], size, 2)
     fg = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
     y = pooler(fg, per_image, image_sizes)
+    fg64 = {k: v.double().requires_grad_(True) for k, v in feats.items()}
+    pooler64 = ops.MultiScaleRoIAlign(["0", "1", "2", "3"], size, 2)
+    y64 = pooler64(fg64, [b.double() for b in per_image], image_sizes)
     p = f"multiscale.{name}."
     out[p + "output"] = y.detach()
+    record_error(p + "output", y, y64)
     if name == "boxes":  # gradients once: they would double the fixture for the masks
         g = torch.randn_like(y)
         y.backward(g)
+        y64.backward(g.double())
         out[p + "grad_output"] = g
         for k in fg:
             out[p + f"grad_feature{k}"] = fg[k].grad
+            record_error(p + "grad_feature", fg[k].grad, fg64[k].grad)
     out[p + "levels"] = pooler.map_levels(per_image).to(torch.int64)
+    assert torch.equal(pooler64.map_levels([b.double() for b in per_image]), pooler.map_levels(per_image))
 for k, v in feats.items():
     out[f"multiscale.feature{k}"] = v
 for i, b in enumerate(per_image):
@@ -159,13 +193,20 @@ out["boxes.a"] = b1
 out["boxes.b"] = b2
 out["boxes.iou"] = ops.box_iou(b1, b2)
 out["boxes.area"] = ops.box_area(b1)
+record_error("boxes.iou", out["boxes.iou"], ops.box_iou(b1.double(), b2.double()))
+record_error("boxes.area", out["boxes.area"], ops.box_area(b1.double()))
 out["boxes.clipped"] = ops.clip_boxes_to_image(b1, (30, 45))
 out["boxes.small_kept"] = ops.remove_small_boxes(b1, 2.5).to(torch.int64)
 for f in ["xyxy", "xywh", "cxcywh"]:
     for t in ["xyxy", "xywh", "cxcywh"]:
         if f != t:
             out[f"boxes.convert.{f}.{t}"] = ops.box_convert(b1, f, t)
+            record_error("boxes.convert", out[f"boxes.convert.{f}.{t}"], ops.box_convert(b1.double(), f, t))
 
 path = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "detection_ops.safetensors"
+for k, v in out.items():
+    if k.startswith("tol."):
+        out[k] = torch.tensor(v, dtype=torch.float64)
+        print(f"{k} = {v:.1e}")
 save_file({k: v.detach().contiguous() for k, v in out.items()}, str(path))
 print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB, {len(out)} tensors) with torchvision {torchvision.__version__}")

@@ -28,21 +28,58 @@ on the edges, negative fractions truncated toward zero), `random` (28×28), `pad
 (the inputs of `random`, padding 0 and 2) and `empty` (K = 0). No box lies wholly outside
 the image: torchvision raises a shape error for many of those.
 
+Bounds: beside the float32 outputs, `tol.{output}` holds PyTorch's float32 error on each
+kind of output (`resized`, `out_boxes`, `pp_out_boxes`, `pp_out_masks`, `paste_out`, the
+largest over the cases, as max |f32 - f64| / max(1, |f64|) per element), from the same
+transform run on the inputs cast to float64; the tests allow 4 times that or 8 float32 ulps
+(`make_resnet_fixtures.py` says why). Measured here: boxes 5e-8, masks 1.6e-6, resized
+images 6.2e-6 (the source coordinates of the bilinear resize round in float32); the old bound
+was 1e-5. The float32 outputs are the targets: both sides do the same elementwise float32
+arithmetic (the resize ratios are float32 in torchvision even for float64 boxes). The
+integer boxes that masks are pasted in (boxes widened by (M + 2 padding) / M, truncated) are
+checked to truncate alike in float32 and float64 and, unless exactly on an integer, to lie
+more than 4 times PyTorch's float32 error from one.
+
 The whole file stays under 300 KB.
 
     ../venv/bin/python scripts/make_transform_fixtures.py
 """
 
 import pathlib
+import sys
 
 import torch
 from safetensors.torch import save_file
-from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.roi_heads import expand_boxes, paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from make_resnet_fixtures import TORCH_ERR_MULTIPLE, as_double, max_error  # noqa: E402
 
 torch.manual_seed(5)
 out = {}
+tol = {}
 IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+
+
+def record_error(kind, t32, t64):
+    """PyTorch's float32 error on one output of kind `kind`, pooled into `tol.{kind}`."""
+    tol[kind] = max(tol.get(kind, 0.0), max_error(t32, t64, "rel1"))
+
+
+def check_paste_margin(boxes, masks, padding):
+    """The boxes paste_masks_in_image truncates, widened by (M + 2 padding) / M: none within
+    TORCH_ERR_MULTIPLE times PyTorch's float32 error of an integer."""
+    m = masks.shape[-1]
+    scale = (m + 2 * padding) / m
+    x32, x64 = expand_boxes(boxes.float(), scale), expand_boxes(boxes.double(), scale)
+    err = max_error(x32, x64)
+    assert torch.equal(x32.long(), x64.long()), "float32 and float64 paste in different integer boxes"
+    # Edges exactly on an integer (boxes clipped to the image with padding 0) truncate alike.
+    d = (x64 - x64.round()).abs()
+    d = d[d != 0]
+    margin = float(d.min()) if len(d) else float("inf")
+    assert margin > TORCH_ERR_MULTIPLE * err, f"a pasted box edge {margin:.2e} from an integer (error {err:.2e})"
 
 
 def random_targets(h, w, k):
@@ -79,6 +116,8 @@ def case(name, shapes, ks, same_images_as=None, **cfg):
 
     t.eval()
     batch, _ = t(images)
+    batch64, _ = t(as_double(images))
+    assert batch64.image_sizes == batch.image_sizes
     out[f"{name}_batch_shape"] = torch.tensor(batch.tensors.shape, dtype=torch.int64)
     out[f"{name}_sizes"] = torch.tensor(batch.image_sizes, dtype=torch.int64)
     for i, (h, w) in enumerate(batch.image_sizes):
@@ -88,6 +127,7 @@ def case(name, shapes, ks, same_images_as=None, **cfg):
         padded[:, :h, :w] = 0
         assert not padded.any()
         out[f"{name}_resized{i}"] = resized
+        record_error("resized", resized, batch64.tensors[i, :, :h, :w])
 
     targets = [random_targets(s[1], s[2], k) for s, k in zip(shapes, ks)]
     for i, tg in enumerate(targets):
@@ -97,10 +137,14 @@ def case(name, shapes, ks, same_images_as=None, **cfg):
     # With several min sizes, training draws one at random: take eval mode (the last) then.
     t.train(len(t.min_size) == 1)
     train_batch, train_targets = t(images, [dict(tg) for tg in targets])
+    with torch.random.fork_rng():  # training draws its min size: leave the stream as it was
+        _, train_targets64 = t(as_double(images), [as_double(tg) for tg in targets])
     assert torch.equal(train_batch.tensors, batch.tensors)
-    for i, tg in enumerate(train_targets):
+    for i, (tg, tg64) in enumerate(zip(train_targets, train_targets64)):
         out[f"{name}_out_boxes{i}"] = tg["boxes"]
         out[f"{name}_out_masks{i}"] = tg["masks"]
+        record_error("out_boxes", tg["boxes"], tg64["boxes"])
+        assert torch.equal(tg["masks"], tg64["masks"])
 
     t.eval()
     orig = [tuple(img.shape[-2:]) for img in images]
@@ -110,10 +154,14 @@ def case(name, shapes, ks, same_images_as=None, **cfg):
         boxes, masks = random_detections(h, w, k)
         out[f"{name}_pp_boxes{i}"], out[f"{name}_pp_masks{i}"] = boxes, masks
         results.append({"boxes": boxes, "masks": masks})
+    results64 = t.postprocess(as_double(results), batch.image_sizes, orig)
     results = t.postprocess(results, batch.image_sizes, orig)
-    for i, r in enumerate(results):
+    for i, (r, r64) in enumerate(zip(results, results64)):
         out[f"{name}_pp_out_boxes{i}"] = r["boxes"]
         out[f"{name}_pp_out_masks{i}"] = r["masks"]
+        check_paste_margin(r64["boxes"], r64["masks"], 1)
+        record_error("pp_out_boxes", r["boxes"], r64["boxes"])
+        record_error("pp_out_masks", r["masks"], r64["masks"])
 
 
 case("a", [(3, 23, 30), (3, 30, 20), (3, 20, 20), (3, 10, 36)], [2, 1, 0, 1],
@@ -134,6 +182,9 @@ def paste(name, masks, boxes, size, padding=1, inputs_of=None):
     out[f"paste_{name}_size"] = torch.tensor(size, dtype=torch.int64)
     out[f"paste_{name}_padding"] = torch.tensor([padding], dtype=torch.int64)
     out[f"paste_{name}_out"] = paste_masks_in_image(masks, boxes, size, padding=padding)
+    check_paste_margin(boxes, masks, padding)
+    pasted64 = paste_masks_in_image(masks.double(), boxes.double(), size, padding=padding)
+    record_error("paste_out", out[f"paste_{name}_out"], pasted64)
 
 
 edge_boxes = torch.tensor([
@@ -154,6 +205,9 @@ paste("pad0", random_masks, random_boxes, (24, 30), padding=0, inputs_of="random
 paste("pad2", random_masks, random_boxes, (24, 30), padding=2, inputs_of="random")
 paste("empty", torch.rand(0, 1, 28, 28), torch.zeros(0, 4), (21, 17))
 
+for kind, err in tol.items():
+    out[f"tol.{kind}"] = torch.tensor(err, dtype=torch.float64)
+    print(f"tol.{kind} = {err:.2e}")
 out = {k: v.contiguous().clone() for k, v in out.items()}
 path = pathlib.Path(__file__).resolve().parent.parent / "tests/fixtures/transform.safetensors"
 save_file(out, str(path))

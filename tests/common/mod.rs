@@ -219,3 +219,81 @@ pub fn hashed_weight(name: &str, dims: &[usize], shifted: bool) -> Tensor {
         .collect();
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
+
+/// Parity with PyTorch in float32: our error may be `TORCH_ERR_MULTIPLE` times PyTorch's own
+/// float32 error on the same output, or `FLOOR_ULPS` ulps (of our dtype) of the output's
+/// scale, whichever is larger. PyTorch's error is measured by the fixture script against its float64
+/// result (the same weights and inputs cast with `.double()`), the worst of several float32
+/// runs that sum in different orders, and stored as the scalar `tol.{output}`; the two
+/// constants and why they are 4 and 8 are in `scripts/make_resnet_fixtures.py`. Bounds tuned
+/// on one CPU broke on another; these scale with the arithmetic's own sensitivity.
+pub const TORCH_ERR_MULTIPLE: f64 = 4.0;
+/// See [`TORCH_ERR_MULTIPLE`].
+pub const FLOOR_ULPS: f64 = 8.0;
+
+/// How an error is measured, as the fixture scripts' `max_error` measures PyTorch's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Metric {
+    /// `max |ours − ref|`; the floor scales with `max |ref|`.
+    Abs,
+    /// `max |ours − ref| / max |ref|` (as [`max_rel_diff`]).
+    Rel,
+    /// `max (|ours − ref| / max(1, |ref|))` elementwise (as [`assert_close_rel`]).
+    RelEach,
+}
+
+/// `tol.{name}` of a fixture: PyTorch's float32 error on output `name`.
+pub fn torch_err(f: &HashMap<String, Tensor>, name: &str) -> f64 {
+    values(get(f, &format!("tol.{name}")))[0]
+}
+
+/// The error `metric` allows given PyTorch's float32 error `torch_err` on a reference whose
+/// largest magnitude is `scale`, for results of precision `eps` (machine epsilon).
+pub fn torch_bound(torch_err: f64, metric: Metric, scale: f64, eps: f64) -> f64 {
+    let scale = if metric == Metric::Abs { scale } else { 1.0 };
+    (TORCH_ERR_MULTIPLE * torch_err).max(FLOOR_ULPS * eps * scale)
+}
+
+/// The error of `ours` against `reference` (any float dtypes, same shape), in f64.
+pub fn error(ours: &Tensor, reference: &Tensor, metric: Metric) -> f64 {
+    assert_eq!(ours.dims(), reference.dims(), "shapes");
+    assert_finite(ours, "compared tensor");
+    let (a, b) = (values(ours), values(reference));
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = a.iter().zip(&b).fold(0.0f64, |m, (x, y)| {
+        let d = (x - y).abs();
+        m.max(match metric {
+            Metric::RelEach => d / y.abs().max(1.0),
+            _ => d,
+        })
+    });
+    match metric {
+        Metric::Rel => worst / scale.max(1e-12),
+        _ => worst,
+    }
+}
+
+/// Panics unless `ours` is within [`torch_bound`] of `reference`; returns our error (also
+/// printed, with the bound, for `--nocapture`).
+pub fn assert_within_torch(
+    ours: &Tensor,
+    reference: &Tensor,
+    torch_err: f64,
+    metric: Metric,
+    what: &str,
+) -> f64 {
+    let err = error(ours, reference, metric);
+    let scale = values(reference).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let eps = match ours.dtype() {
+        DType::F64 => f64::EPSILON,
+        _ => f32::EPSILON as f64,
+    };
+    let bound = torch_bound(torch_err, metric, scale, eps);
+    println!("{what}: {metric:?} error {err:.3e}, bound {bound:.3e} (PyTorch's f32 error {torch_err:.3e})");
+    assert!(
+        err <= bound,
+        "{what}: {metric:?} error {err:.3e} against PyTorch exceeds {bound:.3e} \
+         ({TORCH_ERR_MULTIPLE} x PyTorch's own float32 error {torch_err:.3e}, floor {FLOOR_ULPS} ulps)"
+    );
+    err
+}
