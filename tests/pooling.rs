@@ -35,12 +35,7 @@ fn seeded(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn vec(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    common::values(t)
 }
 
 /// The gradient of `Σ r ⊙ op(x)` by backprop.
@@ -127,39 +122,29 @@ fn max_pool_gradient_matches_central_differences() {
 #[test]
 fn max_pool_routes_the_whole_gradient_to_the_first_maximum() {
     let dev = Device::Cpu;
-    let x = Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &dev).unwrap();
     for generic in [false, true] {
         let op = pool_op(2, 2, 0, generic);
-        let v = Var::from_tensor(&x).unwrap();
-        let g = op(v.as_tensor())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert_eq!(vec(g.get(v.as_tensor()).unwrap()), [0., 0., 0., 1.]);
+        // The input gradient of sum(op(t)) for a 1x1x2x2 map `t`.
+        let grad = |t: [f32; 4]| -> Vec<f64> {
+            let v = Var::from_tensor(&Tensor::from_vec(t.to_vec(), (1, 1, 2, 2), &dev).unwrap())
+                .unwrap();
+            let g = op(v.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            vec(g.get(v.as_tensor()).unwrap())
+        };
+        assert_eq!(grad([1., 2., 3., 4.]), [0., 0., 0., 1.]);
         // Ties: the first maximum in row-major order takes it all (PyTorch's rule).
-        let t = Var::new(&[[[[5f32, 1.], [5., 5.]]]], &dev).unwrap();
-        let g = op(t.as_tensor())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
         assert_eq!(
-            vec(g.get(t.as_tensor()).unwrap()),
+            grad([5., 1., 5., 5.]),
             [1., 0., 0., 0.],
             "generic={generic}"
         );
-        let t = Var::new(&[[[[0f32, 7.], [7., 7.]]]], &dev).unwrap();
-        let g = op(t.as_tensor())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
         assert_eq!(
-            vec(g.get(t.as_tensor()).unwrap()),
+            grad([0., 7., 7., 7.]),
             [0., 1., 0., 0.],
             "generic={generic}"
         );
