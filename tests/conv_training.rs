@@ -31,6 +31,8 @@ fn same_losses(cfg: &UNetPlusPlusConfig) {
     let init = {
         let varmap = VarMap::new();
         UNetPlusPlus::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        // Seeded, so that the run is the same every time (candle's initialisers are not).
+        unetpp::train::seeded_init(&varmap, 2).unwrap();
         let data = varmap.data().lock().unwrap();
         data.iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
