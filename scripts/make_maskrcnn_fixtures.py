@@ -49,7 +49,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import expand_boxes
 
 from make_resnet_fixtures import TORCH_ERR_MULTIPLE, as_double, fill, float32_runs, torch_error
-from make_roi_heads_fixtures import DecisionRecorder, check_decisions, scramble
+from make_roi_heads_fixtures import DecisionRecorder, check_decisions, first_seed_with_wide_margins, scramble
 
 DETECTIONS = 20
 # The RPN keeps 50 proposals per image (torchvision's rpn_post_nms_top_n_test, 1000 by
@@ -158,17 +158,7 @@ def make(model, seed):
 
 def main():
     model = build()
-    for seed in range(11, 60):
-        try:
-            out, report = make(model, seed)
-            break
-        except AssertionError as e:
-            print(f"seed {seed}: {e}")
-    else:
-        raise SystemExit("no seed gives wide margins")
-    print(f"seed {seed}:")
-    for line in report:
-        print("  " + line)
+    _, out = first_seed_with_wide_margins(range(11, 60), lambda seed: make(model, seed))
     for k, v in out.items():
         if k.startswith("tol."):
             out[k] = torch.tensor(v, dtype=torch.float64)
