@@ -97,19 +97,10 @@ impl AdamW {
     /// [`Error::Diverged`] that names the variable, and then nothing is updated: neither the
     /// weights, nor the moments, nor the step count.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for (name, var) in &self.vars {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                // NaN · 0 and ∞ · 0 are NaN: the sum is 0 exactly when every element is finite.
-                let probe = (g * 0.0)?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
-                if probe != 0.0 {
-                    return Err(Error::Diverged(format!(
-                        "the gradient of `{name}` is not finite; the step was not taken"
-                    )));
-                }
-            }
+        if let Some(name) = self.first_non_finite(grads)? {
+            return Err(Error::Diverged(format!(
+                "the gradient of `{name}` is not finite; the step was not taken"
+            )));
         }
         self.step += 1;
         let p = &self.params;
@@ -137,6 +128,41 @@ impl AdamW {
             *moments = Some((next_m.detach(), next_v.detach()));
         }
         Ok(())
+    }
+
+    /// The name of the first variable whose gradient has a NaN or infinite element. One
+    /// scalar is read back from the device for all gradients; the variables are searched one
+    /// by one only when it says that one is not finite.
+    fn first_non_finite(&self, grads: &GradStore) -> Result<Option<&str>> {
+        // NaN · 0 and ∞ · 0 are NaN: a sum of g · 0 is 0 exactly when every element is finite.
+        let probe = |g: &Tensor| -> Result<Tensor> {
+            Ok((g * 0.0)?.sum_all()?.to_dtype(candle_core::DType::F32)?)
+        };
+        let present: Vec<(&str, &Tensor)> = self
+            .vars
+            .iter()
+            .filter_map(|(name, var)| grads.get(var.as_tensor()).map(|g| (name.as_str(), g)))
+            .collect();
+        let mut total: Option<Tensor> = None;
+        for (_, g) in &present {
+            let p = probe(g)?;
+            total = Some(match total {
+                Some(t) => (t + p)?,
+                None => p,
+            });
+        }
+        let Some(total) = total else {
+            return Ok(None);
+        };
+        if total.to_scalar::<f32>()? == 0.0 {
+            return Ok(None);
+        }
+        for (name, g) in present {
+            if probe(g)?.to_scalar::<f32>()? != 0.0 {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
     }
 
     /// Back-propagates `loss` and takes one step. A NaN or infinite loss (or gradient) is an

@@ -8,7 +8,7 @@ use crate::data::{Batch, Dataset};
 use crate::loss::{DeepSupervisionLoss, SegmentationLoss};
 use crate::metrics::{labels_from_logits, labels_from_probabilities, SegmentationMetrics};
 use crate::model::SegmentationModel;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Which output of a network to score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +25,9 @@ pub enum Mode {
 /// One step: forward in training mode, the deep-supervision loss over every head, backward,
 /// and an optimizer update. Returns the loss before the update.
 ///
-/// A NaN or infinite loss or gradient is an [`Error::Diverged`], checked before anything is
-/// updated: the weights and the optimizer's state stay as they were, so a checkpoint saved
-/// afterwards holds the last good weights.
+/// A NaN or infinite loss or gradient is an [`crate::Error::Diverged`], checked (by
+/// [`AdamW::backward_step`]) before anything is updated: the weights and the optimizer's
+/// state stay as they were, so a checkpoint saved afterwards holds the last good weights.
 pub fn train_step<M, L>(
     model: &M,
     loss: &DeepSupervisionLoss<L>,
@@ -40,16 +40,11 @@ where
 {
     let out = model.forward_t(&batch.images, true)?;
     let value = loss.compute(&out, loss.loss().targets(batch))?;
-    let v = value
-        .to_dtype(candle_core::DType::F32)?
-        .to_scalar::<f32>()?;
-    if !v.is_finite() {
-        return Err(Error::Diverged(format!(
-            "the loss is {v}; the step was not taken (lower the learning rate?)"
-        )));
-    }
+    // `backward_step` refuses a non-finite loss or gradient before it changes anything.
     optimizer.backward_step(&value)?;
-    Ok(v)
+    Ok(value
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?)
 }
 
 /// Predicted labels `(N, H, W)` of `images` in `mode`.
