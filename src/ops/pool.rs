@@ -36,8 +36,13 @@ use crate::{Error, Result};
 /// # Ok::<(), unetpp::Error>(())
 /// ```
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let geom = PoolGeom::new(x, kernel, stride, padding)?;
-    if x.device().is_cpu() {
+    max_pool2d_on(x, (kernel, stride, padding), x.device().is_cpu())
+}
+
+/// [`max_pool2d`] on the CPU kernel when `cpu_kernel`, on the composed path otherwise.
+fn max_pool2d_on(x: &Tensor, (k, s, p): (usize, usize, usize), cpu_kernel: bool) -> Result<Tensor> {
+    let geom = PoolGeom::new(x, k, s, p)?;
+    if cpu_kernel {
         Ok(x.contiguous()?.apply_op1(MaxPool(geom))?)
     } else {
         max_pool2d_composed(x, geom)
@@ -61,7 +66,12 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
 /// # Ok::<(), unetpp::Error>(())
 /// ```
 pub fn upsample_nearest2d(x: &Tensor, scale: usize) -> Result<Tensor> {
-    let (n, c, h, w) = dims4(x, "upsample_nearest2d")?;
+    upsample_nearest2d_on(x, scale, x.device().is_cpu())
+}
+
+/// [`upsample_nearest2d`] on the CPU kernel when `cpu_kernel`, on the composed path otherwise.
+fn upsample_nearest2d_on(x: &Tensor, scale: usize, cpu_kernel: bool) -> Result<Tensor> {
+    let dims = dims4(x, "upsample_nearest2d")?;
     if scale == 0 {
         return Err(Error::Input(
             "upsample_nearest2d: the scale must be ≥ 1".into(),
@@ -69,12 +79,11 @@ pub fn upsample_nearest2d(x: &Tensor, scale: usize) -> Result<Tensor> {
     }
     check_float(x, "upsample_nearest2d")?;
     if scale == 1 {
-        return Ok(x.clone());
-    }
-    if x.device().is_cpu() {
+        Ok(x.clone())
+    } else if cpu_kernel {
         Ok(x.contiguous()?.apply_op1(Upsample { scale })?)
     } else {
-        upsample_composed(x, (n, c, h, w), scale)
+        upsample_composed(x, dims, scale)
     }
 }
 
@@ -434,19 +443,13 @@ pub fn max_pool2d_generic(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    max_pool2d_composed(x, PoolGeom::new(x, kernel, stride, padding)?)
+    max_pool2d_on(x, (kernel, stride, padding), false)
 }
 
 /// The composed nearest up-sampling, for tests: the path every non-CPU device takes.
 #[doc(hidden)]
 pub fn upsample_nearest2d_generic(x: &Tensor, scale: usize) -> Result<Tensor> {
-    let dims = dims4(x, "upsample_nearest2d")?;
-    if scale == 0 {
-        return Err(Error::Input(
-            "upsample_nearest2d: the scale must be ≥ 1".into(),
-        ));
-    }
-    upsample_composed(x, dims, scale)
+    upsample_nearest2d_on(x, scale, false)
 }
 
 /// `x` with `before` and `after` slices of −∞ along `dim`.
