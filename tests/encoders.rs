@@ -68,8 +68,8 @@ fn resnets_match_torchvision() {
     }
 }
 
-#[test]
-fn frozen_batch_norm_ignores_training_mode_and_gets_no_gradient() {
+/// A ResNet-18 with frozen batch-norm, and the `VarMap` holding its weights.
+fn frozen_resnet18() -> (VarMap, ResNet) {
     let cfg = ResNetConfig {
         frozen_bn: true,
         ..ResNetConfig::resnet18()
@@ -80,6 +80,12 @@ fn frozen_batch_norm_ignores_training_mode_and_gets_no_gradient() {
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )
     .unwrap();
+    (varmap, net)
+}
+
+#[test]
+fn frozen_batch_norm_ignores_training_mode_and_gets_no_gradient() {
+    let (varmap, net) = frozen_resnet18();
     let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
     let train = net.features(&x, true).unwrap();
     let eval = net.features(&x, false).unwrap();
@@ -236,4 +242,28 @@ fn frozen_stages_stop_the_backward_pass_and_keep_the_values() {
     }
     let e = net.features_trainable(x.as_tensor(), false, 6).unwrap_err();
     assert!(e.to_string().contains("trainable_layers"), "{e}");
+}
+
+/// Frozen batch-norm reads its statistics from the `VarMap`, also when they are written
+/// after the network is built (as restoring a checkpoint does).
+#[test]
+fn frozen_batch_norm_sees_statistics_written_later() {
+    let (varmap, net) = frozen_resnet18();
+    let x = Tensor::ones((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let stem_sum = || {
+        net.features(&x, false).unwrap()[0]
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let before = stem_sum();
+    let var = varmap.data().lock().unwrap()["bn1.running_mean"].clone();
+    var.set(&(var.as_tensor().ones_like().unwrap() * 100.0).unwrap())
+        .unwrap();
+    assert_ne!(
+        before,
+        stem_sum(),
+        "the frozen batch-norm kept its old running mean"
+    );
 }
