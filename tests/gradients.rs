@@ -95,12 +95,11 @@ fn bilinear_composed_version_has_the_same_gradient() {
     }
 }
 
-fn seeded_normal(shape: &[usize], seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.7f32..1.7)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+fn seeded(shape: &[usize], seed: u64) -> Tensor {
+    use rand::SeedableRng;
+    common::seeded_uniform(shape, &mut rand::rngs::StdRng::seed_from_u64(seed), 1.7)
+        .to_dtype(DType::F32)
+        .unwrap()
 }
 
 fn assert_every_weight_gets_a_gradient(cfg: &UNetPlusPlusConfig, h: usize, w: usize) {
@@ -110,8 +109,8 @@ fn assert_every_weight_gets_a_gradient(cfg: &UNetPlusPlusConfig, h: usize, w: us
     // Seeded: with candle's unseeded initialisers a narrow network now and then gets a
     // whole map of dead ReLUs, and a weight behind it no gradient.
     unetpp::train::seeded_init(&varmap, 3).unwrap();
-    let x = seeded_normal(&[2, cfg.in_channels(), h, w], 1);
-    let target = seeded_normal(&[2, cfg.num_classes(), h, w], 2)
+    let x = seeded(&[2, cfg.in_channels(), h, w], 1);
+    let target = seeded(&[2, cfg.num_classes(), h, w], 2)
         .gt(0.0)
         .unwrap()
         .to_dtype(DType::F32)

@@ -7,10 +7,13 @@
 //! are all drawn from a seeded generator (none at the initialisers' zeros and ones), so that
 //! no gradient vanishes by construction.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use common::{seeded_uniform, values};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use unetpp::prelude::*;
 
 /// Largest allowed `max_i |numeric_i − backprop_i| / max_i |numeric_i|` per tensor (plus the
@@ -23,18 +26,6 @@ const TOLERANCE: f64 = 1e-5;
 /// exactly zero (a convolution bias in front of a batch or instance norm) are compared
 /// against `1e-8 · S` (measured: up to 2e-10 · S).
 const ROUNDING_FLOOR: f64 = 1e-8;
-
-fn seeded(shape: &[usize], rng: &mut StdRng, scale: f64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| rng.random_range(-1.0..1.0) * scale)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
-}
 
 /// Checks every trainable variable of `varmap` (the weights of `net`) on input `(n, c, h, w)`.
 fn check<M: SegmentationModel>(
@@ -60,21 +51,21 @@ fn check<M: SegmentationModel>(
         let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
         let t = if name.ends_with("weight") && dims.len() == 1 {
             // Norm scales around 1.
-            (seeded(&dims, &mut rng, 0.3) + 1.0).unwrap()
+            (seeded_uniform(&dims, &mut rng, 0.3) + 1.0).unwrap()
         } else if dims.len() == 1 {
-            seeded(&dims, &mut rng, 0.2)
+            seeded_uniform(&dims, &mut rng, 0.2)
         } else {
-            seeded(&dims, &mut rng, (3.0 / fan_in as f64).sqrt())
+            seeded_uniform(&dims, &mut rng, (3.0 / fan_in as f64).sqrt())
         };
         var.set(&t).unwrap();
     }
     let (n, c, h, w) = input;
-    let x = seeded(&[n, c, h, w], &mut rng, 1.0);
+    let x = seeded_uniform(&[n, c, h, w], &mut rng, 1.0);
     let out = net.forward_t(&x, true).unwrap();
     let weights: Vec<Tensor> = out
         .logits()
         .iter()
-        .map(|l| seeded(l.dims(), &mut rng, 1.0))
+        .map(|l| seeded_uniform(l.dims(), &mut rng, 1.0))
         .collect();
     let loss = |net: &M| -> Tensor {
         let out = net.forward_t(&x, true).unwrap();

@@ -7,6 +7,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
+use common::values;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use unetpp::ops::{max_pool2d, max_pool2d_generic, upsample_nearest2d, upsample_nearest2d_generic};
@@ -28,25 +29,18 @@ fn distinct(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn seeded(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn vec(t: &Tensor) -> Vec<f64> {
-    common::values(t)
+    common::seeded_uniform(shape, &mut StdRng::seed_from_u64(seed), 1.0)
 }
 
 /// The gradient of `Σ r ⊙ op(x)` by backprop.
 fn backprop(op: DynOp, x: &Tensor, r: &Tensor) -> Vec<f64> {
     let v = Var::from_tensor(x).unwrap();
     let y = (op(v.as_tensor()).unwrap() * r).unwrap().sum_all().unwrap();
-    vec(y.backward().unwrap().get(v.as_tensor()).unwrap())
+    values(y.backward().unwrap().get(v.as_tensor()).unwrap())
 }
 
 fn central_differences(op: DynOp, x: &Tensor, r: &Tensor) -> Vec<f64> {
-    let base = vec(x);
+    let base = values(x);
     let f = |v: Vec<f64>| -> f64 {
         let t = Tensor::from_vec(v, x.shape(), &Device::Cpu).unwrap();
         (op(&t).unwrap() * r)
@@ -134,7 +128,7 @@ fn max_pool_routes_the_whole_gradient_to_the_first_maximum() {
                 .unwrap()
                 .backward()
                 .unwrap();
-            vec(g.get(v.as_tensor()).unwrap())
+            values(g.get(v.as_tensor()).unwrap())
         };
         assert_eq!(grad([1., 2., 3., 4.]), [0., 0., 0., 1.]);
         // Ties: the first maximum in row-major order takes it all (PyTorch's rule).
@@ -156,7 +150,7 @@ fn max_pool_routes_the_whole_gradient_to_the_first_maximum() {
         let y = pool_op(3, 1, 1, generic)(t.as_tensor()).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert_eq!(
-            vec(g.get(t.as_tensor()).unwrap()),
+            values(g.get(t.as_tensor()).unwrap()),
             [0., 0., 0., 0., 9., 0., 0., 0., 0.]
         );
     }
@@ -178,13 +172,13 @@ fn cpu_kernel_and_composed_path_agree_with_ties_and_every_float_type() {
             let ya = max_pool2d(a.as_tensor(), k, s, p).unwrap();
             let yb = max_pool2d_generic(b.as_tensor(), k, s, p).unwrap();
             assert_eq!(ya.dtype(), dtype);
-            assert_eq!(vec(&ya), vec(&yb), "k{k} s{s} p{p} {dtype:?}");
+            assert_eq!(values(&ya), values(&yb), "k{k} s{s} p{p} {dtype:?}");
             let r = seeded(ya.dims(), 5).to_dtype(dtype).unwrap();
             let ga = (ya * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (yb * &r).unwrap().sum_all().unwrap().backward().unwrap();
             assert_close(
-                &vec(ga.get(a.as_tensor()).unwrap()),
-                &vec(gb.get(b.as_tensor()).unwrap()),
+                &values(ga.get(a.as_tensor()).unwrap()),
+                &values(gb.get(b.as_tensor()).unwrap()),
                 if dtype == DType::F64 { 1e-12 } else { 2e-2 },
                 &format!("gradient k{k} s{s} p{p} {dtype:?}"),
             );
@@ -220,7 +214,7 @@ fn nearest_upsampling_gradient_sums_each_block_and_accumulates() {
             1e-8,
             &format!("generic x{scale}"),
         );
-        assert_eq!(vec(&cpu(&x).unwrap()), vec(&generic(&x).unwrap()));
+        assert_eq!(values(&cpu(&x).unwrap()), values(&generic(&x).unwrap()));
     }
     // The case: y = up(x).sum() + 3·x.sum() gives every pixel 4 + 3.
     for op in [(|t| upsample_nearest2d(t, 2)) as Op, |t| {
@@ -230,7 +224,7 @@ fn nearest_upsampling_gradient_sums_each_block_and_accumulates() {
         let y = (op(x.as_tensor()).unwrap().sum_all().unwrap()
             + (x.as_tensor().sum_all().unwrap() * 3.).unwrap())
         .unwrap();
-        let g = vec(y.backward().unwrap().get(x.as_tensor()).unwrap());
+        let g = values(y.backward().unwrap().get(x.as_tensor()).unwrap());
         assert!(g.iter().all(|&v| v == 7.0), "{g:?}");
     }
 }
@@ -251,7 +245,7 @@ fn candle_max_pool_and_nearest_backward_are_still_wrong() {
         .backward()
         .unwrap();
     assert_eq!(
-        vec(g.get(x.as_tensor()).unwrap()),
+        values(g.get(x.as_tensor()).unwrap()),
         [0., 0., 0., 0.25],
         "candle's max_pool2d backward changed"
     );
@@ -264,7 +258,7 @@ fn candle_max_pool_and_nearest_backward_are_still_wrong() {
         .unwrap()
         + (x.as_tensor().sum_all().unwrap() * 3.).unwrap())
     .unwrap();
-    let g = vec(y.backward().unwrap().get(x.as_tensor()).unwrap());
+    let g = values(y.backward().unwrap().get(x.as_tensor()).unwrap());
     assert_eq!(
         g, [4.0; 4],
         "candle's upsample_nearest2d backward changed (true gradient: 7)"
@@ -384,14 +378,14 @@ fn pooling_and_upsampling_match_pytorch() {
                 let tol = if dtype == DType::F64 { 1e-12 } else { 1e-6 };
                 let what = format!("pool case {i} (k{k} s{s} p{p}) generic={generic} {dtype:?}");
                 assert_close(
-                    &vec(&y),
-                    &vec(common::get(&t, &format!("pool.{i}.output"))),
+                    &values(&y),
+                    &values(common::get(&t, &format!("pool.{i}.output"))),
                     tol,
                     &what,
                 );
                 assert_close(
-                    &vec(g.get(xv.as_tensor()).unwrap()),
-                    &vec(common::get(&t, &format!("pool.{i}.grad_input"))),
+                    &values(g.get(xv.as_tensor()).unwrap()),
+                    &values(common::get(&t, &format!("pool.{i}.grad_input"))),
                     tol,
                     &what,
                 );
@@ -416,14 +410,14 @@ fn pooling_and_upsampling_match_pytorch() {
             let g = loss.backward().unwrap();
             let what = format!("nearest x{scale} generic={generic}");
             assert_close(
-                &vec(&up),
-                &vec(common::get(&t, &format!("nearest.x{scale}.output"))),
+                &values(&up),
+                &values(common::get(&t, &format!("nearest.x{scale}.output"))),
                 1e-12,
                 &what,
             );
             assert_close(
-                &vec(g.get(xv.as_tensor()).unwrap()),
-                &vec(common::get(&t, &format!("nearest.x{scale}.grad_input"))),
+                &values(g.get(xv.as_tensor()).unwrap()),
+                &values(common::get(&t, &format!("nearest.x{scale}.grad_input"))),
                 1e-12,
                 &what,
             );

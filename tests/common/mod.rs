@@ -297,3 +297,14 @@ pub fn assert_within_torch(
     );
     err
 }
+
+/// An f64 tensor of `shape` drawn uniformly from `(−scale, scale)` by `rng` (reproducible,
+/// where candle's `randn` is not).
+pub fn seeded_uniform(shape: &[usize], rng: &mut rand::rngs::StdRng, scale: f64) -> Tensor {
+    use rand::Rng;
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| rng.random_range(-1.0..1.0) * scale)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
