@@ -50,13 +50,15 @@ fn boxes(rng: &mut Lcg, n: usize, (h, w): (f64, f64), (min, max): (f64, f64)) ->
 
 /// Median time of `MaskRcnn::detect` on one 3×800×1024 image, random weights.
 fn bench_maskrcnn(runs: usize) -> unetpp::Result<()> {
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarMap;
     use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig};
     let dev = Device::Cpu;
     let cfg = MaskRcnnConfig::mask_rcnn(91)?;
     let varmap = VarMap::new();
-    let model = MaskRcnn::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-    unetpp::maskrcnn::init::seeded_init(&varmap, 0)?;
+    let model = MaskRcnn::new(
+        &cfg,
+        unetpp::nn::seeded_var_builder(&varmap, 0, DType::F32, &dev),
+    )?;
     let image = maskrcnn_image(&dev)?;
     let (_, h, w) = image.dims3()?;
     let mut found = 0;
@@ -85,15 +87,17 @@ fn maskrcnn_image(dev: &Device) -> unetpp::Result<Tensor> {
 /// Median time of one Mask R-CNN training step (losses and backward) on the benchmark image
 /// with four objects (boxes and filled-rectangle masks), three trainable ResNet stages.
 fn bench_maskrcnn_train(runs: usize) -> unetpp::Result<()> {
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarMap;
     use rand::SeedableRng;
     use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, Target};
     let dev = Device::Cpu;
     let mut cfg = MaskRcnnConfig::mask_rcnn(91)?;
     cfg.trainable_backbone_layers = 3;
     let varmap = VarMap::new();
-    let model = MaskRcnn::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-    unetpp::maskrcnn::init::seeded_init(&varmap, 0)?;
+    let model = MaskRcnn::new(
+        &cfg,
+        unetpp::nn::seeded_var_builder(&varmap, 0, DType::F32, &dev),
+    )?;
     let vars = unetpp::maskrcnn::trainable_vars(&varmap, 3)?;
     let image = maskrcnn_image(&dev)?;
     let (_, h, w) = image.dims3()?;

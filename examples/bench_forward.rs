@@ -141,7 +141,7 @@ pub fn main() -> Result<()> {
         let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW::default())?;
         let t = median_seconds(
             || {
-                let out = net.forward_t(&x, true)?;
+                let out = net.forward_heads(&x, true)?;
                 let loss = unetpp::loss::deep_supervision_bce_dice(out.logits(), &target)?;
                 Ok::<(), Error>(opt.backward_step(&loss)?)
             },

@@ -11,7 +11,7 @@
 mod support;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use clap::Parser;
 use unetpp::encoders::ResNetConfig;
 use unetpp::interop::smp::{SmpConfig, SmpUnetPlusPlus};
@@ -35,8 +35,10 @@ fn main() -> unetpp::Result<()> {
         classes: 1,
     };
     let varmap = VarMap::new();
-    let net = SmpUnetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
-    unetpp::train::seeded_init(&varmap, 0)?;
+    let net = SmpUnetPlusPlus::new(
+        &cfg,
+        unetpp::nn::seeded_var_builder(&varmap, 0, DType::F32, &dev),
+    )?;
     println!("threads: {}", rayon::current_num_threads());
     for (n, hw) in [(1usize, 256usize), (1, 512)] {
         let x = Tensor::rand(0f32, 1., (n, 3, hw, hw), &dev)?;

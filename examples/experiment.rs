@@ -9,7 +9,7 @@
 //! ```
 //!
 //! In each run (`--seeds`, default 3) every network starts from weights drawn with the run's
-//! seed ([`unetpp::train::seeded_init`]) and sees the same batches in the same order; scores
+//! seed ([`unetpp::nn::seeded_var_builder`]) and sees the same batches in the same order; scores
 //! are reported as mean ± standard deviation over the runs. Scores are on a held-out test set drawn with
 //! another seed: IoU and Dice of the foreground over the whole set, and IoU per image
 //! averaged. The CPU time is the median forward pass of one image. The table replaces the
@@ -22,14 +22,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{ParamsAdamW, VarMap};
 use clap::Parser;
 use unetpp::data::loader::DataLoader;
 use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
 use unetpp::data::{Batch, Dataset};
 use unetpp::loss::DeepSupervisionLoss;
-use unetpp::prelude::{SegmentationModel, UNet, UNetPlusPlus, UNetPlusPlusConfig};
-use unetpp::train::{evaluate, predict, seeded_init, train_step, AdamW, Mode};
+use unetpp::prelude::{MultiHeadSegmenter, UNet, UNetPlusPlus, UNetPlusPlusConfig};
+use unetpp::train::{evaluate, predict, train_step, AdamW, Mode};
 
 #[path = "support/cli.rs"]
 mod cli;
@@ -177,7 +177,7 @@ fn run(args: &Args) -> Result<(), AnyError> {
     let mut rows: Vec<Row> = Vec::new();
     let mut pruned_rows: Vec<Row> = Vec::new();
     // The networks of the last seed, timed at the end.
-    let mut timed: Vec<Box<dyn SegmentationModel>> = Vec::new();
+    let mut timed: Vec<Box<dyn MultiHeadSegmenter>> = Vec::new();
     let started = Instant::now();
     for run in 0..args.seeds {
         let seed = args.seed + run as u64;
@@ -185,8 +185,8 @@ fn run(args: &Args) -> Result<(), AnyError> {
         timed.clear();
         for (p, (name, slug)) in plans.into_iter().enumerate() {
             let varmap = VarMap::new();
-            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-            let model: Box<dyn SegmentationModel> = match slug {
+            let vb = unetpp::nn::seeded_var_builder(&varmap, seed, DType::F32, &device);
+            let model: Box<dyn MultiHeadSegmenter> = match slug {
                 "unet" => Box::new(UNet::new(&with_widths(UNet::paper(), widths).build()?, vb)?),
                 "wide-unet" => Box::new(UNet::new(
                     &with_widths(UNet::wide(), wide_widths.as_deref()).build()?,
@@ -199,7 +199,6 @@ fn run(args: &Args) -> Result<(), AnyError> {
                 )?),
                 _ => Box::new(UNetPlusPlus::new(&ds_cfg, vb)?),
             };
-            seeded_init(&varmap, seed)?;
             let mut opt = AdamW::new(
                 &varmap,
                 ParamsAdamW {

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Both detectors are `MaskRcnnConfig::compact` (ResNet-18 with trainable batch-norm, a
-//! `--channels`-wide pyramid), initialised by `maskrcnn::init::seeded_init` from the same
+//! `--channels`-wide pyramid), initialised by `nn::seeded_var_builder` from the same
 //! seed (identical weights wherever they share a tensor) and trained with AdamW on the sum of
 //! the five losses, with a progress bar; a run is repeatable. For each it prints, on the test images, box AP@0.5, mask
 //! AP@0.5 and the mean best mask IoU of the objects, as a Markdown table row, the training
@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{Optimizer, ParamsAdamW, VarMap};
 use clap::{ArgAction, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -204,9 +204,11 @@ fn main() -> Result<(), AnyError> {
         let mut cfg = MaskRcnnConfig::compact(args.classes as usize + 1, args.channels, args.size)?;
         cfg.pyramid = pyramid;
         let varmap = VarMap::new();
-        let model = MaskRcnn::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+        let model = MaskRcnn::new(
+            &cfg,
+            unetpp::nn::seeded_var_builder(&varmap, args.seed, DType::F32, &dev),
+        )?;
         // The same initial weights for both detectors wherever they share a tensor.
-        unetpp::maskrcnn::init::seeded_init(&varmap, args.seed)?;
         let params: usize = model
             .named_tensors()
             .iter()

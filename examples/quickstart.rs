@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     let mut running = Vec::new();
     for step in 1..=args.steps {
         let batch = circles_and_squares(args.batch, args.size, args.size, step as u64, &device)?;
-        let out = net.forward_t(&batch.images, true)?;
+        let out = net.forward_heads(&batch.images, true)?;
         let loss = deep_supervision_bce_dice(out.logits(), &batch.masks)?;
         opt.backward_step(&loss)?;
         running.push(loss.to_scalar::<f32>()?);
@@ -87,7 +87,7 @@ fn main() -> Result<()> {
     // Evaluate on held-out images without recording a graph.
     let trained = net.detach()?;
     let test = circles_and_squares(16, args.size, args.size, 1_000_000, &device)?;
-    let out = trained.forward_t(&test.images, false)?;
+    let out = trained.forward_heads(&test.images, false)?;
     println!("\nheld-out IoU (16 images):");
     for &j in out.cols() {
         println!(

@@ -36,7 +36,7 @@ use unetpp::data::loader::{Augment, DataLoader};
 use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
 use unetpp::data::{Dataset, Subset};
 use unetpp::loss::{BceDice, CeDice, DeepSupervisionLoss, SegmentationLoss};
-use unetpp::prelude::{SegmentationModel, UNet, UNetPlusPlus, UNetPlusPlusConfig};
+use unetpp::prelude::{MultiHeadSegmenter, UNet, UNetPlusPlus, UNetPlusPlusConfig};
 use unetpp::train::{evaluate, predict, save_checkpoint, train_step, AdamW, Checkpoint, Mode};
 
 #[path = "support/cli.rs"]
@@ -135,7 +135,7 @@ fn build_model(
     classes: usize,
     widths: Option<&[usize]>,
     vb: VarBuilder,
-) -> unetpp::Result<Box<dyn SegmentationModel>> {
+) -> unetpp::Result<Box<dyn MultiHeadSegmenter>> {
     let outputs = if classes == 2 { 1 } else { classes };
     let cfg = match kind {
         Kind::UNetPPDs => UNetPlusPlusConfig::paper().deep_supervision(true),
@@ -207,7 +207,7 @@ fn run(args: &Args) -> Result<(), AnyError> {
     let val = DataLoader::new(val_set, args.batch)?;
 
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let vb = unetpp::nn::seeded_var_builder(&varmap, args.seed, DType::F32, &device);
     let model = build_model(
         args.model,
         data.channels(),
@@ -216,7 +216,6 @@ fn run(args: &Args) -> Result<(), AnyError> {
         vb,
     )?;
     // Seeded, so that a run can be repeated exactly.
-    unetpp::train::seeded_init(&varmap, args.seed)?;
     let mode = if args.model == Kind::UNetPPDs {
         Mode::Accurate
     } else {
@@ -270,7 +269,7 @@ fn run(args: &Args) -> Result<(), AnyError> {
 #[allow(clippy::too_many_arguments)]
 fn fit<L: SegmentationLoss, D: Dataset>(
     args: &Args,
-    model: &dyn SegmentationModel,
+    model: &dyn MultiHeadSegmenter,
     loss: &DeepSupervisionLoss<L>,
     opt: &mut AdamW,
     varmap: &VarMap,

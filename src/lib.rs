@@ -24,7 +24,7 @@
 //! let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
 //!
 //! let images = Tensor::randn(0f32, 1., (2, 1, 32, 32), &device)?;
-//! let out = net.forward_t(&images, true)?;      // logits of X^{0,1}, …, X^{0,4}
+//! let out = net.forward_heads(&images, true)?;      // logits of X^{0,1}, …, X^{0,4}
 //! assert_eq!(out.logits().len(), 4);
 //! let probs = out.accurate()?;                  // mean of the heads' probabilities
 //! assert_eq!(probs.dims(), &[2, 1, 32, 32]);
@@ -66,7 +66,7 @@ pub mod unetpp;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use model::SegmentationModel;
+pub use model::MultiHeadSegmenter;
 pub use unet::UNet;
 pub use unetpp::{Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
 
@@ -74,7 +74,7 @@ pub use unetpp::{Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
 pub mod prelude {
     pub use crate::loss::{BceDice, CeDice, DeepSupervisionLoss, SegmentationLoss};
     pub use crate::metrics::SegmentationMetrics;
-    pub use crate::model::SegmentationModel;
+    pub use crate::model::MultiHeadSegmenter;
     pub use crate::nn::{Activation, Norm, Upsample};
     pub use crate::unet::UNet;
     pub use crate::unetpp::{ConcatOrder, Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};

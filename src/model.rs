@@ -1,5 +1,6 @@
-//! What every segmentation network of the crate offers, so that training and evaluation code
-//! can take any of them.
+//! The interface of the crate's segmentation networks, so that training and evaluation code
+//! can take any of them. Every network is also a candle [`Module`](candle_core::Module) and
+//! [`ModuleT`](candle_core::ModuleT) (the logits of its deepest head).
 
 use candle_core::Tensor;
 
@@ -8,12 +9,14 @@ use crate::unet::UNet;
 use crate::unetpp::{Outputs, UNetPlusPlus};
 use crate::Result;
 
-/// A segmentation network: images `(N, C, H, W)` in, the logits of one or more heads out.
-pub trait SegmentationModel {
-    /// Runs the network; `train` switches batch-norm and dropout to training behaviour.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Outputs>;
+/// A segmentation network with one or more heads (deep supervision): images `(N, C, H, W)`
+/// in, the logits of every head out.
+pub trait MultiHeadSegmenter {
+    /// Runs the network and returns every head; `train` switches batch-norm and dropout to
+    /// training behaviour.
+    fn forward_heads(&self, x: &Tensor, train: bool) -> Result<Outputs>;
 
-    /// Inference logits of the network's deepest (or only) head, recording no graph.
+    /// Inference logits of the deepest (or only) head, recording no graph.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 
     /// Inference with every head: evaluation mode, no graph recorded.
@@ -32,38 +35,27 @@ pub trait SegmentationModel {
     }
 }
 
-impl SegmentationModel for UNetPlusPlus {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Outputs> {
-        UNetPlusPlus::forward_t(self, x, train)
-    }
+/// The trait in terms of the network's own methods of the same names.
+macro_rules! multi_head_segmenter {
+    ($($net:ty),*) => {$(
+        impl MultiHeadSegmenter for $net {
+            fn forward_heads(&self, x: &Tensor, train: bool) -> Result<Outputs> {
+                <$net>::forward_heads(self, x, train)
+            }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        UNetPlusPlus::forward(self, x)
-    }
+            fn forward(&self, x: &Tensor) -> Result<Tensor> {
+                <$net>::forward(self, x)
+            }
 
-    fn infer(&self, x: &Tensor) -> Result<Outputs> {
-        self.detach()?.forward_t(&x.detach(), false)
-    }
+            fn infer(&self, x: &Tensor) -> Result<Outputs> {
+                self.detach()?.forward_heads(&x.detach(), false)
+            }
 
-    fn named_tensors(&self) -> Vec<NamedTensor> {
-        UNetPlusPlus::named_tensors(self)
-    }
+            fn named_tensors(&self) -> Vec<NamedTensor> {
+                <$net>::named_tensors(self)
+            }
+        }
+    )*};
 }
 
-impl SegmentationModel for UNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Outputs> {
-        UNet::forward_t(self, x, train)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        UNet::forward(self, x)
-    }
-
-    fn infer(&self, x: &Tensor) -> Result<Outputs> {
-        self.detach()?.forward_t(&x.detach(), false)
-    }
-
-    fn named_tensors(&self) -> Vec<NamedTensor> {
-        UNet::named_tensors(self)
-    }
-}
+multi_head_segmenter!(UNetPlusPlus, UNet);

@@ -6,7 +6,7 @@
 //! names and file format, so a comparison changes only the network.
 //!
 //! ```
-//! use candle_core::{DType, Device, Tensor};
+//! use candle_core::{DType, Device, ModuleT, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
 //! use unetpp::unet::UNet;
 //!
@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::NamedTensor;
@@ -76,9 +76,9 @@ impl UNet {
     }
 
     /// Runs the network; `train` switches batch-norm and dropout to training behaviour. The
-    /// [`Outputs`] hold the one head, `X^{0,L}`.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Outputs> {
-        self.net.forward_t(x, train)
+    /// [`Outputs`] hold the one head, `X^{0,L}` (as [`ModuleT::forward_t`] gives it).
+    pub fn forward_heads(&self, x: &Tensor, train: bool) -> Result<Outputs> {
+        self.net.forward_heads(x, train)
     }
 
     /// Every tensor under its stable name (the same names as UNet++'s nodes).
@@ -116,5 +116,14 @@ impl UNet {
     /// Loads the U-Net of `cfg` from a file written by [`Self::save`].
     pub fn load(cfg: &UNetPlusPlusConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::from_tensors(cfg, weights::load_tensors(path, device)?, device)
+    }
+}
+
+/// `ModuleT` only: candle implements `ModuleT` for every `Module`, ignoring the training flag,
+/// which batch-norm and dropout need; [`UNet::forward`] is the inference call.
+impl ModuleT for UNet {
+    /// The logits, recording the graph.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.net.forward_t(x, train)
     }
 }

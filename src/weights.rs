@@ -14,6 +14,122 @@ use candle_nn::VarBuilder;
 use crate::nn::NamedTensor;
 use crate::{Error, Result};
 
+/// Whether a tensor of this name is a buffer (batch-norm running statistics and counters)
+/// rather than a trainable parameter: the one rule behind [`NamedTensor::trainable`].
+pub fn is_buffer(name: &str) -> bool {
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    matches!(leaf, "running_mean" | "running_var" | "num_batches_tracked")
+}
+
+/// A `VarBuilder` backend that hands every request to another `VarBuilder` and records what
+/// it returned, under the name relative to its root, once per name.
+struct Recorder<'a> {
+    inner: VarBuilder<'a>,
+    seen: Arc<Mutex<Vec<NamedTensor>>>,
+}
+
+impl Recorder<'_> {
+    fn note(&self, name: &str, t: &Tensor) {
+        if let Ok(mut seen) = self.seen.lock() {
+            if !seen.iter().any(|s| s.name == name) {
+                seen.push(NamedTensor {
+                    name: name.to_string(),
+                    tensor: t.clone(),
+                    trainable: !is_buffer(name),
+                });
+            }
+        }
+    }
+}
+
+impl SimpleBackend for Recorder<'_> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.inner.get_with_hints_dtype(s, name, h, dtype)?;
+        self.note(name, &t);
+        Ok(t)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.inner.get_unchecked_dtype(name, dtype)?;
+        self.note(name, &t);
+        Ok(t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+/// Builds a model with `build` from `vb` and returns it with every tensor it read, in the
+/// order it read them, named relative to `vb`'s prefix: the one record of a model's names,
+/// which saving, loading, pruning and interop use (a model never lists its tensors by hand).
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use unetpp::nn::{Conv2d, ConvConfig};
+///
+/// let varmap = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+/// let (_conv, names) = unetpp::weights::record(vb.pp("net"), |vb| {
+///     Conv2d::new(2, 4, ConvConfig::same(3), vb.pp("conv"))
+/// })?;
+/// let names: Vec<&str> = names.iter().map(|t| t.name.as_str()).collect();
+/// assert_eq!(names, ["conv.weight", "conv.bias"]);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+pub fn record<'a, T>(
+    vb: VarBuilder<'a>,
+    build: impl FnOnce(VarBuilder<'a>) -> Result<T>,
+) -> Result<(T, Vec<NamedTensor>)> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (dtype, device) = (vb.dtype(), vb.device().clone());
+    let recorder = Recorder {
+        inner: vb,
+        seen: seen.clone(),
+    };
+    let model = build(VarBuilder::from_backend(Box::new(recorder), dtype, device))?;
+    let tensors = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok((model, tensors))
+}
+
+/// A `VarBuilder` over a model's own tensors, to build it again: pruned (a subset of them),
+/// or detached from its variables. The tensors are shared, not copied.
+pub(crate) fn var_builder_over(tensors: &[NamedTensor]) -> VarBuilder<'static> {
+    let dtype = tensors.first().map_or(DType::F32, |t| t.tensor.dtype());
+    let device = tensors
+        .first()
+        .map_or(Device::Cpu, |t| t.tensor.device().clone());
+    let map = tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.tensor.clone()))
+        .collect();
+    VarBuilder::from_tensors(map, dtype, &device)
+}
+
+/// The same tensors detached from any variable (the data is shared, not copied).
+pub(crate) fn detached(tensors: &[NamedTensor]) -> Vec<NamedTensor> {
+    tensors
+        .iter()
+        .map(|t| NamedTensor {
+            tensor: t.tensor.detach(),
+            ..t.clone()
+        })
+        .collect()
+}
+
 /// Writes `tensors` to `path` as safetensors, atomically (temporary file, then rename).
 pub fn save_tensors(tensors: &[NamedTensor], path: impl AsRef<Path>) -> Result<()> {
     let list: Vec<(String, Tensor)> = tensors
@@ -260,4 +376,33 @@ pub(crate) fn build_checked<T>(
         ));
     }
     Ok(model)
+}
+
+/// The variables of `varmap` by name, locked.
+pub(crate) fn lock_vars(
+    varmap: &candle_nn::VarMap,
+) -> Result<std::sync::MutexGuard<'_, HashMap<String, candle_core::Var>>> {
+    varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::config("varmap", "the VarMap's lock is poisoned"))
+}
+
+/// `tensors` with `prefix.` put before every name (a part's tensors as its model names them).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use unetpp::nn::NamedTensor;
+/// let t = NamedTensor { name: "weight".into(), tensor: Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?, trainable: true };
+/// assert_eq!(unetpp::weights::prefixed(vec![t], "head").pop().unwrap().name, "head.weight");
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+pub fn prefixed(tensors: Vec<NamedTensor>, prefix: &str) -> Vec<NamedTensor> {
+    tensors
+        .into_iter()
+        .map(|t| NamedTensor {
+            name: format!("{prefix}.{}", t.name),
+            ..t
+        })
+        .collect()
 }

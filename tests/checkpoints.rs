@@ -46,7 +46,7 @@ fn train_steps(net: &UNetPlusPlus, opt: &mut AdamW, steps: std::ops::Range<u64>)
     let loss = DeepSupervisionLoss::paper();
     for step in steps {
         let b = circles_and_squares(2, 32, 32, step, &Device::Cpu).unwrap();
-        let out = net.forward_t(&b.images, true).unwrap();
+        let out = net.forward_heads(&b.images, true).unwrap();
         opt.backward_step(&loss.compute(&out, &b.masks).unwrap())
             .unwrap();
     }
@@ -75,11 +75,11 @@ fn adamw_takes_the_same_steps_as_candles() {
     for step in 0..3 {
         let b = circles_and_squares(2, 16, 16, step, &Device::Cpu).unwrap();
         let la = loss
-            .compute(&net_a.forward_t(&b.images, true).unwrap(), &b.masks)
+            .compute(&net_a.forward_heads(&b.images, true).unwrap(), &b.masks)
             .unwrap();
         ours.backward_step(&la).unwrap();
         let lb = loss
-            .compute(&net_b.forward_t(&b.images, true).unwrap(), &b.masks)
+            .compute(&net_b.forward_heads(&b.images, true).unwrap(), &b.masks)
             .unwrap();
         theirs.backward_step(&lb).unwrap();
     }

@@ -30,9 +30,12 @@ fn same_losses(cfg: &UNetPlusPlusConfig) {
     let batch = unetpp::data::synthetic::circles_and_squares(2, 32, 32, 3, &dev).unwrap();
     let init = {
         let varmap = VarMap::new();
-        UNetPlusPlus::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        UNetPlusPlus::new(
+            cfg,
+            unetpp::nn::seeded_var_builder(&varmap, 2, DType::F32, &dev),
+        )
+        .unwrap();
         // Seeded, so that the run is the same every time (candle's initialisers are not).
-        unetpp::train::seeded_init(&varmap, 2).unwrap();
         let data = varmap.data().lock().unwrap();
         data.iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().copy().unwrap()))
@@ -57,7 +60,7 @@ fn same_losses(cfg: &UNetPlusPlusConfig) {
         let mut opt = AdamW::new(varmap.all_vars(), params).unwrap();
         let mut losses = Vec::new();
         for _ in 0..5 {
-            let out = net.forward_t(&batch.images, true).unwrap();
+            let out = net.forward_heads(&batch.images, true).unwrap();
             let loss = unetpp::loss::deep_supervision_bce_dice(out.logits(), &batch.masks).unwrap();
             opt.backward_step(&loss).unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());

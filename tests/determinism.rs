@@ -13,14 +13,15 @@ use unetpp::prelude::*;
 #[test]
 fn the_same_batch_gives_the_same_gradients_every_time() {
     let cfg = UNetPlusPlusConfig::paper().build().unwrap();
-    let (varmap, net) = common::build(&cfg);
-    unetpp::train::seeded_init(&varmap, 0).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    let vb = unetpp::nn::seeded_var_builder(&varmap, 0, candle_core::DType::F32, &Device::Cpu);
+    let net = UNetPlusPlus::new(&cfg, vb).unwrap();
     let batch = circles_and_squares(8, 64, 64, 3, &Device::Cpu).unwrap();
     let data = varmap.data().lock().unwrap();
     let mut names: Vec<String> = data.keys().cloned().collect();
     names.sort();
     let grads = || {
-        let out = net.forward_t(&batch.images, true).unwrap();
+        let out = net.forward_heads(&batch.images, true).unwrap();
         let loss = DeepSupervisionLoss::paper()
             .compute(&out, &batch.masks)
             .unwrap();

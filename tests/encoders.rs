@@ -133,11 +133,10 @@ fn resnet_gradients_on_sizes_with_different_remainders_per_axis() {
     // 100x140: layer 3 maps 13x18 to 7x9, where (13 + 2 - 3) mod 2 = 0 but (18 + 2 - 3) mod 2
     // = 1; candle's strided-convolution backward alone returns a 13x17 gradient there.
     let varmap = candle_nn::VarMap::new();
-    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+    let vb = unetpp::nn::seeded_var_builder(&varmap, 11, DType::F64, &Device::Cpu);
     let net = ResNet::new(&ResNetConfig::resnet18(), vb).unwrap();
     // Seeded weights and input: candle's CPU initialisers and `randn` cannot be seeded, and a
     // random draw now and then puts a ReLU or max-pool kink within the finite-difference step.
-    unetpp::train::seeded_init(&varmap, 11).unwrap();
     let (hh, ww) = (100, 140);
     let mut rng = StdRng::seed_from_u64(5);
     let pixels: Vec<f64> = (0..3 * hh * ww)

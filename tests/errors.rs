@@ -48,7 +48,9 @@ fn rejects_bad_configurations() {
 #[test]
 fn rejects_input_not_divisible_by_16() {
     let (_, net) = build(&small().build().unwrap());
-    let err = net.forward_t(&randn(&[1, 1, 24, 32]), false).unwrap_err();
+    let err = net
+        .forward_heads(&randn(&[1, 1, 24, 32]), false)
+        .unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err}");
     assert!(err.to_string().contains("divisible by 16"), "{err}");
 }
@@ -56,15 +58,17 @@ fn rejects_input_not_divisible_by_16() {
 #[test]
 fn rejects_wrong_channels_rank_and_empty_batch() {
     let (_, net) = build(&small().in_channels(3).build().unwrap());
-    let err = net.forward_t(&randn(&[1, 1, 16, 16]), false).unwrap_err();
+    let err = net
+        .forward_heads(&randn(&[1, 1, 16, 16]), false)
+        .unwrap_err();
     assert!(
         matches!(err, Error::Shape(ref m) if m.contains("3 input channel")),
         "{err}"
     );
-    let err = net.forward_t(&randn(&[3, 16, 16]), false).unwrap_err();
+    let err = net.forward_heads(&randn(&[3, 16, 16]), false).unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err}");
     let empty = Tensor::zeros((0, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
-    let err = net.forward_t(&empty, false).unwrap_err();
+    let err = net.forward_heads(&empty, false).unwrap_err();
     assert!(
         matches!(err, Error::Shape(ref m) if m.contains("empty batch")),
         "{err}"
@@ -74,7 +78,7 @@ fn rejects_wrong_channels_rank_and_empty_batch() {
 #[test]
 fn asking_for_a_missing_head_is_an_error() {
     let (_, net) = build(&small().depth(2).build().unwrap());
-    let out = net.forward_t(&randn(&[1, 1, 8, 8]), false).unwrap();
+    let out = net.forward_heads(&randn(&[1, 1, 8, 8]), false).unwrap();
     assert!(out.head(3).is_err());
     assert!(out.fast(0).is_err());
 }

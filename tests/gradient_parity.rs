@@ -244,12 +244,12 @@ fn run_network(case: &Case, fx: &HashMap<String, Tensor>, x: &Tensor, dtype: DTy
     match &case.net {
         Family::UNetPlusPlus(cfg) => {
             let (net, vars) = with_formula(dtype, shifted, |vb| UNetPlusPlus::new(cfg, vb));
-            let outputs = net.forward_t(x, true).unwrap().into_logits();
+            let outputs = net.forward_heads(x, true).unwrap().into_logits();
             Built { outputs, vars }
         }
         Family::UNet(cfg) => {
             let (net, vars) = with_formula(dtype, shifted, |vb| UNet::new(cfg, vb));
-            let outputs = net.forward_t(x, true).unwrap().into_logits();
+            let outputs = net.forward_heads(x, true).unwrap().into_logits();
             Built { outputs, vars }
         }
         Family::Smp(cfg) => {
@@ -290,7 +290,7 @@ fn run_network(case: &Case, fx: &HashMap<String, Tensor>, x: &Tensor, dtype: DTy
             } else {
                 from_nested_unet(state, &dev).unwrap()
             };
-            let outputs = net.forward_t(x, true).unwrap().into_logits();
+            let outputs = net.forward_heads(x, true).unwrap().into_logits();
             Built { outputs, vars }
         }
     }

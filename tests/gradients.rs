@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use common::{randn, small};
 use unetpp::ops::{resize_bilinear, resize_bilinear_composed};
 use unetpp::prelude::*;
@@ -104,18 +104,17 @@ fn seeded(shape: &[usize], seed: u64) -> Tensor {
 
 fn assert_every_weight_gets_a_gradient(cfg: &UNetPlusPlusConfig, h: usize, w: usize) {
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = unetpp::nn::seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu);
     let net = UNetPlusPlus::new(cfg, vb).unwrap();
     // Seeded: with candle's unseeded initialisers a narrow network now and then gets a
     // whole map of dead ReLUs, and a weight behind it no gradient.
-    unetpp::train::seeded_init(&varmap, 3).unwrap();
     let x = seeded(&[2, cfg.in_channels(), h, w], 1);
     let target = seeded(&[2, cfg.num_classes(), h, w], 2)
         .gt(0.0)
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap();
-    let out = net.forward_t(&x, true).unwrap();
+    let out = net.forward_heads(&x, true).unwrap();
     let loss = unetpp::loss::deep_supervision_bce_dice(out.logits(), &target).unwrap();
     let grads = loss.backward().unwrap();
     let data = varmap.data().lock().unwrap();

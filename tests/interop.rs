@@ -51,7 +51,7 @@ fn monai_outputs_are_reproduced() {
         let detected = MonaiConfig::detect(&state).unwrap();
         let (net, cfg) = from_monai(state, &Device::Cpu).unwrap();
         assert_eq!(cfg.in_channels(), detected.in_channels);
-        let out = net.forward_t(&io["input"], false).unwrap();
+        let out = net.forward_heads(&io["input"], false).unwrap();
         // With deep supervision MONAI returns X^{0,1..4}; without, X^{0,4} alone.
         let ours: Vec<&Tensor> = if heads == 4 {
             out.logits().iter().collect()
@@ -117,7 +117,7 @@ fn nested_unet_outputs_are_reproduced_and_round_trip() {
         names.sort();
         let (net, cfg) = from_nested_unet(state, &Device::Cpu).unwrap();
         assert_eq!(cfg.deep_supervision(), deep);
-        let out = net.forward_t(&io["input"], false).unwrap();
+        let out = net.forward_heads(&io["input"], false).unwrap();
         for (k, y) in out.logits().iter().enumerate() {
             let d = max_rel_diff(y, &io[&format!("output{k}")]);
             assert!(d < 1e-4, "config {key}, output {k}: differs by {d}");

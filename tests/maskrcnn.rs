@@ -18,6 +18,7 @@ use unetpp::maskrcnn::{
     AnchorGenerator, MaskRcnn, MaskRcnnConfig, RcnnTransform, ResNetFpn, RoiHeadsConfig, Rpn,
     RpnConfig,
 };
+use unetpp::weights::prefixed;
 use unetpp::Error;
 
 fn fixture() -> HashMap<String, Tensor> {
@@ -89,10 +90,9 @@ fn formula_detector() -> MaskRcnn {
 fn formula_model() -> (ResNetFpn, Rpn) {
     let varmap = VarMap::new();
     let (b, r) = build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu));
-    let named = b
-        .named_tensors("backbone")
+    let named = prefixed(b.named_tensors(), "backbone")
         .into_iter()
-        .chain(r.named_tensors("rpn"))
+        .chain(prefixed(r.named_tensors(), "rpn"))
         .collect();
     build(VarBuilder::from_tensors(
         formula_weights(named),
@@ -186,10 +186,9 @@ fn detections_match_torchvision() {
 #[test]
 fn legacy_fpn_and_rpn_names_load() {
     let (backbone, rpn) = formula_model();
-    let legacy: HashMap<String, Tensor> = backbone
-        .named_tensors("backbone")
+    let legacy: HashMap<String, Tensor> = prefixed(backbone.named_tensors(), "backbone")
         .into_iter()
-        .chain(rpn.named_tensors("rpn"))
+        .chain(prefixed(rpn.named_tensors(), "rpn"))
         .map(|t| {
             // Names before torchvision 0.13: `inner_blocks.0.weight`, `rpn.head.conv.weight`.
             let name = if t.name.starts_with("backbone.fpn.") {
@@ -204,7 +203,8 @@ fn legacy_fpn_and_rpn_names_load() {
         .collect();
     assert!(legacy.contains_key("backbone.fpn.inner_blocks.0.weight"));
     assert!(legacy.contains_key("rpn.head.conv.weight"));
-    let (b2, r2) = build(VarBuilder::from_tensors(legacy, DType::F32, &Device::Cpu));
+    let current = unetpp::maskrcnn::current_names(legacy);
+    let (b2, r2) = build(VarBuilder::from_tensors(current, DType::F32, &Device::Cpu));
     let x = Tensor::randn(0f32, 1., (1, 3, 64, 64), &Device::Cpu).unwrap();
     let a = backbone.forward(&x).unwrap();
     let b = b2.forward(&x).unwrap();
@@ -295,11 +295,14 @@ fn parameter_counts_of_the_plain_and_nested_pyramids() {
     let plain = ResNetFpn::new(&resnet(), 256, vb.pp("a")).unwrap();
     let nested = ResNetFpn::with_pyramid(&resnet(), 256, PyramidKind::Nested, vb.pp("b")).unwrap();
     // torchvision's maskrcnn_resnet50_fpn: backbone.body 23,508,032, backbone.fpn 3,344,384.
-    assert_eq!(count(&plain.body().named_tensors("x")), 23_508_032);
-    assert_eq!(count(&plain.pyramid_tensors("fpn")), 3_344_384);
+    assert_eq!(
+        count(&prefixed(plain.body().named_tensors(), "x")),
+        23_508_032
+    );
+    assert_eq!(count(&prefixed(plain.pyramid_tensors(), "fpn")), 3_344_384);
     // Nested: the same laterals and outputs plus six 1x1 fusions of 2, 2, 2, 3, 3, 4 inputs.
     assert_eq!(
-        count(&nested.pyramid_tensors("fpn")),
+        count(&prefixed(nested.pyramid_tensors(), "fpn")),
         3_344_384 + 4096 * 256 + 6 * 256
     );
     assert_eq!(nested.pyramid_kind(), PyramidKind::Nested);
@@ -338,8 +341,7 @@ fn nested_pyramid_feeds_the_rpn_and_trains_every_fusion() {
         .unwrap()
         .backward()
         .unwrap();
-    let fusions: Vec<_> = backbone
-        .pyramid_tensors("fpn")
+    let fusions: Vec<_> = prefixed(backbone.pyramid_tensors(), "fpn")
         .into_iter()
         .filter(|t| t.name.contains(".nested."))
         .collect();

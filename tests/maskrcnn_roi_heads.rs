@@ -123,13 +123,9 @@ fn named_tensors_follow_the_torchvision_state_dict() {
     .unwrap();
     let meta = unetpp::weights::load_metadata(FIXTURE).unwrap();
     let keys: Vec<&str> = meta["keys"].split(',').collect();
-    let ours: Vec<String> = heads
-        .named_tensors("")
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+    let ours: Vec<String> = heads.named_tensors().into_iter().map(|t| t.name).collect();
     assert_eq!(ours, keys);
-    let prefixed = heads.named_tensors("roi_heads");
+    let prefixed = unetpp::weights::prefixed(heads.named_tensors(), "roi_heads");
     assert_eq!(prefixed[0].name, "roi_heads.box_head.fc6.weight");
     assert!(prefixed.iter().all(|t| t.trainable));
     assert_eq!(prefixed[0].tensor.dims(), &[1024, 256 * 7 * 7]);
@@ -268,7 +264,7 @@ fn legacy_mask_head_names_load() {
     assert!(!legacy.contains_key("mask_head.0.0.weight"));
     let a = RoiHeads::from_torchvision(&cfg, current, &Device::Cpu).unwrap();
     let b = RoiHeads::from_torchvision(&cfg, legacy, &Device::Cpu).unwrap();
-    let (ta, tb) = (a.named_tensors(""), b.named_tensors(""));
+    let (ta, tb) = (a.named_tensors(), b.named_tensors());
     assert_eq!(ta.len(), tb.len());
     for (x, y) in ta.iter().zip(&tb) {
         assert_eq!(x.name, y.name, "saved under the current names");

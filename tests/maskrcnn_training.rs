@@ -35,11 +35,10 @@ fn model(kind: PyramidKind) -> (VarMap, MaskRcnn) {
     let varmap = VarMap::new();
     let m = MaskRcnn::new(
         &cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        unetpp::nn::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
     )
     .unwrap();
     // Seeded, so that the test is the same run every time (candle's initialisers are not).
-    unetpp::maskrcnn::init::seeded_init(&varmap, 0).unwrap();
     (varmap, m)
 }
 

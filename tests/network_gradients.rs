@@ -28,7 +28,7 @@ const TOLERANCE: f64 = 1e-5;
 const ROUNDING_FLOOR: f64 = 1e-8;
 
 /// Checks every trainable variable of `varmap` (the weights of `net`) on input `(n, c, h, w)`.
-fn check<M: SegmentationModel>(
+fn check<M: MultiHeadSegmenter>(
     what: &str,
     varmap: &VarMap,
     net: &M,
@@ -61,14 +61,14 @@ fn check<M: SegmentationModel>(
     }
     let (n, c, h, w) = input;
     let x = seeded_uniform(&[n, c, h, w], &mut rng, 1.0);
-    let out = net.forward_t(&x, true).unwrap();
+    let out = net.forward_heads(&x, true).unwrap();
     let weights: Vec<Tensor> = out
         .logits()
         .iter()
         .map(|l| seeded_uniform(l.dims(), &mut rng, 1.0))
         .collect();
     let loss = |net: &M| -> Tensor {
-        let out = net.forward_t(&x, true).unwrap();
+        let out = net.forward_heads(&x, true).unwrap();
         let mut total = Tensor::zeros((), DType::F64, &Device::Cpu).unwrap();
         for (l, r) in out.logits().iter().zip(&weights) {
             total = (total + (l * r).unwrap().sum_all().unwrap()).unwrap();
@@ -76,7 +76,7 @@ fn check<M: SegmentationModel>(
         total
     };
     let magnitude: f64 = {
-        let out = net.forward_t(&x, true).unwrap();
+        let out = net.forward_heads(&x, true).unwrap();
         out.logits()
             .iter()
             .zip(&weights)

@@ -71,7 +71,7 @@ fn u_net_runs_saves_and_loads() {
     let net = UNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
     assert_eq!(net.grid().nodes().len(), 9);
     let x = Tensor::randn(0f32, 1., (2, 1, 32, 32), &dev).unwrap();
-    let out = net.forward_t(&x, true).unwrap();
+    let out = net.forward_heads(&x, true).unwrap();
     assert_eq!(out.cols(), &[4]);
     assert_eq!(out.logits()[0].dims(), &[2, 3, 32, 32]);
     let path = std::env::temp_dir().join(format!("unetpp-unet-{}.safetensors", std::process::id()));

@@ -66,7 +66,7 @@ fn paper_network_matches_pytorch() {
         .build()
         .unwrap();
     let net = UNetPlusPlus::from_tensors(&cfg, weights, &Device::Cpu).unwrap();
-    let out = net.forward_t(&t["input"], false).unwrap();
+    let out = net.forward_heads(&t["input"], false).unwrap();
     for j in 1..=4 {
         let d = max_rel_diff(out.head(j).unwrap(), &t[&format!("output.head_{j}")]);
         assert!(d < 1e-4, "head {j}: relative difference {d}");

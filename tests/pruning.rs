@@ -28,7 +28,7 @@ fn pruned_l_k_matches_full_head_k() {
     ] {
         let (_, net) = build(&cfg);
         let x = randn(&[2, 1, 32, 48]);
-        let full = net.forward_t(&x, false).unwrap();
+        let full = net.forward_heads(&x, false).unwrap();
         for k in 1..=4 {
             let pruned = net.prune(k).unwrap();
             assert_eq!(pruned.grid().nodes().len(), (k + 1) * (k + 2) / 2);
@@ -80,13 +80,13 @@ fn full_network_round_trips_through_a_file() {
     let cfg = small().norm(Norm::Batch).build().unwrap();
     let (_, net) = build(&cfg);
     // Update the batch-norm running statistics so that they differ from their initial values.
-    net.forward_t(&randn(&[2, 1, 16, 16]), true).unwrap();
+    net.forward_heads(&randn(&[2, 1, 16, 16]), true).unwrap();
     let path = tmp_path("full.safetensors");
     net.save(&path).unwrap();
     let loaded = UNetPlusPlus::load(&cfg, &path, &Device::Cpu).unwrap();
     let x = randn(&[1, 1, 32, 32]);
-    let a = net.forward_t(&x, false).unwrap();
-    let b = loaded.forward_t(&x, false).unwrap();
+    let a = net.forward_heads(&x, false).unwrap();
+    let b = loaded.forward_heads(&x, false).unwrap();
     for (ya, yb) in a.logits().iter().zip(b.logits()) {
         assert_eq!(max_abs_diff(ya, yb), 0.0);
     }

@@ -10,7 +10,7 @@ fn every_depth_gives_one_head_per_column() {
     for depth in 1..=4 {
         let cfg = small().depth(depth).build().unwrap();
         let (_, net) = build(&cfg);
-        let out = net.forward_t(&randn(&[2, 1, 32, 16]), false).unwrap();
+        let out = net.forward_heads(&randn(&[2, 1, 32, 16]), false).unwrap();
         assert_eq!(out.cols(), (1..=depth).collect::<Vec<_>>().as_slice());
         for l in out.logits() {
             assert_eq!(l.dims(), &[2, 1, 32, 16]);
@@ -27,7 +27,7 @@ fn deeper_than_four_when_widths_allow() {
         .build()
         .unwrap();
     let (_, net) = build(&cfg);
-    let out = net.forward_t(&randn(&[1, 1, 32, 32]), false).unwrap();
+    let out = net.forward_heads(&randn(&[1, 1, 32, 32]), false).unwrap();
     assert_eq!(out.logits().len(), 5);
 }
 
@@ -74,7 +74,7 @@ fn configurations_run_and_keep_shapes() {
         let (_, net) = build(&cfg);
         let x = randn(&[2, cfg.in_channels(), 16, 32]);
         for train in [false, true] {
-            let out = net.forward_t(&x, train).unwrap();
+            let out = net.forward_heads(&x, train).unwrap();
             assert_eq!(out.logits().len(), cfg.heads().len());
             assert_eq!(
                 out.last().dims(),
@@ -90,7 +90,7 @@ fn padding_returns_the_input_size() {
     let cfg = small().pad_to_multiple(true).build().unwrap();
     let (_, net) = build(&cfg);
     for (h, w) in [(17, 23), (1, 1), (33, 16), (7, 8)] {
-        let out = net.forward_t(&randn(&[1, 1, h, w]), false).unwrap();
+        let out = net.forward_heads(&randn(&[1, 1, h, w]), false).unwrap();
         for l in out.logits() {
             assert_eq!(l.dims(), &[1, 1, h, w]);
         }
@@ -112,7 +112,7 @@ fn padding_returns_the_input_size() {
 #[test]
 fn accurate_mode_is_the_mean_of_head_probabilities() {
     let (_, net) = build(&small().build().unwrap());
-    let out = net.forward_t(&randn(&[1, 1, 16, 16]), false).unwrap();
+    let out = net.forward_heads(&randn(&[1, 1, 16, 16]), false).unwrap();
     let acc = out.accurate().unwrap();
     let mut mean = out.fast(1).unwrap();
     for j in 2..=4 {
@@ -133,7 +133,7 @@ fn accurate_mode_is_the_mean_of_head_probabilities() {
 #[test]
 fn multi_class_probabilities_sum_to_one() {
     let (_, net) = build(&small().num_classes(3).depth(2).build().unwrap());
-    let out = net.forward_t(&randn(&[2, 1, 8, 8]), false).unwrap();
+    let out = net.forward_heads(&randn(&[2, 1, 8, 8]), false).unwrap();
     let s = out.accurate().unwrap().sum(1).unwrap();
     let ones = s.ones_like().unwrap();
     assert!(max_abs_diff(&s, &ones) < 1e-5);
@@ -144,7 +144,7 @@ fn pad_upsampled_runs_any_size_as_monai_does() {
     let cfg = common::small().pad_upsampled(true).build().unwrap();
     let (_, net) = common::build(&cfg);
     let x = common::randn(&[1, 1, 37, 45]);
-    let out = net.forward_t(&x, false).unwrap();
+    let out = net.forward_heads(&x, false).unwrap();
     for y in out.logits() {
         assert_eq!(y.dims(), &[1, 1, 37, 45]);
     }

@@ -3,12 +3,12 @@
 //! accurate and fast mode.
 
 use candle_core::{DType, Device};
-use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{ParamsAdamW, VarMap};
 use unetpp::data::loader::{Augment, DataLoader};
 use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
 use unetpp::loss::{BceDice, CeDice, DeepSupervisionLoss, SegmentationLoss};
 use unetpp::prelude::*;
-use unetpp::train::{evaluate, predict, seeded_init, train_step, AdamW, Mode};
+use unetpp::train::{evaluate, predict, train_step, AdamW, Mode};
 
 fn data(samples: usize, classes: usize, seed: u64) -> SyntheticDataset {
     SyntheticDataset::new(SyntheticConfig {
@@ -26,13 +26,12 @@ fn data(samples: usize, classes: usize, seed: u64) -> SyntheticDataset {
 
 /// Trains for `epochs` and returns the mean loss of the first and of the last epoch.
 fn fit<L: SegmentationLoss>(
-    model: &dyn SegmentationModel,
+    model: &dyn MultiHeadSegmenter,
     varmap: &VarMap,
     loss: &DeepSupervisionLoss<L>,
     train: &DataLoader<&SyntheticDataset>,
     epochs: usize,
 ) -> (f32, f32) {
-    seeded_init(varmap, 11).unwrap();
     let mut opt = AdamW::new(
         varmap,
         ParamsAdamW {
@@ -68,7 +67,11 @@ fn unetpp_with_deep_supervision_learns_and_is_scored_in_every_mode() {
         .build()
         .unwrap();
     let varmap = VarMap::new();
-    let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    let net = UNetPlusPlus::new(
+        &cfg,
+        unetpp::nn::seeded_var_builder(&varmap, 11, DType::F32, &dev),
+    )
+    .unwrap();
     let (first, last) = fit(
         &net,
         &varmap,
@@ -116,13 +119,20 @@ fn u_net_learns_multiclass_shapes_with_ce_dice() {
         .build()
         .unwrap();
     let varmap = VarMap::new();
-    let net = UNet::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    let net = UNet::new(
+        &cfg,
+        unetpp::nn::seeded_var_builder(&varmap, 11, DType::F32, &dev),
+    )
+    .unwrap();
     let (first, last) = fit(
         &net,
         &varmap,
         &DeepSupervisionLoss::new(CeDice::default()),
         &train,
-        15,
+        // At 15 epochs this tiny network finds a shape class from some initial draws and not
+        // from others; at 35 it does from every one of seeds 1-6 and 11 (smallest best-class
+        // IoU 0.18), so the test does not hang on a lucky seed.
+        35,
     );
     assert!(last < 0.5 * first, "loss {first} -> {last}");
     let m = evaluate(&net, &test, &dev, Mode::Last).unwrap();
@@ -149,8 +159,11 @@ fn a_non_finite_loss_leaves_weights_and_optimizer_untouched() {
         .build()
         .unwrap();
     let varmap = VarMap::new();
-    let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
-    seeded_init(&varmap, 5).unwrap();
+    let net = UNetPlusPlus::new(
+        &cfg,
+        unetpp::nn::seeded_var_builder(&varmap, 5, DType::F32, &dev),
+    )
+    .unwrap();
     let loss = DeepSupervisionLoss::new(BceDice::default());
     let mut opt = AdamW::new(&varmap, ParamsAdamW::default()).unwrap();
     let batch = loader.batches(0, &dev).next().unwrap().unwrap();

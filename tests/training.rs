@@ -32,7 +32,7 @@ fn loss_falls_with_adamw() {
     let mut losses = Vec::new();
     for step in 0..40 {
         let batch = circles_and_squares(4, 32, 32, step % 10, &dev).unwrap();
-        let out = net.forward_t(&batch.images, true).unwrap();
+        let out = net.forward_heads(&batch.images, true).unwrap();
         let loss = deep_supervision_bce_dice(out.logits(), &batch.masks).unwrap();
         opt.backward_step(&loss).unwrap();
         losses.push(loss.to_scalar::<f32>().unwrap());
@@ -45,7 +45,7 @@ fn loss_falls_with_adamw() {
     );
 
     let test = circles_and_squares(8, 32, 32, 1000, &dev).unwrap();
-    let out = net.forward_t(&test.images, false).unwrap();
+    let out = net.forward_heads(&test.images, false).unwrap();
     let iou = unetpp::metrics::iou_binary(&out.accurate().unwrap(), &test.masks).unwrap();
     println!("loss {first:.3} -> {last:.3}, held-out IoU {iou:.3}");
     assert!(iou > 0.7, "IoU on held-out images {iou}");

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::nn::{push, NamedTensor};
+use crate::nn::{ConvBn, NamedTensor};
 use crate::{weights, Error, Result};
 
 /// Which ResNet.
@@ -84,155 +84,6 @@ impl ResNetConfig {
     }
 }
 
-/// Convolution + batch-norm, named as torchvision names them (`conv{k}` / `bn{k}` or
-/// `downsample.0` / `downsample.1`); smp's decoder (`Conv2dReLU`) uses it too.
-#[derive(Debug, Clone)]
-pub(crate) struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
-    k: usize,
-    stride: usize,
-}
-
-impl ConvBn {
-    /// A `k × k` convolution (padding `k / 2`, no bias) and a batch-norm of epsilon `bn_eps`,
-    /// frozen (never trained, running statistics always) when `frozen_bn`.
-    pub(crate) fn new(
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        (bn_eps, frozen_bn): (f64, bool),
-        vb_conv: VarBuilder,
-        vb_bn: VarBuilder,
-    ) -> Result<Self> {
-        let conv = candle_nn::conv2d_no_bias(
-            c_in,
-            c_out,
-            k,
-            Conv2dConfig {
-                padding: k / 2,
-                stride,
-                ..Default::default()
-            },
-            vb_conv,
-        )?;
-        let bn = candle_nn::batch_norm(
-            c_out,
-            BatchNormConfig {
-                eps: bn_eps,
-                remove_mean: true,
-                affine: true,
-                momentum: 0.1,
-            },
-            vb_bn,
-        )?;
-        let bn = if frozen_bn {
-            // γ and β detached, so that training never updates them (the optimiser sees no
-            // gradient); both share storage with the variables, so weights written into the
-            // `VarMap` later (a checkpoint, pretrained weights) reach the layer. The running
-            // statistics are passed as the variables themselves: `BatchNorm::new` would copy
-            // any other tensor, and they get no gradient anyway (`fold_batch_norm` detaches
-            // them).
-            let (w, b) = bn.weight_and_bias().ok_or_else(|| {
-                Error::config("frozen_bn", "batch-norm without affine parameters")
-            })?;
-            BatchNorm::new(
-                c_out,
-                bn.running_mean().clone(),
-                bn.running_var().clone(),
-                w.detach(),
-                b.detach(),
-                bn_eps,
-            )?
-        } else {
-            bn
-        };
-        Ok(Self {
-            conv,
-            bn,
-            k,
-            stride,
-        })
-    }
-
-    /// Convolution, batch-norm and, when `relu`, a ReLU. With batch statistics (`train` and a
-    /// trainable batch-norm) the three run one after the other. With running statistics the
-    /// batch-norm is a per-channel affine map, folded into the convolution
-    /// ([`crate::nn::fold_batch_norm`]), which saves four passes over the output, forward and
-    /// backward.
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        train: bool,
-        relu: bool,
-    ) -> candle_core::Result<Tensor> {
-        let y = if train {
-            let y = self.conv_forward(x, self.conv.weight(), None, false)?;
-            crate::nn::batch_norm_forward(&self.bn, &y, true)?
-        } else {
-            let (kernel, bias) = crate::nn::fold_batch_norm(&self.bn, self.conv.weight(), None)?;
-            return self.conv_forward(x, &kernel, Some(&bias), relu);
-        };
-        if relu {
-            y.relu()
-        } else {
-            Ok(y)
-        }
-    }
-
-    /// The convolution, with `bias` and a ReLU when `relu`, on unetpp's kernels: stride-1 3×3
-    /// (bias and ReLU applied while the output is in cache) and 1×1 ones (most of a ResNet's
-    /// work), and [`crate::ops::conv2d`] for the stem and the strided ones.
-    fn conv_forward(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        relu: bool,
-    ) -> candle_core::Result<Tensor> {
-        let (s, k) = (self.stride, self.k);
-        if s == 1 && k == 3 {
-            return Ok(crate::ops::conv3x3_fused(x, weight, bias, relu)?);
-        }
-        let y = if s == 1 && k == 1 {
-            crate::ops::conv1x1(x, weight, bias)?
-        } else {
-            crate::ops::conv2d(x, weight, bias, s, k / 2)?
-        };
-        if relu {
-            y.relu()
-        } else {
-            Ok(y)
-        }
-    }
-
-    pub(crate) fn named_tensors(&self, conv: &str, bn: &str, out: &mut Vec<NamedTensor>) {
-        conv_bn_tensors(&self.conv, &self.bn, conv, bn, out);
-    }
-}
-
-/// The tensors of a convolution (weight, optional bias) and its batch-norm under PyTorch's
-/// names; the batch-norm's running statistics are buffers.
-fn conv_bn_tensors(
-    conv: &Conv2d,
-    bn: &BatchNorm,
-    conv_prefix: &str,
-    bn_prefix: &str,
-    out: &mut Vec<NamedTensor>,
-) {
-    push(out, conv_prefix, "weight", conv.weight(), true);
-    if let Some(b) = conv.bias() {
-        push(out, conv_prefix, "bias", b, true);
-    }
-    if let Some((w, b)) = bn.weight_and_bias() {
-        push(out, bn_prefix, "weight", w, true);
-        push(out, bn_prefix, "bias", b, true);
-    }
-    push(out, bn_prefix, "running_mean", bn.running_mean(), false);
-    push(out, bn_prefix, "running_var", bn.running_var(), false);
-}
-
 /// A residual block: basic (two 3×3) or bottleneck (1×1, 3×3, 1×1), with the projection of
 /// the shortcut where the shape changes.
 #[derive(Debug, Clone)]
@@ -292,7 +143,7 @@ impl Block {
         Ok(Self { convs, downsample })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (k, cb) in self.convs.iter().enumerate() {
@@ -302,7 +153,7 @@ impl Block {
             Some(d) => d.forward(x, train, false)?,
             None => x.clone(),
         };
-        Ok(crate::ops::add_relu(&y, &shortcut)?)
+        crate::ops::add_relu(&y, &shortcut)
     }
 }
 
@@ -327,6 +178,7 @@ pub struct ResNet {
     cfg: ResNetConfig,
     stem: ConvBn,
     layers: Vec<Vec<Block>>,
+    tensors: Vec<NamedTensor>,
 }
 
 impl ResNet {
@@ -342,6 +194,17 @@ impl ResNet {
                 format!("must be finite and non-negative, got {}", cfg.bn_eps),
             ));
         }
+        let ((stem, layers), tensors) = weights::record(vb, |vb| Self::layers(cfg, &vb))?;
+        Ok(Self {
+            cfg: *cfg,
+            stem,
+            layers,
+            tensors,
+        })
+    }
+
+    /// The stem and the four stages of `cfg`.
+    fn layers(cfg: &ResNetConfig, vb: &VarBuilder) -> Result<(ConvBn, Vec<Vec<Block>>)> {
         let stem = ConvBn::new(
             cfg.in_channels,
             64,
@@ -370,11 +233,7 @@ impl ResNet {
             }
             layers.push(blocks);
         }
-        Ok(Self {
-            cfg: *cfg,
-            stem,
-            layers,
-        })
+        Ok((stem, layers))
     }
 
     /// The configuration.
@@ -382,32 +241,9 @@ impl ResNet {
         &self.cfg
     }
 
-    /// Every tensor under torchvision's name, each prefixed with `prefix` and a dot when
-    /// `prefix` is not empty (smp nests the body under `encoder`).
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let p = |name: &str| crate::nn::join(prefix, name);
-        let mut out = Vec::new();
-        self.stem.named_tensors(&p("conv1"), &p("bn1"), &mut out);
-        for (stage, blocks) in self.layers.iter().enumerate() {
-            for (b, block) in blocks.iter().enumerate() {
-                let at = p(&format!("layer{}.{b}", stage + 1));
-                for (k, cb) in block.convs.iter().enumerate() {
-                    cb.named_tensors(
-                        &format!("{at}.conv{}", k + 1),
-                        &format!("{at}.bn{}", k + 1),
-                        &mut out,
-                    );
-                }
-                if let Some(d) = &block.downsample {
-                    d.named_tensors(
-                        &format!("{at}.downsample.0"),
-                        &format!("{at}.downsample.1"),
-                        &mut out,
-                    );
-                }
-            }
-        }
-        out
+    /// Every tensor under torchvision's name (`conv1.weight`, `bn1.running_mean`, …).
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        self.tensors.clone()
     }
 
     /// The feature taps of `x (N, C, H, W)`: the stem after its ReLU (stride 2), then the

@@ -13,12 +13,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Module, VarBuilder};
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::VarBuilder;
 
-use crate::encoders::resnet::ConvBn;
 use crate::encoders::{ResNet, ResNetConfig};
-use crate::nn::{push, NamedTensor};
+use crate::nn::{Conv, ConvBn, ConvConfig, NamedTensor};
 use crate::{weights, Error, Result};
 
 /// Configuration of an smp `UnetPlusPlus` (encoder depth 5, batch-norm decoder).
@@ -75,12 +74,7 @@ impl DecoderBlock {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        skip: Option<&Tensor>,
-        train: bool,
-    ) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, skip: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let x = crate::ops::upsample_nearest2d(x, 2)?;
         let x = match skip {
             Some(s) => Tensor::cat(&[&x, s], 1)?,
@@ -102,7 +96,8 @@ pub struct SmpUnetPlusPlus {
     cfg: SmpConfig,
     encoder: ResNet,
     blocks: HashMap<(usize, usize), DecoderBlock>,
-    head: Conv2d,
+    head: Conv,
+    tensors: Vec<NamedTensor>,
 }
 
 /// Decoder depth: blocks `x_{d}_{l}` with `d ≤ l < DEPTH`, plus `x_0_{DEPTH}`.
@@ -118,6 +113,21 @@ impl SmpUnetPlusPlus {
                 "classes and decoder channels must be at least 1",
             ));
         }
+        let ((encoder, blocks, head), tensors) = weights::record(vb, |vb| Self::layers(cfg, &vb))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoder,
+            blocks,
+            head,
+            tensors,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn layers(
+        cfg: &SmpConfig,
+        vb: &VarBuilder,
+    ) -> Result<(ResNet, HashMap<(usize, usize), DecoderBlock>, Conv)> {
         let encoder = ResNet::new(&cfg.encoder, vb.pp("encoder"))?;
         let e = cfg.encoder.out_channels(); // taps at strides 2..32
         let dec = cfg.decoder_channels;
@@ -149,22 +159,13 @@ impl SmpUnetPlusPlus {
                 vb_blocks.pp(format!("x_0_{DEPTH}")),
             )?,
         );
-        let head = candle_nn::conv2d(
+        let head = Conv::new(
             dec[DEPTH],
             cfg.classes,
-            3,
-            Conv2dConfig {
-                padding: 1,
-                ..Default::default()
-            },
+            ConvConfig::same(3),
             vb.pp("segmentation_head").pp("0"),
         )?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            encoder,
-            blocks,
-            head,
-        })
+        Ok((encoder, blocks, head))
     }
 
     /// The configuration.
@@ -228,36 +229,12 @@ impl SmpUnetPlusPlus {
             .get(&(0, DEPTH - 1))
             .ok_or_else(|| Error::config("decoder", "the last node is missing"))?;
         let y = self.block(0, DEPTH)?.forward(last, None, train)?;
-        Ok(self.head.forward(&y)?)
+        self.head.forward(&y)
     }
 
     /// Every tensor under smp's name (batch-norm statistics included, as buffers).
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
-        let mut out = self.encoder.named_tensors("encoder");
-        let mut keys: Vec<&(usize, usize)> = self.blocks.keys().collect();
-        keys.sort();
-        for &(d, l) in keys {
-            let b = &self.blocks[&(d, l)];
-            let at = format!("decoder.blocks.x_{d}_{l}");
-            for (k, c) in [(1, &b.conv1), (2, &b.conv2)] {
-                c.named_tensors(
-                    &format!("{at}.conv{k}.0"),
-                    &format!("{at}.conv{k}.1"),
-                    &mut out,
-                );
-            }
-        }
-        push(
-            &mut out,
-            "segmentation_head.0",
-            "weight",
-            self.head.weight(),
-            true,
-        );
-        if let Some(b) = self.head.bias() {
-            push(&mut out, "segmentation_head.0", "bias", b, true);
-        }
-        out
+        self.tensors.clone()
     }
 
     /// Writes the network under smp's names so that `UnetPlusPlus.load_state_dict` takes it
@@ -304,5 +281,14 @@ impl SmpUnetPlusPlus {
         let tensors = weights::load_tensors(path, device)?;
         let cfg = SmpConfig::detect(&tensors)?;
         Self::from_smp(&cfg, tensors, device)
+    }
+}
+
+/// `ModuleT` only: candle implements `ModuleT` for every `Module`, ignoring the training flag,
+/// which batch-norm and dropout need; [`SmpUnetPlusPlus::forward`] is the inference call.
+impl ModuleT for SmpUnetPlusPlus {
+    /// The logits; `train` switches batch-norm to batch statistics.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(SmpUnetPlusPlus::forward_t(self, x, train)?)
     }
 }

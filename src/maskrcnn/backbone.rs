@@ -9,7 +9,7 @@ use super::fpn::Fpn;
 use super::nested_fpn::NestedFpn;
 use crate::encoders::{ResNet, ResNetConfig};
 use crate::nn::NamedTensor;
-use crate::Result;
+use crate::{weights, Result};
 
 /// ResNet + FPN: five maps of `out_channels` at strides 4, 8, 16, 32 and 64.
 ///
@@ -33,6 +33,7 @@ pub struct ResNetFpn {
     body: ResNet,
     pyramid: Pyramid,
     trainable_layers: usize,
+    tensors: Vec<NamedTensor>,
 }
 
 /// Which feature pyramid a [`ResNetFpn`] has.
@@ -65,18 +66,24 @@ impl ResNetFpn {
         kind: PyramidKind,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let body = ResNet::new(resnet, vb.pp("body"))?;
-        let taps = resnet.out_channels();
-        let pyramid = match kind {
-            PyramidKind::Fpn => Pyramid::Plain(Fpn::new(&taps[1..], out_channels, vb.pp("fpn"))?),
-            PyramidKind::Nested => {
-                Pyramid::Nested(NestedFpn::new(&taps[1..], out_channels, vb.pp("fpn"))?)
-            }
-        };
+        let ((body, pyramid), tensors) = weights::record(vb, |vb| {
+            let body = ResNet::new(resnet, vb.pp("body"))?;
+            let taps = resnet.out_channels();
+            let pyramid = match kind {
+                PyramidKind::Fpn => {
+                    Pyramid::Plain(Fpn::new(&taps[1..], out_channels, vb.pp("fpn"))?)
+                }
+                PyramidKind::Nested => {
+                    Pyramid::Nested(NestedFpn::new(&taps[1..], out_channels, vb.pp("fpn"))?)
+                }
+            };
+            Ok((body, pyramid))
+        })?;
         Ok(ResNetFpn {
             body,
             pyramid,
             trainable_layers: 5,
+            tensors,
         })
     }
 
@@ -111,11 +118,11 @@ impl ResNetFpn {
         }
     }
 
-    /// The pyramid's tensors alone, under `prefix` (for parameter counts).
-    pub fn pyramid_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
+    /// The pyramid's tensors alone, under their names in the pyramid (for parameter counts).
+    pub fn pyramid_tensors(&self) -> Vec<NamedTensor> {
         match &self.pyramid {
-            Pyramid::Plain(f) => f.named_tensors(prefix),
-            Pyramid::Nested(f) => f.named_tensors(prefix),
+            Pyramid::Plain(f) => f.named_tensors(),
+            Pyramid::Nested(f) => f.named_tensors(),
         }
     }
 
@@ -137,10 +144,8 @@ impl ResNetFpn {
         }
     }
 
-    /// Every tensor under torchvision's names below `prefix` (`"backbone"` in a detector).
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = self.body.named_tensors(&format!("{prefix}.body"));
-        out.extend(self.pyramid_tensors(&format!("{prefix}.fpn")));
-        out
+    /// Every tensor under torchvision's names (`body.*`, `fpn.*`).
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        self.tensors.clone()
     }
 }

@@ -28,7 +28,6 @@ use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{div_scalar, smooth_l1_sum};
-use crate::nn::{push, NamedTensor};
 use crate::{Error, Result};
 
 /// The smooth L1 loss's transition point in [`fastrcnn_loss`] (torchvision's `beta = 1 / 9`).
@@ -49,8 +48,8 @@ impl TwoMlpHead {
     /// Mask R-CNN) to `representation_size` (1024), reading `fc6` and `fc7` from `vb`.
     pub fn new(in_features: usize, representation_size: usize, vb: VarBuilder) -> Result<Self> {
         Ok(TwoMlpHead {
-            fc6: candle_nn::linear(in_features, representation_size, vb.pp("fc6"))?,
-            fc7: candle_nn::linear(representation_size, representation_size, vb.pp("fc7"))?,
+            fc6: crate::nn::linear(in_features, representation_size, vb.pp("fc6"))?,
+            fc7: crate::nn::linear(representation_size, representation_size, vb.pp("fc7"))?,
             in_features,
             representation_size,
         })
@@ -80,14 +79,6 @@ impl TwoMlpHead {
         let x = self.fc6.forward(&x)?.relu()?;
         Ok(self.fc7.forward(&x)?.relu()?)
     }
-
-    /// The weights under torchvision's names (`{prefix}.fc6.weight`, …).
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        linear_tensors(&self.fc6, &format!("{prefix}.fc6"), &mut out);
-        linear_tensors(&self.fc7, &format!("{prefix}.fc7"), &mut out);
-        out
-    }
 }
 
 /// The classifier and box regressor of Fast R-CNN: torchvision's `FastRCNNPredictor`, with
@@ -106,8 +97,8 @@ impl FastRcnnPredictor {
     /// (background included), reading `cls_score` and `bbox_pred` from `vb`.
     pub fn new(in_features: usize, num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Ok(FastRcnnPredictor {
-            cls_score: candle_nn::linear(in_features, num_classes, vb.pp("cls_score"))?,
-            bbox_pred: candle_nn::linear(in_features, 4 * num_classes, vb.pp("bbox_pred"))?,
+            cls_score: crate::nn::linear(in_features, num_classes, vb.pp("cls_score"))?,
+            bbox_pred: crate::nn::linear(in_features, 4 * num_classes, vb.pp("bbox_pred"))?,
             in_features,
             num_classes,
         })
@@ -127,21 +118,6 @@ impl FastRcnnPredictor {
             return Ok((zeros(self.num_classes)?, zeros(4 * self.num_classes)?));
         }
         Ok((self.cls_score.forward(&x)?, self.bbox_pred.forward(&x)?))
-    }
-
-    /// The weights under torchvision's names (`{prefix}.cls_score.weight`, …).
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        linear_tensors(&self.cls_score, &format!("{prefix}.cls_score"), &mut out);
-        linear_tensors(&self.bbox_pred, &format!("{prefix}.bbox_pred"), &mut out);
-        out
-    }
-}
-
-fn linear_tensors(l: &Linear, prefix: &str, out: &mut Vec<NamedTensor>) {
-    push(out, prefix, "weight", l.weight(), true);
-    if let Some(b) = l.bias() {
-        push(out, prefix, "bias", b, true);
     }
 }
 

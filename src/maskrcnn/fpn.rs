@@ -6,20 +6,21 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::layers::{kaiming_uniform_a1, resize_nearest, subsample2, Conv};
-use crate::nn::NamedTensor;
-use crate::{Error, Result};
+use super::layers::{conv, kaiming_uniform_a1, resize_nearest, subsample2};
+use crate::nn::{Conv, NamedTensor};
+use crate::{weights, Error, Result};
 
 /// A feature pyramid over backbone maps with `in_channels` channels (finest first), each level
 /// projected to `out_channels`.
 ///
 /// Weights are read under torchvision's names, `inner_blocks.{i}.0.{weight,bias}` (lateral)
-/// and `layer_blocks.{i}.0.*` (output), and under the names of checkpoints written before
-/// torchvision 0.13 (`inner_blocks.{i}.weight`, ...).
+/// and `layer_blocks.{i}.0.*` (output); checkpoints written before torchvision 0.13
+/// (`inner_blocks.{i}.weight`, ...) load through [`super::current_names`].
 #[derive(Debug, Clone)]
 pub struct Fpn {
     convs: LevelConvs,
     out_channels: usize,
+    tensors: Vec<NamedTensor>,
 }
 
 /// FPN's lateral 1×1 convolution (`inner_blocks.{i}`) and output 3×3 convolution
@@ -35,14 +36,14 @@ impl LevelConvs {
         let mut inner = Vec::with_capacity(in_channels.len());
         let mut layer = Vec::with_capacity(in_channels.len());
         for (i, &c) in in_channels.iter().enumerate() {
-            inner.push(Conv::new(
+            inner.push(conv(
                 c,
                 out_channels,
                 1,
                 kaiming_uniform_a1(c),
                 block_vb(vb, "inner_blocks", i),
             )?);
-            layer.push(Conv::new(
+            layer.push(conv(
                 out_channels,
                 out_channels,
                 3,
@@ -52,26 +53,11 @@ impl LevelConvs {
         }
         Ok(LevelConvs { inner, layer })
     }
-
-    /// The tensors under torchvision's current names, prefixed with `prefix.`.
-    pub(super) fn named_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
-        for (i, c) in self.inner.iter().enumerate() {
-            c.named_tensors(&format!("{prefix}.inner_blocks.{i}.0"), out);
-        }
-        for (i, c) in self.layer.iter().enumerate() {
-            c.named_tensors(&format!("{prefix}.layer_blocks.{i}.0"), out);
-        }
-    }
 }
 
-/// The variable builder of block `i` of `group`, under the current or the legacy name.
+/// The variable builder of block `i` of `group` (`{group}.{i}.0`).
 fn block_vb<'a>(vb: &VarBuilder<'a>, group: &str, i: usize) -> VarBuilder<'a> {
-    let legacy = vb.pp(group).pp(i.to_string());
-    if legacy.contains_tensor("weight") {
-        legacy
-    } else {
-        legacy.pp("0")
-    }
+    vb.pp(group).pp(i.to_string()).pp("0")
 }
 
 impl Fpn {
@@ -83,9 +69,12 @@ impl Fpn {
                 format!("needs non-zero channels, got {in_channels:?} -> {out_channels}"),
             ));
         }
+        let (convs, tensors) =
+            weights::record(vb, |vb| LevelConvs::new(in_channels, out_channels, &vb))?;
         Ok(Fpn {
-            convs: LevelConvs::new(in_channels, out_channels, &vb)?,
+            convs,
             out_channels,
+            tensors,
         })
     }
 
@@ -105,13 +94,13 @@ impl Fpn {
             )));
         }
         let last = features.len() - 1;
-        let mut top = self.convs.inner[last].forward(&features[last], false)?;
-        let mut out = vec![self.convs.layer[last].forward(&top, false)?];
+        let mut top = self.convs.inner[last].forward(&features[last])?;
+        let mut out = vec![self.convs.layer[last].forward(&top)?];
         for i in (0..last).rev() {
-            let lateral = self.convs.inner[i].forward(&features[i], false)?;
+            let lateral = self.convs.inner[i].forward(&features[i])?;
             let (_, _, h, w) = lateral.dims4()?;
             top = (lateral + resize_nearest(&top, h, w)?)?;
-            out.push(self.convs.layer[i].forward(&top, false)?);
+            out.push(self.convs.layer[i].forward(&top)?);
         }
         out.reverse();
         let pool = subsample2(&out[last])?;
@@ -119,10 +108,8 @@ impl Fpn {
         Ok(out)
     }
 
-    /// Every tensor under torchvision's current names, prefixed with `prefix.`.
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        self.convs.named_tensors(prefix, &mut out);
-        out
+    /// Every tensor under torchvision's names.
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        self.tensors.clone()
     }
 }

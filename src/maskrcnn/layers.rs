@@ -1,52 +1,26 @@
-//! Small building blocks shared by the detector's modules: a biased convolution that runs on
-//! unetpp's fast CPU kernels, nearest-neighbour resizing and stride-2 subsampling with
+//! Small building blocks shared by the detector's modules: the biased convolutions of the
+//! pyramid and the RPN, nearest-neighbour resizing and stride-2 subsampling with
 //! PyTorch's index rules (both differentiable), and the smooth L1 loss.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
-use crate::nn::{push, NamedTensor};
-use crate::ops;
+use crate::nn::{Conv, ConvConfig};
 use crate::{Error, Result};
 
-/// A 1×1 or 3×3 (padding 1) convolution with bias, stride 1.
-#[derive(Debug, Clone)]
-pub(crate) struct Conv {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv {
-    /// Reads `weight (c_out, c_in, k, k)` and `bias (c_out)` from `vb`; `init` is used when
-    /// `vb` creates them (a `VarMap`), the bias starts at zero.
-    pub(crate) fn new(
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        init: Init,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        if k != 1 && k != 3 {
-            return Err(Error::config("kernel", format!("1 or 3, got {k}")));
-        }
-        let weight = vb.get_with_hints((c_out, c_in, k, k), "weight", init)?;
-        let bias = vb.get_with_hints(c_out, "bias", Init::Const(0.0))?;
-        Ok(Conv { weight, bias })
+/// A 1×1 or 3×3 (padding `k / 2`) convolution with bias, stride 1: `weight (c_out, c_in, k,
+/// k)` drawn as `init` says when `vb` creates it, `bias (c_out)` from zero.
+pub(crate) fn conv(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    init: Init,
+    vb: VarBuilder,
+) -> Result<Conv> {
+    if k != 1 && k != 3 {
+        return Err(Error::config("kernel", format!("1 or 3, got {k}")));
     }
-
-    pub(crate) fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
-        if self.weight.dim(D::Minus1)? == 1 {
-            let y = ops::conv1x1(x, &self.weight, Some(&self.bias))?;
-            Ok(if relu { y.relu()? } else { y })
-        } else {
-            ops::conv3x3_fused(x, &self.weight, Some(&self.bias), relu)
-        }
-    }
-
-    pub(crate) fn named_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
-        push(out, prefix, "weight", &self.weight, true);
-        push(out, prefix, "bias", &self.bias, true);
-    }
+    Conv::new(c_in, c_out, ConvConfig::same(k).weight_init(init), vb)
 }
 
 /// Kaiming-uniform initialisation with `a = 1` (bound `sqrt(3 / fan_in)`), torchvision's for

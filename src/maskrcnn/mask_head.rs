@@ -27,21 +27,18 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::box_head::host_labels;
-use crate::nn::{push, NamedTensor};
-use crate::ops::{conv1x1, conv3x3_fused, conv_transpose2x2, RoiAlign};
+use crate::nn::{Conv, ConvConfig};
+use crate::ops::RoiAlign;
 use crate::{Error, Result};
 
 /// A stack of 3×3 convolutions (padding 1, dilation 1), each followed by a ReLU:
 /// torchvision's `MaskRCNNHeads` without normalisation.
 ///
-/// Layer `i` (from 0) has the weights `{i}.0.weight` and `{i}.0.bias`; the names of
-/// checkpoints from before torchvision 0.13, `mask_fcn{i+1}.weight` and `mask_fcn{i+1}.bias`,
-/// load too (per layer, whichever the `VarBuilder` holds, as torchvision's
-/// `_load_from_state_dict` renames them). [`MaskRcnnHeads::named_tensors`] always uses the
-/// current names.
+/// Layer `i` (from 0) has the weights `{i}.0.weight` and `{i}.0.bias`; checkpoints from
+/// before torchvision 0.13 (`mask_fcn{i+1}.*`) load through [`super::current_names`].
 #[derive(Debug, Clone)]
 pub struct MaskRcnnHeads {
-    layers: Vec<(Tensor, Tensor)>,
+    layers: Vec<Conv>,
     in_channels: usize,
 }
 
@@ -56,16 +53,9 @@ impl MaskRcnnHeads {
         let mut convs = Vec::with_capacity(layers.len());
         let mut c = in_channels;
         for (i, &o) in layers.iter().enumerate() {
-            let legacy = format!("mask_fcn{}", i + 1);
-            let at = if vb.contains_tensor(&format!("{legacy}.weight")) {
-                vb.pp(legacy)
-            } else {
-                vb.pp(i).pp(0)
-            };
             let stdev = (2.0 / (o * 9) as f64).sqrt();
-            let w = at.get_with_hints((o, c, 3, 3), "weight", Init::Randn { mean: 0.0, stdev })?;
-            let b = at.get_with_hints(o, "bias", Init::Const(0.0))?;
-            convs.push((w, b));
+            let cfg = ConvConfig::same(3).weight_init(Init::Randn { mean: 0.0, stdev });
+            convs.push(Conv::new(c, o, cfg, vb.pp(i).pp(0))?);
             c = o;
         }
         Ok(MaskRcnnHeads {
@@ -83,7 +73,7 @@ impl MaskRcnnHeads {
     pub fn out_channels(&self) -> usize {
         self.layers
             .last()
-            .map_or(self.in_channels, |(w, _)| w.dims()[0])
+            .map_or(self.in_channels, Conv::out_channels)
     }
 
     /// The features of the pooled boxes `x` `(K, in_channels, H, W)`: `(K, out_channels, H,
@@ -98,21 +88,10 @@ impl MaskRcnnHeads {
             )?);
         }
         let mut y = x.clone();
-        for (w, b) in &self.layers {
-            y = conv3x3_fused(&y, w, Some(b), true)?;
+        for conv in &self.layers {
+            y = conv.forward_fused(&y, true)?;
         }
         Ok(y)
-    }
-
-    /// The weights under torchvision's current names (`{prefix}.0.0.weight`, …).
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        for (i, (w, b)) in self.layers.iter().enumerate() {
-            let at = format!("{prefix}.{i}.0");
-            push(&mut out, &at, "weight", w, true);
-            push(&mut out, &at, "bias", b, true);
-        }
-        out
     }
 }
 
@@ -121,8 +100,8 @@ impl MaskRcnnHeads {
 /// `MaskRCNNPredictor`.
 #[derive(Debug, Clone)]
 pub struct MaskRcnnPredictor {
-    conv5_mask: (Tensor, Tensor),
-    mask_fcn_logits: (Tensor, Tensor),
+    conv5_mask: Conv,
+    mask_fcn_logits: Conv,
     in_channels: usize,
     num_classes: usize,
 }
@@ -142,25 +121,19 @@ impl MaskRcnnPredictor {
             mean: 0.0,
             stdev: (2.0 / fan_out as f64).sqrt(),
         };
-        let up = vb.pp("conv5_mask");
         // PyTorch's fan-out of a transposed convolution is the size of dim 0 times the kernel.
-        let conv5_mask = (
-            up.get_with_hints(
-                (in_channels, dim_reduced, 2, 2),
-                "weight",
-                kaiming(in_channels * 4),
-            )?,
-            up.get_with_hints(dim_reduced, "bias", Init::Const(0.0))?,
-        );
-        let logits = vb.pp("mask_fcn_logits");
-        let mask_fcn_logits = (
-            logits.get_with_hints(
-                (num_classes, dim_reduced, 1, 1),
-                "weight",
-                kaiming(num_classes),
-            )?,
-            logits.get_with_hints(num_classes, "bias", Init::Const(0.0))?,
-        );
+        let conv5_mask = Conv::new(
+            in_channels,
+            dim_reduced,
+            ConvConfig::transposed(2, 2).weight_init(kaiming(in_channels * 4)),
+            vb.pp("conv5_mask"),
+        )?;
+        let mask_fcn_logits = Conv::new(
+            dim_reduced,
+            num_classes,
+            ConvConfig::new(1).weight_init(kaiming(num_classes)),
+            vb.pp("mask_fcn_logits"),
+        )?;
         Ok(MaskRcnnPredictor {
             conv5_mask,
             mask_fcn_logits,
@@ -184,24 +157,8 @@ impl MaskRcnnPredictor {
                 x.device(),
             )?);
         }
-        let (w5, b5) = &self.conv5_mask;
-        let y = conv_transpose2x2(x, w5, Some(b5))?.relu()?;
-        let (wl, bl) = &self.mask_fcn_logits;
-        conv1x1(&y, wl, Some(bl))
-    }
-
-    /// The weights under torchvision's names (`{prefix}.conv5_mask.weight`, …).
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        for (name, (w, b)) in [
-            ("conv5_mask", &self.conv5_mask),
-            ("mask_fcn_logits", &self.mask_fcn_logits),
-        ] {
-            let at = format!("{prefix}.{name}");
-            push(&mut out, &at, "weight", w, true);
-            push(&mut out, &at, "bias", b, true);
-        }
-        out
+        let y = self.conv5_mask.forward_fused(x, true)?;
+        self.mask_fcn_logits.forward(&y)
     }
 }
 

@@ -10,7 +10,6 @@
 //! - [`fpn`]: [`Fpn`], the feature pyramid; [`nested_fpn`]: [`NestedFpn`], Mask R-CNN++'s
 //!   pyramid with UNet++'s nested dense skips; [`backbone`]: [`ResNetFpn`], ResNet + either.
 //! - [`rpn`]: [`Rpn`], the region proposal network (proposals and losses).
-//! - [`init`]: seeded initial weights with torchvision's initialisation of each part.
 //! - [`evaluate`]: AP at an IoU threshold on boxes or masks, mean best mask IoU.
 //! - [`sampler`]: [`BalancedPositiveNegativeSampler`], the positives and negatives each image
 //!   trains on.
@@ -22,6 +21,9 @@
 //!   [`mask_head`] ([`MaskRcnnHeads`], [`MaskRcnnPredictor`], [`maskrcnn_loss`]), with
 //!   torchvision's weight names.
 //!
+//! Every layer draws new weights as torchvision initialises it; build on
+//! [`crate::nn::seeded_var_builder`] for a repeatable start.
+//!
 //! Boxes are `(K, 4)` tensors of corners `x1, y1, x2, y2`. Each type has presets for the
 //! region proposal network (`rpn()`) and the box head (`roi_heads()` or, for anchors, `fpn()`)
 //! with torchvision's Mask R-CNN defaults.
@@ -32,7 +34,6 @@ pub mod box_coder;
 pub mod box_head;
 pub mod evaluate;
 pub mod fpn;
-pub mod init;
 mod layers;
 pub mod mask_head;
 pub mod matcher;
@@ -53,7 +54,9 @@ pub use mask_head::{
     maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes, MaskRcnnHeads, MaskRcnnPredictor,
 };
 pub use matcher::Matcher;
-pub use model::{trainable_vars, Detection, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses};
+pub use model::{
+    current_names, trainable_vars, Detection, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses,
+};
 pub use nested_fpn::NestedFpn;
 pub use roi_heads::{
     BoxDetections, Detections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsLosses,

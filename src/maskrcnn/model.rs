@@ -190,6 +190,7 @@ pub struct MaskRcnn {
     backbone: ResNetFpn,
     rpn: Rpn,
     roi_heads: RoiHeads,
+    tensors: Vec<NamedTensor>,
 }
 
 impl MaskRcnn {
@@ -205,16 +206,20 @@ impl MaskRcnn {
                 ),
             ));
         }
-        let backbone =
-            ResNetFpn::with_pyramid(&cfg.resnet, cfg.channels, cfg.pyramid, vb.pp("backbone"))?
-                .with_trainable_layers(cfg.trainable_backbone_layers)?;
-        let rpn = Rpn::new(&cfg.rpn, cfg.anchors.clone(), cfg.channels, vb.pp("rpn"))?;
-        let roi_heads = RoiHeads::new(&cfg.roi_heads, vb.pp("roi_heads"))?;
+        let ((backbone, rpn, roi_heads), tensors) = weights::record(vb, |vb| {
+            let backbone =
+                ResNetFpn::with_pyramid(&cfg.resnet, cfg.channels, cfg.pyramid, vb.pp("backbone"))?
+                    .with_trainable_layers(cfg.trainable_backbone_layers)?;
+            let rpn = Rpn::new(&cfg.rpn, cfg.anchors.clone(), cfg.channels, vb.pp("rpn"))?;
+            let roi_heads = RoiHeads::new(&cfg.roi_heads, vb.pp("roi_heads"))?;
+            Ok((backbone, rpn, roi_heads))
+        })?;
         Ok(MaskRcnn {
             cfg: cfg.clone(),
             backbone,
             rpn,
             roi_heads,
+            tensors,
         })
     }
 
@@ -226,7 +231,7 @@ impl MaskRcnn {
         tensors: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
-        let kept = weights::without_bn_counters(tensors);
+        let kept = current_names(weights::without_bn_counters(tensors));
         weights::build_checked(kept, DType::F32, device, |vb| Self::new(cfg, vb))
     }
 
@@ -261,10 +266,7 @@ impl MaskRcnn {
 
     /// Every tensor under torchvision's names.
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
-        let mut out = self.backbone.named_tensors("backbone");
-        out.extend(self.rpn.named_tensors("rpn"));
-        out.extend(self.roi_heads.named_tensors("roi_heads"));
-        out
+        self.tensors.clone()
     }
 
     /// Detects objects in `images` (each `(3, H, W)` in `[0, 1]`, any sizes): boxes, scores,
@@ -400,7 +402,7 @@ pub fn trainable_vars(
     if trainable_backbone_layers == 5 {
         layers.push("bn1");
     }
-    let data = crate::train::lock_vars(varmap)?;
+    let data = crate::weights::lock_vars(varmap)?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     Ok(names
@@ -411,6 +413,56 @@ pub fn trainable_vars(
         })
         .map(|n| data[n].clone())
         .collect())
+}
+
+/// The names of a torchvision state dict with those of checkpoints written before
+/// torchvision 0.13 replaced by the current ones, as its `_load_from_state_dict` renames them:
+/// `….inner_blocks.{i}.{weight,bias}` and `….layer_blocks.{i}.*` become `….{i}.0.*` (FPN),
+/// `…head.conv.*` becomes `…head.conv.0.0.*` (RPN), `…mask_head.mask_fcn{k}.*` becomes
+/// `…mask_head.{k-1}.0.*`. Other names are kept. Works on whole-model names and on those of a
+/// part (`roi_heads.` removed, for example).
+///
+/// ```
+/// use std::collections::HashMap;
+/// use candle_core::{Device, Tensor};
+/// let t = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?;
+/// let old: HashMap<String, Tensor> = ["backbone.fpn.inner_blocks.2.bias", "rpn.head.conv.weight", "mask_head.mask_fcn1.bias"]
+///     .iter().map(|n| (n.to_string(), t.clone())).collect();
+/// let mut new: Vec<String> = unetpp::maskrcnn::current_names(old).into_keys().collect();
+/// new.sort();
+/// assert_eq!(new, ["backbone.fpn.inner_blocks.2.0.bias", "mask_head.0.0.bias", "rpn.head.conv.0.0.weight"]);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+pub fn current_names(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .map(|(name, t)| (current_name(&name).unwrap_or(name), t))
+        .collect()
+}
+
+fn current_name(name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let n = parts.len();
+    let leaf = *parts.last()?;
+    if n < 2 || !matches!(leaf, "weight" | "bias") {
+        return None;
+    }
+    let stem = parts[..n - 1].join(".");
+    let before = |k: usize| parts[..n - k].join(".");
+    if n >= 3
+        && matches!(parts[n - 3], "inner_blocks" | "layer_blocks")
+        && parts[n - 2].parse::<usize>().is_ok()
+    {
+        return Some(format!("{stem}.0.{leaf}"));
+    }
+    if n >= 3 && parts[n - 3] == "head" && parts[n - 2] == "conv" {
+        return Some(format!("{stem}.0.0.{leaf}"));
+    }
+    let k: usize = parts[n - 2].strip_prefix("mask_fcn")?.parse().ok()?;
+    if k == 0 || n < 3 || parts[n - 3] != "mask_head" {
+        return None;
+    }
+    Some(format!("{}.{}.0.{leaf}", before(2), k - 1))
 }
 
 fn image_sizes(images: &[Tensor]) -> Result<Vec<(usize, usize)>> {

@@ -18,10 +18,10 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::fpn::LevelConvs;
-use super::layers::{kaiming_uniform_a1, resize_nearest, subsample2, Conv};
-use crate::nn::NamedTensor;
+use super::layers::{conv, kaiming_uniform_a1, resize_nearest, subsample2};
+use crate::nn::{Conv, NamedTensor};
 use crate::unetpp::grid::{ConcatOrder, Grid, Input, Node};
-use crate::{Error, Result};
+use crate::{weights, Error, Result};
 
 /// The nested pyramid over backbone maps with `in_channels` channels (finest first).
 ///
@@ -51,6 +51,7 @@ pub struct NestedFpn {
     convs: LevelConvs,
     fuse: Vec<(Node, Conv)>,
     out_channels: usize,
+    tensors: Vec<NamedTensor>,
 }
 
 impl NestedFpn {
@@ -66,25 +67,38 @@ impl NestedFpn {
             ));
         }
         let grid = Grid::new(in_channels.len() - 1);
-        let convs = LevelConvs::new(in_channels, out_channels, &vb)?;
+        let ((convs, fuse), tensors) =
+            weights::record(vb, |vb| Self::layers(&grid, in_channels, out_channels, &vb))?;
+        Ok(NestedFpn {
+            grid,
+            convs,
+            fuse,
+            out_channels,
+            tensors,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn layers(
+        grid: &Grid,
+        in_channels: &[usize],
+        out_channels: usize,
+        vb: &VarBuilder,
+    ) -> Result<(LevelConvs, Vec<(Node, Conv)>)> {
+        let convs = LevelConvs::new(in_channels, out_channels, vb)?;
         let mut fuse = Vec::new();
         for &node in grid.nodes().iter().filter(|n| n.col > 0) {
             let c_in = out_channels * grid.inputs(node, ConcatOrder::SkipsFirst).len();
-            let conv = Conv::new(
+            let fusion = conv(
                 c_in,
                 out_channels,
                 1,
                 kaiming_uniform_a1(c_in),
                 vb.pp("nested").pp(node.name()),
             )?;
-            fuse.push((node, conv));
+            fuse.push((node, fusion));
         }
-        Ok(NestedFpn {
-            grid,
-            convs,
-            fuse,
-            out_channels,
-        })
+        Ok((convs, fuse))
     }
 
     /// The channels of every output level.
@@ -112,7 +126,7 @@ impl NestedFpn {
         for &node in self.grid.nodes() {
             let i = node.level;
             if node.col == 0 {
-                out.insert(node, self.convs.inner[i].forward(&features[i], false)?);
+                out.insert(node, self.convs.inner[i].forward(&features[i])?);
                 continue;
             }
             let (_, conv) = fuse
@@ -130,7 +144,7 @@ impl NestedFpn {
                 };
                 parts.push(t.ok_or_else(|| Error::Shape(format!("{node} reads a missing input")))?);
             }
-            out.insert(node, conv.forward(&Tensor::cat(&parts, 1)?, true)?);
+            out.insert(node, conv.forward_fused(&Tensor::cat(&parts, 1)?, true)?);
         }
         let depth = self.grid.depth();
         let mut levels = Vec::with_capacity(depth + 2);
@@ -138,20 +152,16 @@ impl NestedFpn {
             let last = out
                 .get(&Node::new(i, depth - i))
                 .ok_or_else(|| Error::Shape(format!("no output node for level {i}")))?;
-            levels.push(conv.forward(last, false)?);
+            levels.push(conv.forward(last)?);
         }
         let pool = subsample2(&levels[depth])?;
         levels.push(pool);
         Ok(levels)
     }
 
-    /// Every tensor, prefixed with `prefix.`.
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        self.convs.named_tensors(prefix, &mut out);
-        for (node, c) in &self.fuse {
-            c.named_tensors(&format!("{prefix}.nested.{}", node.name()), &mut out);
-        }
-        out
+    /// Every tensor under its name (`inner_blocks.*`, `layer_blocks.*` as in the FPN, and
+    /// `nested.x_{i}_{j}.*`).
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        self.tensors.clone()
     }
 }

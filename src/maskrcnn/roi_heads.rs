@@ -473,13 +473,38 @@ pub struct RoiHeads {
     box_coder: BoxCoder,
     matcher: Matcher,
     sampler: BalancedPositiveNegativeSampler,
+    tensors: Vec<NamedTensor>,
 }
 
 impl RoiHeads {
     /// The heads of `cfg`, reading (or, from a `VarMap`, creating) their weights from `vb`
-    /// under torchvision's names. The mask head also loads the pre-0.13 names
-    /// `mask_head.mask_fcn{1..4}.*` (see [`MaskRcnnHeads`]).
+    /// under torchvision's names.
     pub fn new(cfg: &RoiHeadsConfig, vb: VarBuilder) -> Result<Self> {
+        let ((box_head, box_predictor, mask_head, mask_predictor), tensors) =
+            weights::record(vb, |vb| Self::layers(cfg, &vb))?;
+        Ok(RoiHeads {
+            box_coder: cfg.box_coder(),
+            matcher: cfg.matcher()?,
+            sampler: cfg.sampler()?,
+            cfg: cfg.clone(),
+            box_head,
+            box_predictor,
+            mask_head,
+            mask_predictor,
+            tensors,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn layers(
+        cfg: &RoiHeadsConfig,
+        vb: &VarBuilder,
+    ) -> Result<(
+        TwoMlpHead,
+        FastRcnnPredictor,
+        MaskRcnnHeads,
+        MaskRcnnPredictor,
+    )> {
         let (ph, pw) = cfg.box_pooler.output_size();
         let box_head = TwoMlpHead::new(
             cfg.in_channels * ph * pw,
@@ -498,27 +523,20 @@ impl RoiHeads {
             cfg.num_classes,
             vb.pp("mask_predictor"),
         )?;
-        Ok(RoiHeads {
-            box_coder: cfg.box_coder(),
-            matcher: cfg.matcher()?,
-            sampler: cfg.sampler()?,
-            cfg: cfg.clone(),
-            box_head,
-            box_predictor,
-            mask_head,
-            mask_predictor,
-        })
+        Ok((box_head, box_predictor, mask_head, mask_predictor))
     }
 
     /// The heads from a set of tensors named as the `state_dict` of torchvision's `RoIHeads`
     /// (a `maskrcnn_resnet50_fpn` state_dict's `roi_heads.*` with that prefix removed), in
-    /// f32 on `device`. Every tensor must be used and have the right shape: anything missing,
+    /// f32 on `device` (names of checkpoints from before torchvision 0.13 are renamed by
+    /// [`super::current_names`]). Every tensor must be used and have the right shape: anything missing,
     /// mis-shaped or left over is an [`Error::Weights`] naming it.
     pub fn from_torchvision(
         cfg: &RoiHeadsConfig,
         tensors: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
+        let tensors = super::current_names(tensors);
         weights::build_checked(tensors, DType::F32, device, |vb| Self::new(cfg, vb))
     }
 
@@ -547,15 +565,10 @@ impl RoiHeads {
         &self.mask_predictor
     }
 
-    /// Every weight under torchvision's names, in the order of its `state_dict`, each name
-    /// prefixed by `prefix.` (none with an empty prefix; `"roi_heads"` for a whole model).
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let p = |name: &str| crate::nn::join(prefix, name);
-        let mut out = self.box_head.named_tensors(&p("box_head"));
-        out.extend(self.box_predictor.named_tensors(&p("box_predictor")));
-        out.extend(self.mask_head.named_tensors(&p("mask_head")));
-        out.extend(self.mask_predictor.named_tensors(&p("mask_predictor")));
-        out
+    /// Every weight under torchvision's names (`box_head.fc6.weight`, …), in the order of
+    /// its `state_dict`.
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        self.tensors.clone()
     }
 
     /// Detection (torchvision's `RoIHeads.forward` in eval mode).

@@ -8,12 +8,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 
-use super::layers::{div_scalar, smooth_l1_sum, Conv};
+use super::layers::{conv, div_scalar, smooth_l1_sum};
 use super::{AnchorGenerator, BalancedPositiveNegativeSampler, BoxCoder, Matcher};
 use crate::loss::bce_with_logits;
-use crate::nn::NamedTensor;
+use crate::nn::{Conv, NamedTensor};
 use crate::ops::{box_iou, check_boxes};
-use crate::{Error, Result};
+use crate::{weights, Error, Result};
 
 /// Settings of the [`Rpn`], torchvision's Mask R-CNN defaults in [`RpnConfig::mask_rcnn`].
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +61,9 @@ impl Default for RpnConfig {
     }
 }
 
-/// The RPN head: a 3×3 convolution + ReLU shared by all levels (`conv.0.0`, or `conv` in
-/// checkpoints written before torchvision 0.13), then 1×1 convolutions to one objectness
+/// The RPN head: a 3×3 convolution + ReLU shared by all levels (`conv.0.0`; `conv` in
+/// checkpoints written before torchvision 0.13, which load through
+/// [`super::current_names`]), then 1×1 convolutions to one objectness
 /// logit (`cls_logits`) and four box deltas (`bbox_pred`) per anchor.
 #[derive(Debug, Clone)]
 pub struct RpnHead {
@@ -78,15 +79,11 @@ impl RpnHead {
             mean: 0.0,
             stdev: 0.01,
         };
-        let conv_vb = if vb.pp("conv").contains_tensor("weight") {
-            vb.pp("conv")
-        } else {
-            vb.pp("conv").pp("0").pp("0")
-        };
+        let conv_vb = vb.pp("conv").pp("0").pp("0");
         Ok(RpnHead {
-            conv: Conv::new(channels, channels, 3, init, conv_vb)?,
-            cls_logits: Conv::new(channels, num_anchors, 1, init, vb.pp("cls_logits"))?,
-            bbox_pred: Conv::new(channels, 4 * num_anchors, 1, init, vb.pp("bbox_pred"))?,
+            conv: conv(channels, channels, 3, init, conv_vb)?,
+            cls_logits: conv(channels, num_anchors, 1, init, vb.pp("cls_logits"))?,
+            bbox_pred: conv(channels, 4 * num_anchors, 1, init, vb.pp("bbox_pred"))?,
         })
     }
 
@@ -95,19 +92,11 @@ impl RpnHead {
         let mut logits = Vec::with_capacity(features.len());
         let mut deltas = Vec::with_capacity(features.len());
         for f in features {
-            let t = self.conv.forward(f, true)?;
-            logits.push(self.cls_logits.forward(&t, false)?);
-            deltas.push(self.bbox_pred.forward(&t, false)?);
+            let t = self.conv.forward_fused(f, true)?;
+            logits.push(self.cls_logits.forward(&t)?);
+            deltas.push(self.bbox_pred.forward(&t)?);
         }
         Ok((logits, deltas))
-    }
-
-    fn named_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
-        self.conv.named_tensors(&format!("{prefix}.conv.0.0"), out);
-        self.cls_logits
-            .named_tensors(&format!("{prefix}.cls_logits"), out);
-        self.bbox_pred
-            .named_tensors(&format!("{prefix}.bbox_pred"), out);
     }
 }
 
@@ -146,6 +135,7 @@ pub struct Rpn {
     coder: BoxCoder,
     matcher: Matcher,
     sampler: BalancedPositiveNegativeSampler,
+    tensors: Vec<NamedTensor>,
 }
 
 impl Rpn {
@@ -175,13 +165,15 @@ impl Rpn {
                 format!("nms_thresh {} / min_size {}", cfg.nms_thresh, cfg.min_size),
             ));
         }
+        let (head, tensors) = weights::record(vb, |vb| RpnHead::new(channels, a, vb.pp("head")))?;
         Ok(Rpn {
             cfg: cfg.clone(),
             anchors,
-            head: RpnHead::new(channels, a, vb.pp("head"))?,
+            head,
             coder: BoxCoder::rpn(),
             matcher,
             sampler,
+            tensors,
         })
     }
 
@@ -403,11 +395,9 @@ impl Rpn {
         })
     }
 
-    /// Every tensor under torchvision's names below `prefix` (`"rpn"` in a detector).
-    pub fn named_tensors(&self, prefix: &str) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        self.head.named_tensors(&format!("{prefix}.head"), &mut out);
-        out
+    /// Every tensor under torchvision's names (`head.conv.0.0.weight`, …).
+    pub fn named_tensors(&self) -> Vec<NamedTensor> {
+        self.tensors.clone()
     }
 }
 

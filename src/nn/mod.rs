@@ -1,13 +1,20 @@
-//! Building blocks shared by every model: the double-conv block `H`, normalisation,
-//! activation and up-sampling.
+//! Building blocks shared by every model: the convolution layer (the one place that chooses a
+//! kernel), the double-conv block `H`, normalisation, activation, up-sampling, linear layers
+//! and seeded initialisation.
 
 mod block;
+mod conv;
+mod conv_bn;
+mod init;
 mod norm;
 mod upsample;
 
 pub use block::ConvBlock;
+pub use conv::{Conv, Conv2d, ConvConfig};
+pub use conv_bn::ConvBn;
+pub use init::seeded_var_builder;
+pub(crate) use norm::batch_norm_forward;
 pub use norm::NormLayer;
-pub(crate) use norm::{batch_norm_forward, fold_batch_norm};
 pub use upsample::UpLayer;
 
 use candle_core::Tensor;
@@ -77,25 +84,20 @@ pub struct NamedTensor {
     pub trainable: bool,
 }
 
-/// `prefix.name`, or `name` alone when `prefix` is empty.
-pub(crate) fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
-pub(crate) fn push(
-    out: &mut Vec<NamedTensor>,
-    prefix: &str,
-    name: &str,
-    tensor: &Tensor,
-    trainable: bool,
-) {
-    out.push(NamedTensor {
-        name: format!("{prefix}.{name}"),
-        tensor: tensor.clone(),
-        trainable,
-    });
+/// A fully connected layer `in_features → out_features` as PyTorch's `nn.Linear` builds it:
+/// `weight (out, in)` and `bias (out)`, both drawn uniform in `±1 / sqrt(in_features)` when
+/// the `VarBuilder` creates them.
+pub fn linear(
+    in_features: usize,
+    out_features: usize,
+    vb: candle_nn::VarBuilder,
+) -> crate::Result<candle_nn::Linear> {
+    let bound = 1.0 / (in_features.max(1) as f64).sqrt();
+    let init = candle_nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    let weight = vb.get_with_hints((out_features, in_features), "weight", init)?;
+    let bias = vb.get_with_hints(out_features, "bias", init)?;
+    Ok(candle_nn::Linear::new(weight, Some(bias)))
 }

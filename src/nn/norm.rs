@@ -1,7 +1,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, GroupNorm, VarBuilder};
 
-use super::{push, NamedTensor, Norm};
+use super::Norm;
 
 const EPS: f64 = 1e-5;
 
@@ -27,7 +27,7 @@ pub enum NormLayer {
 
 impl NormLayer {
     /// Builds the layer for `channels` channels; weights are read under `vb`.
-    pub fn new(norm: Norm, channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(norm: Norm, channels: usize, vb: VarBuilder) -> crate::Result<Self> {
         Ok(match norm {
             Norm::None => NormLayer::Identity,
             Norm::Batch => {
@@ -56,69 +56,6 @@ impl NormLayer {
             }
         })
     }
-
-    pub(crate) fn named_tensors(&self, prefix: &str, out: &mut Vec<NamedTensor>) {
-        match self {
-            NormLayer::Identity => {}
-            NormLayer::Batch(bn) => {
-                if let Some((w, b)) = bn.weight_and_bias() {
-                    push(out, prefix, "weight", w, true);
-                    push(out, prefix, "bias", b, true);
-                }
-                push(out, prefix, "running_mean", bn.running_mean(), false);
-                push(out, prefix, "running_var", bn.running_var(), false);
-            }
-            NormLayer::Group { weight, bias, .. } => {
-                push(out, prefix, "weight", weight, true);
-                push(out, prefix, "bias", bias, true);
-            }
-        }
-    }
-
-    pub(crate) fn detach(&self) -> Result<Self> {
-        Ok(match self {
-            NormLayer::Identity => NormLayer::Identity,
-            NormLayer::Batch(bn) => {
-                let rm = bn.running_mean().detach();
-                let rv = bn.running_var().detach();
-                let bn = match bn.weight_and_bias() {
-                    Some((w, b)) => BatchNorm::new_with_momentum(
-                        rm.dim(0)?,
-                        rm,
-                        rv,
-                        w.detach(),
-                        b.detach(),
-                        bn.eps(),
-                        bn.momentum(),
-                    )?,
-                    None => BatchNorm::new_no_bias_with_momentum(
-                        rm.dim(0)?,
-                        rm,
-                        rv,
-                        bn.eps(),
-                        bn.momentum(),
-                    )?,
-                };
-                NormLayer::Batch(bn)
-            }
-            NormLayer::Group {
-                weight,
-                bias,
-                groups,
-                ..
-            } => {
-                let (weight, bias, groups) = (weight.detach(), bias.detach(), *groups);
-                let layer =
-                    GroupNorm::new(weight.clone(), bias.clone(), weight.dim(0)?, groups, EPS)?;
-                NormLayer::Group {
-                    layer,
-                    weight,
-                    bias,
-                    groups,
-                }
-            }
-        })
-    }
 }
 
 impl ModuleT for NormLayer {
@@ -129,38 +66,6 @@ impl ModuleT for NormLayer {
             NormLayer::Group { layer, .. } => layer.forward(x),
         }
     }
-}
-
-/// The kernel and bias of one convolution equal to the convolution `(kernel, bias)` followed
-/// by batch-norm `bn` with its running statistics: the kernel scaled per output channel by
-/// `γ / √(σ² + ε)` and the bias `β + (b − μ)·γ / √(σ² + ε)`. Computed from the current values
-/// (so weights loaded or trained since take effect); gradients reach the kernel, the bias and
-/// `γ`, `β` through these small tensors, never the running statistics. Saves the four passes
-/// over the output that normalising it takes.
-pub(crate) fn fold_batch_norm(
-    bn: &BatchNorm,
-    kernel: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
-    // Running statistics are buffers: never a gradient into them.
-    let (mean, var) = (bn.running_mean().detach(), bn.running_var().detach());
-    let inv_std = (var + bn.eps())?.sqrt()?.recip()?;
-    let (scale, shift) = match bn.weight_and_bias() {
-        Some((gamma, beta)) => (gamma.mul(&inv_std)?, beta.clone()),
-        None => (inv_std.clone(), inv_std.zeros_like()?),
-    };
-    let centred = match bias {
-        Some(b) => (b - mean)?,
-        None => mean.neg()?,
-    };
-    let folded_bias = (shift + centred.mul(&scale)?)?;
-    let o = scale.elem_count();
-    let mut dims = vec![1; kernel.rank()];
-    if let Some(d) = dims.first_mut() {
-        *d = o;
-    }
-    let folded_kernel = kernel.broadcast_mul(&scale.reshape(dims)?)?;
-    Ok((folded_kernel, folded_bias))
 }
 
 /// `bn` applied to `x`: with batch statistics when `train` (on the fused

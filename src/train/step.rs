@@ -7,7 +7,7 @@ use crate::data::loader::DataLoader;
 use crate::data::{Batch, Dataset};
 use crate::loss::{DeepSupervisionLoss, SegmentationLoss};
 use crate::metrics::{labels_from_logits, labels_from_probabilities, SegmentationMetrics};
-use crate::model::SegmentationModel;
+use crate::model::MultiHeadSegmenter;
 use crate::Result;
 
 /// Which output of a network to score.
@@ -35,10 +35,10 @@ pub fn train_step<M, L>(
     batch: &Batch,
 ) -> Result<f32>
 where
-    M: SegmentationModel + ?Sized,
+    M: MultiHeadSegmenter + ?Sized,
     L: SegmentationLoss,
 {
-    let out = model.forward_t(&batch.images, true)?;
+    let out = model.forward_heads(&batch.images, true)?;
     let value = loss.compute(&out, loss.loss().targets(batch))?;
     // `backward_step` refuses a non-finite loss or gradient before it changes anything.
     optimizer.backward_step(&value)?;
@@ -48,7 +48,7 @@ where
 }
 
 /// Predicted labels `(N, H, W)` of `images` in `mode`.
-pub fn predict<M: SegmentationModel + ?Sized>(
+pub fn predict<M: MultiHeadSegmenter + ?Sized>(
     model: &M,
     images: &Tensor,
     mode: Mode,
@@ -70,7 +70,7 @@ pub fn evaluate<M, D>(
     mode: Mode,
 ) -> Result<SegmentationMetrics>
 where
-    M: SegmentationModel + ?Sized,
+    M: MultiHeadSegmenter + ?Sized,
     D: Dataset,
 {
     let mut metrics = SegmentationMetrics::new(loader.dataset().num_classes())?;

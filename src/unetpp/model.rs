@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::VarBuilder;
 
 use super::config::UNetPlusPlusConfig;
 use super::grid::{Grid, Input, Node, Skips};
 use super::outputs::Outputs;
-use crate::nn::{push, ConvBlock, NamedTensor, UpLayer};
+use crate::nn::{Conv, ConvBlock, ConvConfig, NamedTensor, UpLayer};
 use crate::{weights, Error, Result};
 
 /// A pruning level `L_k`: the network keeps the nodes `X^{i,j}` with `i + j ≤ k` and the head
@@ -48,7 +48,7 @@ impl From<usize> for Level {
 /// let varmap = VarMap::new();
 /// let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
 /// let x = Tensor::zeros((1, 1, 16, 16), DType::F32, &Device::Cpu)?;
-/// let out = net.forward_t(&x, false)?;
+/// let out = net.forward_heads(&x, false)?;
 /// assert_eq!(out.cols(), &[1, 2]);
 /// let fast = net.prune(Level::L1)?;
 /// assert_eq!(fast.forward(&x)?.dims(), &[1, 1, 16, 16]);
@@ -60,7 +60,8 @@ pub struct UNetPlusPlus {
     grid: Grid,
     blocks: Vec<ConvBlock>,
     ups: Vec<Option<UpLayer>>,
-    heads: Vec<(usize, Conv2d)>,
+    heads: Vec<(usize, Conv)>,
+    tensors: Vec<NamedTensor>,
 }
 
 impl UNetPlusPlus {
@@ -93,6 +94,26 @@ impl UNetPlusPlus {
         heads: &[usize],
         vb: VarBuilder,
     ) -> Result<Self> {
+        let ((blocks, ups, heads), tensors) =
+            weights::record(vb, |vb| Self::layers(cfg, &grid, heads, &vb))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            grid,
+            blocks,
+            ups,
+            heads,
+            tensors,
+        })
+    }
+
+    /// The layers of the nodes of `grid` and of the heads on `X^{0,j}` for `j` in `heads`.
+    #[allow(clippy::type_complexity)]
+    fn layers(
+        cfg: &UNetPlusPlusConfig,
+        grid: &Grid,
+        heads: &[usize],
+        vb: &VarBuilder,
+    ) -> Result<(Vec<ConvBlock>, Vec<Option<UpLayer>>, Vec<(usize, Conv)>)> {
         let f = &cfg.widths;
         let keeps = cfg.upsample.keeps_channels();
         let mut blocks = Vec::with_capacity(grid.nodes().len());
@@ -141,23 +162,16 @@ impl UNetPlusPlus {
                 let width = cfg.node_width(0, col).ok_or_else(|| {
                     Error::config("widths", format!("no width for X^{{0,{col}}}"))
                 })?;
-                let conv = candle_nn::conv2d(
+                let conv = Conv::new(
                     width,
                     cfg.num_classes,
-                    1,
-                    Default::default(),
+                    ConvConfig::new(1),
                     vb.pp(format!("head_{col}")),
                 )?;
                 Ok((col, conv))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            grid,
-            blocks,
-            ups,
-            heads,
-        })
+        Ok((blocks, ups, heads))
     }
 
     /// The configuration this network was built from (for a pruned network, the full one's).
@@ -190,17 +204,18 @@ impl UNetPlusPlus {
     /// No graph is recorded even when the weights are training variables (they are detached
     /// for the call, which copies no weight data), so no intermediate is kept alive.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.detach()?.forward_t(&x.detach(), false)?;
+        let out = self.detach()?.forward_heads(&x.detach(), false)?;
         out.into_logits()
             .pop()
             .ok_or_else(|| Error::config("heads", "no head"))
     }
 
     /// Runs the network on `x` of shape `(N, C, H, W)`; `train` switches batch-norm statistics
-    /// and dropout to training behaviour. Returns the logits of every head.
+    /// and dropout to training behaviour. Returns the logits of every head (deep
+    /// supervision); [`ModuleT::forward_t`] returns the deepest one alone.
     ///
     /// `H` and `W` must be multiples of `2^depth` unless the configuration pads.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Outputs> {
+    pub fn forward_heads(&self, x: &Tensor, train: bool) -> Result<Outputs> {
         let (h, w) = self.check_input(x)?;
         let m = 1usize << self.cfg.depth;
         let (x, pad) = if h % m == 0 && w % m == 0 {
@@ -261,11 +276,7 @@ impl UNetPlusPlus {
 
         let mut logits = Vec::with_capacity(self.heads.len());
         for (col, conv) in &self.heads {
-            let y = crate::ops::conv1x1(
-                self.output_of(&outs, Node::new(0, *col))?,
-                conv.weight(),
-                conv.bias(),
-            )?;
+            let y = conv.forward(self.output_of(&outs, Node::new(0, *col))?)?;
             logits.push(match pad {
                 Some((top, left)) => y.narrow(2, top, h)?.narrow(3, left, w)?,
                 None => y,
@@ -324,43 +335,24 @@ impl UNetPlusPlus {
                 ),
             ));
         }
-        let head = self
-            .heads
-            .iter()
-            .find(|(c, _)| *c == k)
-            .cloned()
-            .ok_or_else(|| {
-                Error::config("level", format!("this network has no head on X^{{0,{k}}}"))
-            })?;
-        let grid = self.grid.at_level(k);
-        let n = grid.nodes().len();
-        Ok(Self {
-            cfg: self.cfg.clone(),
-            grid,
-            blocks: self.blocks[..n].to_vec(),
-            ups: self.ups[..n].to_vec(),
-            heads: vec![head],
-        })
+        if !self.heads.iter().any(|(c, _)| *c == k) {
+            return Err(Error::config(
+                "level",
+                format!("this network has no head on X^{{0,{k}}}"),
+            ));
+        }
+        Self::build(
+            &self.cfg,
+            self.grid.at_level(k),
+            &[k],
+            weights::var_builder_over(&self.tensors),
+        )
     }
 
     /// Every tensor of the network under its stable name (see `docs/weights.md`), including
     /// buffers such as batch-norm running statistics.
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
-        let mut out = Vec::new();
-        for ((node, block), up) in self.grid.nodes().iter().zip(&self.blocks).zip(&self.ups) {
-            block.named_tensors(&node.name(), &mut out);
-            if let Some(up) = up {
-                up.named_tensors(&format!("up_{}_{}", node.level, node.col), &mut out);
-            }
-        }
-        for (col, conv) in &self.heads {
-            let prefix = format!("head_{col}");
-            push(&mut out, &prefix, "weight", conv.weight(), true);
-            if let Some(b) = conv.bias() {
-                push(&mut out, &prefix, "bias", b, true);
-            }
-        }
-        out
+        self.tensors.clone()
     }
 
     /// Number of trainable parameters (buffers excluded).
@@ -375,32 +367,12 @@ impl UNetPlusPlus {
     /// A copy whose tensors are detached from any `Var`, so that inference records no graph
     /// (and keeps no intermediates alive). Use it after training.
     pub fn detach(&self) -> Result<Self> {
-        Ok(Self {
-            cfg: self.cfg.clone(),
-            grid: self.grid.clone(),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| b.detach())
-                .collect::<candle_core::Result<_>>()?,
-            ups: self
-                .ups
-                .iter()
-                .map(|u| u.as_ref().map(|u| u.detach()))
-                .collect(),
-            heads: self
-                .heads
-                .iter()
-                .map(|(c, conv)| {
-                    let conv = Conv2d::new(
-                        conv.weight().detach(),
-                        conv.bias().map(|b| b.detach()),
-                        *conv.config(),
-                    );
-                    (*c, conv)
-                })
-                .collect(),
-        })
+        Self::build(
+            &self.cfg,
+            self.grid.clone(),
+            &self.head_cols(),
+            weights::var_builder_over(&weights::detached(&self.tensors)),
+        )
     }
 
     /// Writes the network's tensors to a safetensors file, atomically.
@@ -439,6 +411,20 @@ impl UNetPlusPlus {
         weights::build_checked(tensors, DType::F32, device, |vb| {
             Self::new_pruned(cfg, level, vb)
         })
+    }
+}
+
+/// `ModuleT` only: candle implements `ModuleT` for every `Module`, ignoring the training flag,
+/// which batch-norm and dropout need; [`UNetPlusPlus::forward`] is the inference call.
+impl ModuleT for UNetPlusPlus {
+    /// The logits of the deepest head, recording the graph ([`UNetPlusPlus::forward_heads`]
+    /// gives them all).
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let heads = self.forward_heads(x, train)?;
+        heads
+            .into_logits()
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("a network without a head".into()))
     }
 }
 
