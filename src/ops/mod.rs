@@ -26,35 +26,23 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 
-mod batch_norm;
-mod bilinear;
-mod boxes;
-mod channels;
 mod conv;
-mod cpu;
-pub(crate) mod nms;
+mod detection;
+mod elementwise;
+mod kernel;
+mod norm;
 mod pool;
-mod poolers;
-mod real;
-mod roi_align;
-mod roi_align_cpu;
-mod strided;
-mod transposed;
-mod winograd;
-mod winograd_wgrad;
+mod resize;
 
-pub use batch_norm::{batch_norm_train, BatchNormOutput};
-pub use bilinear::{resize_bilinear, resize_bilinear_composed};
-pub use boxes::{
-    box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes, BoxFormat,
-};
-pub use channels::{add_relu, bias_add};
 pub use conv::{
-    conv1x1, conv3x3, conv3x3_concat, conv3x3_fused, conv_transpose2x2, cpu_conv_algo,
+    conv1x1, conv2d, conv3x3, conv3x3_concat, conv3x3_fused, conv_transpose2x2, cpu_conv_algo,
     fast_cpu_conv, set_cpu_conv_algo, set_fast_cpu_conv, takes_fast_path, CpuConvAlgo,
 };
-pub use nms::{batched_nms, nms};
+pub use detection::{
+    batched_nms, box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, nms,
+    remove_small_boxes, rois_from_boxes, BoxFormat, MultiScaleRoiAlign, RoiAlign,
+};
+pub use elementwise::{add_relu, bias_add};
+pub use norm::{batch_norm_train, BatchNormOutput};
 pub use pool::{max_pool2d, max_pool2d_generic, upsample_nearest2d, upsample_nearest2d_generic};
-pub use poolers::MultiScaleRoiAlign;
-pub use roi_align::{rois_from_boxes, RoiAlign};
-pub use strided::conv2d;
+pub use resize::{resize_bilinear, resize_bilinear_composed};

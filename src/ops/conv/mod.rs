@@ -13,12 +13,19 @@
 //! `conv2d` otherwise (other devices, other dtypes); [`set_fast_cpu_conv`] turns the fast path
 //! off, for comparisons.
 
+mod general;
+mod transposed;
+mod winograd;
+mod winograd_wgrad;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::cpu::{banded_forward, banded_weight_grad, bands, contiguous, map2, Bands, OutGeom};
+use super::kernel::{banded_forward, banded_weight_grad, bands, contiguous, map2, Bands, OutGeom};
 use crate::{Error, Result};
+
+pub use general::conv2d;
 
 /// Which kernels compute 3×3 convolutions on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +211,7 @@ pub(super) fn kernel_bias(
 
 pub(super) fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
-        Some(b) if fast_cpu_conv() => super::channels::bias_add(&y, b),
+        Some(b) if fast_cpu_conv() => super::elementwise::bias_add(&y, b),
         Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
         None => Ok(y),
     }
@@ -341,7 +348,7 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resul
         return Ok(x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b,
-            super::transposed::ConvTranspose2x2,
+            transposed::ConvTranspose2x2,
         )?);
     }
     let y = if fast_cpu_conv() {
@@ -472,8 +479,8 @@ fn forward_planes(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims) -> 
     if d.n * d.h * d.w == 0 {
         return Vec::new();
     }
-    if cpu_conv_algo() == CpuConvAlgo::Winograd && super::winograd::pays(&d) {
-        super::winograd::forward(x, wt, bias, relu, d)
+    if cpu_conv_algo() == CpuConvAlgo::Winograd && winograd::pays(&d) {
+        winograd::forward(x, wt, bias, relu, d)
     } else {
         forward(x, wt, bias, relu, d)
     }
@@ -565,7 +572,7 @@ impl CustomOp3 for Conv3x3 {
             None
         };
         let dw = x.contiguous()?.apply_op2(&grad, Conv3x3WeightGrad)?;
-        let db = super::channels::channel_sums(&grad)?;
+        let db = super::elementwise::channel_sums(&grad)?;
         Ok((dx, Some(dw), Some(db)))
     }
 }
@@ -612,8 +619,8 @@ impl CustomOp2 for Conv3x3WeightGrad {
         let x = contiguous::<f32>(s1, l1)?;
         let dy = contiguous::<f32>(s2, l2)?;
         let d = Dims { n, c, h, w, o };
-        let dw = if cpu_conv_algo() == CpuConvAlgo::Winograd && super::winograd_wgrad::pays(&d) {
-            super::winograd_wgrad::weight_grad(x, dy, d)
+        let dw = if cpu_conv_algo() == CpuConvAlgo::Winograd && winograd_wgrad::pays(&d) {
+            winograd_wgrad::weight_grad(x, dy, d)
         } else {
             weight_grad(x, dy, d)
         };

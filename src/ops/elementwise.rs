@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, map2};
+use super::kernel::{contiguous, map2};
 use crate::{Error, Result};
 
 /// `y[n, c, h, w] + b[c]` for `y` of shape `(N, C, H, W)` and `b` of shape `(C)`.

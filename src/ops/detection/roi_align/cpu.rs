@@ -16,9 +16,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::contiguous;
-use super::real::Real;
-use super::roi_align::{Geometry, RoiAlign, Sample};
+use super::{Geometry, RoiAlign, Sample};
+use crate::ops::detection::real::Real;
+use crate::ops::kernel::contiguous;
 
 /// `(N, C, H, W)` of the feature map.
 type Dims = (usize, usize, usize, usize);

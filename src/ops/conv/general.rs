@@ -14,7 +14,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{
+use crate::ops::kernel::{
     banded_forward, banded_weight_grad, bands_at_least, contiguous, matmul, with_scratch, Mat,
     OutGeom, SendPtr,
 };
@@ -288,7 +288,7 @@ impl CustomOp3 for Conv {
             None
         };
         let db = if b.track_op() {
-            Some(super::channels::channel_sums(&grad)?)
+            Some(crate::ops::elementwise::channel_sums(&grad)?)
         } else {
             None
         };
@@ -362,7 +362,7 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let ([_, _, h, wd], [o, _, kh, kw]) = super::conv::conv_dims("conv2d", x, w)?;
+    let ([_, _, h, wd], [o, _, kh, kw]) = super::conv_dims("conv2d", x, w)?;
     if stride == 0 {
         return Err(Error::config("stride", "must be at least 1"));
     }
@@ -382,9 +382,9 @@ pub fn conv2d(
             "conv2d: a {kh}x{kw} kernel does not fit a {h}x{wd} input padded by {padding}"
         )));
     }
-    super::conv::check_bias("conv2d", bias, o)?;
-    if super::conv::fast_with_bias(x, w, bias) {
-        let b = super::conv::kernel_bias(bias, o, x.device())?;
+    super::check_bias("conv2d", bias, o)?;
+    if super::fast_with_bias(x, w, bias) {
+        let b = super::kernel_bias(bias, o, x.device())?;
         return Ok(x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b,
@@ -411,5 +411,5 @@ pub fn conv2d(
             .narrow(2, 0, oh)?
             .narrow(3, 0, ow)?
     };
-    super::conv::add_bias(y, bias)
+    super::add_bias(y, bias)
 }

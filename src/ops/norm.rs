@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, SendPtr};
+use super::kernel::{contiguous, SendPtr};
 use crate::{Error, Result};
 
 /// Per-channel statistics of one batch: mean and `1 / √(var + ε)` (biased variance).

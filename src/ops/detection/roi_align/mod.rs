@@ -14,14 +14,16 @@
 //! from `index_select` and `index_add`, which every candle device runs and differentiates. The
 //! boxes get no gradient in either, as in torchvision.
 
+mod cpu;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
 use super::boxes::{check_corners, host_rows};
 use super::real::Real;
-use super::roi_align_cpu::RoiAlignOp;
 use crate::{Error, Result};
+use cpu::RoiAlignOp;
 
 /// Settings of a RoIAlign: output size, the scale from image to feature-map coordinates, the
 /// sampling ratio and the half-pixel alignment.

@@ -16,8 +16,8 @@
 
 use rayon::prelude::*;
 
-use super::conv::{Dims, Planes};
-use super::cpu::{bands, matmul, with_scratch, Bands, Mat, SendPtr};
+use super::{Dims, Planes};
+use crate::ops::kernel::{bands, matmul, with_scratch, Bands, Mat, SendPtr};
 
 /// Output tile side.
 const M: usize = 4;
@@ -377,7 +377,7 @@ unsafe fn dispatch_outputs(
     dst: SendPtr,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::cpu::avx2_fma() {
+    if crate::ops::kernel::avx2_fma() {
         // SAFETY: avx2_fma() detected the features; the rest is the caller's promise.
         return unsafe { transform_outputs_avx2(m, r, bias, relu, d, band, dst) };
     }
@@ -414,7 +414,7 @@ fn dispatch_inputs(
     v: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::cpu::avx2_fma() {
+    if crate::ops::kernel::avx2_fma() {
         // SAFETY: avx2_fma() detected the features.
         return unsafe { transform_inputs_avx2(x, img, d, ty0, ty1, tw, v) };
     }
