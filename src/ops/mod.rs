@@ -7,7 +7,7 @@
 //!   [`upsample_nearest2d`]): use them, never candle's `Tensor::max_pool2d` /
 //!   `Tensor::upsample_nearest2d`, whose backward passes are wrong in candle 0.11.
 //! - Detection ops as torchvision computes them: [`RoiAlign`], [`MultiScaleRoiAlign`],
-//!   [`nms`], [`batched_nms`], [`box_iou`] and the other box utilities.
+//!   [`nms()`], [`batched_nms`], [`box_iou`] and the other box utilities.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};

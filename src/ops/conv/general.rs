@@ -18,7 +18,6 @@ use crate::ops::kernel::{
     banded_forward, banded_weight_grad, bands_at_least, contiguous, matmul, with_scratch, Mat,
     OutGeom, SendPtr,
 };
-use crate::{Error, Result};
 
 /// The shape of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,9 +215,9 @@ fn input_grad(wt: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
 }
 
 /// The forward op: `(x, w, b) ↦ conv(x, w) + b`.
-struct Conv {
-    stride: usize,
-    pad: usize,
+pub(super) struct Conv {
+    pub(super) stride: usize,
+    pub(super) pad: usize,
 }
 
 impl Conv {
@@ -329,87 +328,4 @@ impl CustomOp2 for Grad {
             ),
         })
     }
-}
-
-/// 2-D convolution with `stride` and zero `padding` on both axes (dilation 1, one group):
-/// `x` is `(N, C, H, W)`, `w` is `(O, C, KH, KW)`, `bias` is `(O)`; the output is
-/// `(N, O, (H + 2·padding − KH) / stride + 1, (W + 2·padding − KW) / stride + 1)`, as
-/// PyTorch's `conv2d`. Differentiable in all three.
-///
-/// On the CPU with `f32` tensors (and the fast path on, see [`super::set_fast_cpu_conv`]) it
-/// runs unetpp's kernels, whose backward pass skips the input gradient when `x` needs none;
-/// elsewhere candle's `conv2d`. Unlike candle's backward pass, the input gradient has the
-/// input's shape whatever the remainders of `(size + 2·padding − k) / stride` on each axis:
-/// candle's takes one `output_padding`, from the height, for both axes, so on its path an
-/// input that needs a gradient is zero-padded at the bottom and right until both remainders
-/// are zero, and the extra outputs (which only those zeros reach) are cut off.
-///
-/// ```
-/// use candle_core::{Device, Tensor};
-/// let x = Tensor::randn(0f32, 1., (1, 3, 15, 12), &Device::Cpu)?;
-/// let w = Tensor::randn(0f32, 1., (4, 3, 7, 7), &Device::Cpu)?;
-/// let y = unetpp::ops::conv2d(&x, &w, None, 2, 3)?;
-/// let reference = x.conv2d(&w, 3, 2, 1, 1)?;
-/// assert_eq!(y.dims(), &[1, 4, 8, 6]);
-/// let diff = (y - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
-/// assert!(diff < 1e-4);
-/// # Ok::<(), unetpp::Error>(())
-/// ```
-pub fn conv2d(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    let ([_, _, h, wd], [o, _, kh, kw]) = super::conv_dims("conv2d", x, w)?;
-    if stride == 0 {
-        return Err(Error::config("stride", "must be at least 1"));
-    }
-    if h == 0 || wd == 0 {
-        return Err(Error::Shape(format!(
-            "conv2d needs a non-empty image, got {:?}",
-            x.dims()
-        )));
-    }
-    let padded = |size: usize| padding.checked_mul(2).and_then(|p| p.checked_add(size));
-    let fits = match (padded(h), padded(wd)) {
-        (Some(ph), Some(pw)) => kh > 0 && kw > 0 && ph >= kh && pw >= kw,
-        _ => false,
-    };
-    if !fits {
-        return Err(Error::Shape(format!(
-            "conv2d: a {kh}x{kw} kernel does not fit a {h}x{wd} input padded by {padding}"
-        )));
-    }
-    super::check_bias("conv2d", bias, o)?;
-    if super::fast_with_bias(x, w, bias) {
-        let b = super::kernel_bias(bias, o, x.device())?;
-        return Ok(x.contiguous()?.apply_op3(
-            &w.contiguous()?,
-            &b,
-            Conv {
-                stride,
-                pad: padding,
-            },
-        )?);
-    }
-    let (rh, rw) = (
-        (h + 2 * padding - kh) % stride,
-        (wd + 2 * padding - kw) % stride,
-    );
-    let y = if rh == rw || !(x.track_op() || w.track_op()) {
-        x.conv2d(w, padding, stride, 1, 1)?
-    } else {
-        let (oh, ow) = (
-            (h + 2 * padding - kh) / stride + 1,
-            (wd + 2 * padding - kw) / stride + 1,
-        );
-        x.pad_with_zeros(2, 0, (stride - rh) % stride)?
-            .pad_with_zeros(3, 0, (stride - rw) % stride)?
-            .conv2d(w, padding, stride, 1, 1)?
-            .narrow(2, 0, oh)?
-            .narrow(3, 0, ow)?
-    };
-    super::add_bias(y, bias)
 }

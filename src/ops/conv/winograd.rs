@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::{Dims, Planes};
+use super::shape::{Dims, Planes};
 use crate::ops::kernel::{bands, matmul, with_scratch, Bands, Mat, SendPtr};
 
 /// Output tile side.
