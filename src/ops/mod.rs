@@ -36,7 +36,7 @@ mod resize;
 
 pub use conv::{
     conv1x1, conv2d, conv3x3, conv3x3_concat, conv3x3_fused, conv_transpose2x2, cpu_conv_algo,
-    fast_cpu_conv, set_cpu_conv_algo, set_fast_cpu_conv, takes_fast_path, CpuConvAlgo,
+    set_cpu_conv_algo, takes_fast_path, CpuConvAlgo,
 };
 pub use detection::{
     batched_nms, box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, nms,

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::algo::{fast_cpu_conv, takes_fast_path};
+use super::algo::{own_kernels, takes_fast_path};
 use crate::ops::elementwise::bias_add;
 use crate::{Error, Result};
 
@@ -61,7 +61,7 @@ pub(super) fn kernel_bias(
 /// `y + bias` per output channel, through [`bias_add`] on the fast path.
 pub(super) fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
-        Some(b) if fast_cpu_conv() => bias_add(&y, b),
+        Some(b) if own_kernels() => bias_add(&y, b),
         Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
         None => Ok(y),
     }

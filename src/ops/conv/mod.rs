@@ -20,10 +20,8 @@ use args::{add_bias, check_bias, conv_dims, fast_with_bias, kernel_bias};
 use op3x3::{forward_planes, Conv3x3};
 use shape::{Dims, Planes};
 
-pub use algo::{
-    cpu_conv_algo, fast_cpu_conv, set_cpu_conv_algo, set_fast_cpu_conv, takes_fast_path,
-    CpuConvAlgo,
-};
+use algo::own_kernels;
+pub use algo::{cpu_conv_algo, set_cpu_conv_algo, takes_fast_path, CpuConvAlgo};
 
 /// 3×3 convolution, stride 1, padding 1 (output size = input size): `x` is `(N, C, H, W)`,
 /// `w` is `(O, C, 3, 3)`, `bias` is `(O)`. Differentiable in `x`, `w` and `bias`.
@@ -90,7 +88,7 @@ pub fn conv3x3_concat(
         .chain(std::iter::once(w))
         .chain(bias)
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if parts.len() == 1 || tracked || !on_cpu || !fast_cpu_conv() {
+    if parts.len() == 1 || tracked || !on_cpu || !own_kernels() {
         let x = if parts.len() == 1 {
             first.clone()
         } else {
@@ -160,7 +158,7 @@ pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
             w.dims()
         )));
     }
-    let y = if fast_cpu_conv() {
+    let y = if own_kernels() {
         w.reshape((o, c))?
             .broadcast_matmul(&x.reshape((n, c, h * wd))?)?
             .reshape((n, o, h, wd))?
@@ -197,7 +195,7 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resul
             transposed::ConvTranspose2x2,
         )?);
     }
-    let y = if fast_cpu_conv() {
+    let y = if own_kernels() {
         // Row o·4 + ky·2 + kx of the product holds tap (ky, kx) of output channel o.
         w.reshape((c, o * 4))?
             .t()?
@@ -216,7 +214,7 @@ pub fn conv_transpose2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resul
 /// `(N, O, (H + 2·padding − KH) / stride + 1, (W + 2·padding − KW) / stride + 1)`, as
 /// PyTorch's `conv2d`. Differentiable in all three.
 ///
-/// On the CPU with `f32` tensors (and the fast path on, see [`set_fast_cpu_conv`]) it
+/// On the CPU with `f32` tensors (unless [`set_cpu_conv_algo`] chose [`CpuConvAlgo::Stock`]) it
 /// runs unetpp's kernels, whose backward pass skips the input gradient when `x` needs none;
 /// elsewhere candle's `conv2d`. Unlike candle's backward pass, the input gradient has the
 /// input's shape whatever the remainders of `(size + 2·padding − k) / stride` on each axis:
