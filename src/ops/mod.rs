@@ -29,6 +29,8 @@
 mod conv;
 mod detection;
 mod elementwise;
+// The shared unsafe core; its module doc states the invariants every `unsafe` block keeps.
+#[allow(unsafe_code)]
 mod kernel;
 mod norm;
 mod pool;

@@ -121,7 +121,11 @@ fn unfold(x: &[f32], g: &Geom, y0: usize, y1: usize, cols: &mut [f32]) {
 
 /// The inverse of [`unfold`] for gradients: adds every entry of `cols` onto the input pixel it
 /// was read from (entries read from outside the image are dropped).
-fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usize) {
+///
+/// # Safety
+/// `dx` must point to an `(n, c, h, w)` buffer of `g`'s dimensions, and while this runs no
+/// other thread may touch the input rows that output rows `y0..y1` of image `img` read.
+unsafe fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usize) {
     let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
     for ci in 0..g.c {
         let plane = (img * g.c + ci) * hw;
@@ -134,8 +138,8 @@ fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usi
                         continue;
                     };
                     // SAFETY: row iy of plane (img, ci) lies inside the (n, c, h, w)
-                    // buffer; the caller runs at once only bands whose input rows do not
-                    // overlap, so no other live slice covers this row.
+                    // buffer, and it is one of the rows the caller promised to no other
+                    // thread, so no other live slice covers it.
                     let dst = unsafe { dx.slice(plane + iy * g.w, g.w) };
                     for (ox, &v) in (lo..hi).zip(&src[lo..hi]) {
                         dst[ox * g.stride + kx - g.pad] += v;
@@ -207,7 +211,11 @@ fn input_grad(wt: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
                             par,
                         )
                     }
-                    fold_into(cols, &g, y0, y1, ptr, img);
+                    // SAFETY: `dx` has n·c·h·w elements and outlives the loop; bands are at
+                    // least ⌈kh / stride⌉ rows tall, so the input rows of a band overlap only
+                    // those of its neighbours, and the bands running now all have the same
+                    // parity.
+                    unsafe { fold_into(cols, &g, y0, y1, ptr, img) };
                 })
             });
     }

@@ -5,11 +5,18 @@
 mod algo;
 mod args;
 mod gemm;
-mod general;
 mod op3x3;
 mod shape;
+
+// The kernels that write through raw pointers, call `kernel::matmul` or use AVX2: their
+// `unsafe` blocks keep the invariants stated in `ops::kernel`.
+#[allow(unsafe_code)]
+mod general;
+#[allow(unsafe_code)]
 mod transposed;
+#[allow(unsafe_code)]
 mod winograd;
+#[allow(unsafe_code)]
 mod winograd_wgrad;
 
 use candle_core::{DType, Layout, Tensor};

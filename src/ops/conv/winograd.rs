@@ -216,8 +216,8 @@ pub(super) fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims)
             dispatch_inputs(x, img, &d, ty0, ty1, tw, v);
             for xi in 0..XI {
                 // SAFETY: `u` holds 36 matrices O × C (interleaved, column stride 36), `v` 36
-                // matrices C × t and `m` 36
-                // matrices O × t, all row-major; matrix ξ of each is in bounds.
+                // matrices C × t and `m` 36 matrices O × t, all row-major; matrix ξ of each is
+                // in bounds, and `m` is this task's scratch.
                 unsafe {
                     matmul(
                         (d.o, t, d.c),
