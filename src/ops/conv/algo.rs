@@ -1,5 +1,5 @@
 //! Which kernels compute convolutions on the CPU: one process-wide switch
-//! ([`set_cpu_conv_algo`]), read by the API in [`super`] and by the 3×3 op when it runs.
+//! ([`set_cpu_conv_algo`]), read by the API in `conv/mod.rs` and by the 3×3 op when it runs.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -6,7 +6,7 @@
 //! stays in cache, and each band goes through the `gemm` crate's kernels (the ones candle's
 //! own matmul uses); bands run in parallel on rayon's pool, each GEMM single-threaded, so
 //! threads are not oversubscribed. The input gradient is the same forward kernel with the
-//! flipped, transposed kernel (see [`super::op3x3`]), and the weight gradient unfolds the
+//! flipped, transposed kernel (see `op3x3.rs`), and the weight gradient unfolds the
 //! same bands.
 
 use super::shape::{Dims, Planes};

@@ -1,6 +1,7 @@
 //! Convolutions with CPU kernels of their own, forward and backward: the functions the layers
 //! call. Each checks its arguments, then runs unetpp's kernels for `f32` tensors on the CPU
-//! (unless [`set_cpu_conv_algo`] chose candle's) and candle's ops otherwise.
+//! (unless [`set_cpu_conv_algo`] chose candle's) and candle's ops otherwise. The files are
+//! listed in the doc of [`crate::ops`].
 
 mod algo;
 mod args;

@@ -165,7 +165,7 @@ fn transform_grads(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, u: 
 }
 
 /// `dw[o, c·9] = Σ_n Σ_pixels dy[n, o, pixel] · unfold(x)[n, c·9, pixel]`, as
-/// [`super::gemm`]'s banded version computes it, within rounding.
+/// the banded version (`gemm.rs`) computes it, within rounding.
 pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
     let (p, th, tw) = (d.h * d.w, d.h.div_ceil(2), d.w.div_ceil(2));
     // Bands of tile rows with about 2 MiB of transformed input and gradient each.

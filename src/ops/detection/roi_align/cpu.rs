@@ -1,4 +1,4 @@
-//! The CPU kernels of [`RoiAlign`](super::RoiAlign): forward and input gradient, each in two
+//! The CPU kernels of `RoiAlign`: forward and input gradient, each in two
 //! memory layouts that give bit-identical results.
 //!
 //! torchvision reads the map plane by plane (`(N, C, H, W)`), which for many rois means a
