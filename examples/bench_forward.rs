@@ -93,7 +93,7 @@ pub fn main() -> Result<()> {
     let mut args = Args::parse();
     args.runs = args.runs.max(1);
     if args.stock {
-        unetpp::ops::set_fast_cpu_conv(false);
+        unetpp::ops::set_cpu_conv_algo(unetpp::ops::CpuConvAlgo::Stock);
     }
     let device = unetpp::device::best_device(0)?;
     let cfg = UNetPlusPlusConfig::paper()

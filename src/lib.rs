@@ -48,6 +48,7 @@
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod data;
 pub mod device;

@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use unetpp::ops::CpuConvAlgo;
 use unetpp::prelude::*;
 
 /// Trains the same network from the same weights with the fast path and the stock path.
@@ -42,8 +43,8 @@ fn same_losses(cfg: &UNetPlusPlusConfig) {
             .collect::<Vec<_>>()
     };
     let before = unetpp::ops::cpu_conv_algo();
-    let run = |fast: bool| -> Vec<f32> {
-        unetpp::ops::set_fast_cpu_conv(fast);
+    let run = |algo: CpuConvAlgo| -> Vec<f32> {
+        unetpp::ops::set_cpu_conv_algo(algo);
         let varmap = VarMap::new();
         {
             let mut data = varmap.data().lock().unwrap();
@@ -68,8 +69,8 @@ fn same_losses(cfg: &UNetPlusPlusConfig) {
         unetpp::ops::set_cpu_conv_algo(before);
         losses
     };
-    let fast = run(true);
-    let stock = run(false);
+    let fast = run(CpuConvAlgo::Winograd);
+    let stock = run(CpuConvAlgo::Stock);
     assert!(fast[4] < fast[0], "the loss should fall: {fast:?}");
     for (step, (a, b)) in fast.iter().zip(&stock).enumerate() {
         assert!(

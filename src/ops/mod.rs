@@ -7,7 +7,7 @@
 //!   [`upsample_nearest2d`]): use them, never candle's `Tensor::max_pool2d` /
 //!   `Tensor::upsample_nearest2d`, whose backward passes are wrong in candle 0.11.
 //! - Detection ops as torchvision computes them: [`RoiAlign`], [`MultiScaleRoiAlign`],
-//!   [`nms`], [`batched_nms`], [`box_iou`] and the other box utilities.
+//!   [`nms()`], [`batched_nms`], [`box_iou`] and the other box utilities.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -25,36 +25,78 @@
 //! assert_eq!(pooled.dims(), &[2, 8, 7, 7]);
 //! # Ok::<(), unetpp::Error>(())
 //! ```
+//!
+//! # Where things are
+//!
+//! Every public item is re-exported here; the files are named by what they compute.
+//!
+//! - `conv/`: the convolutions. `mod.rs` is the API the layers call ([`conv3x3`],
+//!   [`conv3x3_fused`], [`conv3x3_concat`], [`conv1x1`], [`conv2d`], [`conv_transpose2x2`]);
+//!   `algo.rs` the one switch between candle's kernels and ours ([`set_cpu_conv_algo`]);
+//!   `args.rs` the argument checks and bias handling the entry points share; `shape.rs` the
+//!   3×3 convolution's dimensions and input planes; `op3x3.rs` the 3×3 convolution as a
+//!   differentiable op, which picks per shape between `gemm.rs` (banded unfolding + GEMM),
+//!   `winograd.rs` (forward, F(4×4, 3×3)) and `winograd_wgrad.rs` (weight gradient,
+//!   F(3×3, 2×2)); `transposed.rs` the 2×2 stride-2 transposed convolution; `general.rs` any
+//!   kernel size, stride and padding.
+//! - `detection/`: `boxes.rs`, `nms.rs`, `roi_align/` (the public type and its composed path
+//!   in `mod.rs`, the sample points in `sampling.rs`, the CPU kernels in `cpu.rs`),
+//!   `poolers.rs` ([`MultiScaleRoiAlign`]), and `real.rs` (the `f32`/`f64` arithmetic they
+//!   share).
+//! - `norm.rs`: training-mode batch normalisation. `resize.rs`: bilinear resizing. `pool.rs`:
+//!   max pooling and nearest up-sampling. `elementwise.rs`: [`bias_add`], [`add_relu`], and
+//!   the per-channel sums and ReLU mask of the convolutions' backward passes.
+//! - `kernel.rs`: the shared unsafe core of the CPU kernels (raw-pointer helpers, the
+//!   `gemm` call, banded unfolding, the AVX2 check); its module doc states the invariants that
+//!   every `unsafe` block relies on. Only it and the kernel modules of `conv/` (`general`,
+//!   `transposed`, `winograd`, `winograd_wgrad`) may use `unsafe`.
+//!
+//! # Dependencies
+//!
+//! Which file `use`s which (a DAG; each only imports those listed, and nothing imports
+//! upwards or sideways otherwise):
+//!
+//! - `kernel` → none
+//! - `elementwise`, `norm`, `resize`, `pool` → `kernel`
+//! - `conv/algo`, `conv/shape` → none
+//! - `conv/args` → `conv/algo`, `elementwise`
+//! - `conv/gemm`, `conv/winograd`, `conv/winograd_wgrad` → `conv/shape`, `kernel`
+//! - `conv/general`, `conv/transposed` → `kernel`, `elementwise`
+//! - `conv/op3x3` → `conv/algo`, `conv/shape`, `conv/gemm`, `conv/winograd`,
+//!   `conv/winograd_wgrad`, `kernel`, `elementwise`
+//! - `conv/mod` → `conv/algo`, `conv/args`, `conv/shape`, `conv/op3x3`, `conv/general`,
+//!   `conv/transposed`, `kernel`
+//! - `detection/real` → none
+//! - `detection/boxes` → `detection/real`
+//! - `detection/nms` → `detection/boxes`, `detection/real`
+//! - `detection/roi_align/sampling` → `detection/real`
+//! - `detection/roi_align/cpu` → `detection/roi_align/sampling`, `detection/real`, `kernel`
+//! - `detection/roi_align/mod` → `detection/roi_align/cpu`, `detection/roi_align/sampling`,
+//!   `detection/boxes`, `detection/real`
+//! - `detection/poolers` → `detection/roi_align/mod`, `detection/boxes`, `detection/real`
+//! - `mod` (this file), `detection/mod` → their children, for re-exports only
 
-mod batch_norm;
-mod bilinear;
-mod boxes;
-mod channels;
 mod conv;
-mod cpu;
-pub(crate) mod nms;
+mod detection;
+mod elementwise;
+// The shared unsafe core; its module doc states the invariants every `unsafe` block keeps.
+#[allow(unsafe_code)]
+mod kernel;
+mod norm;
 mod pool;
-mod poolers;
-mod real;
-mod roi_align;
-mod roi_align_cpu;
-mod strided;
-mod transposed;
-mod winograd;
-mod winograd_wgrad;
+mod resize;
 
-pub use batch_norm::{batch_norm_train, BatchNormOutput};
-pub use bilinear::{resize_bilinear, resize_bilinear_composed};
-pub use boxes::{
-    box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes, BoxFormat,
-};
-pub use channels::{add_relu, bias_add};
 pub use conv::{
-    conv1x1, conv3x3, conv3x3_concat, conv3x3_fused, conv_transpose2x2, cpu_conv_algo,
-    fast_cpu_conv, set_cpu_conv_algo, set_fast_cpu_conv, takes_fast_path, CpuConvAlgo,
+    conv1x1, conv2d, conv3x3, conv3x3_concat, conv3x3_fused, conv_transpose2x2, cpu_conv_algo,
+    set_cpu_conv_algo, takes_fast_path, CpuConvAlgo,
 };
-pub use nms::{batched_nms, nms};
+// `nms` names both the public function and the crate-visible module, whose host-side helpers
+// Mask R-CNN's RPN calls (`crate::ops::nms::batched_nms_host`).
+pub use detection::{
+    batched_nms, box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, nms,
+    remove_small_boxes, rois_from_boxes, BoxFormat, MultiScaleRoiAlign, RoiAlign,
+};
+pub use elementwise::{add_relu, bias_add};
+pub use norm::{batch_norm_train, BatchNormOutput};
 pub use pool::{max_pool2d, max_pool2d_generic, upsample_nearest2d, upsample_nearest2d_generic};
-pub use poolers::MultiScaleRoiAlign;
-pub use roi_align::{rois_from_boxes, RoiAlign};
-pub use strided::conv2d;
+pub use resize::{resize_bilinear, resize_bilinear_composed};

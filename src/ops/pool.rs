@@ -230,22 +230,22 @@ macro_rules! with_float_slice {
         match $s {
             CpuStorage::F32(_) => {
                 type $T = f32;
-                let $x = super::cpu::contiguous::<f32>($s, $l)?;
+                let $x = super::kernel::contiguous::<f32>($s, $l)?;
                 CpuStorage::F32($body)
             }
             CpuStorage::F64(_) => {
                 type $T = f64;
-                let $x = super::cpu::contiguous::<f64>($s, $l)?;
+                let $x = super::kernel::contiguous::<f64>($s, $l)?;
                 CpuStorage::F64($body)
             }
             CpuStorage::F16(_) => {
                 type $T = half::f16;
-                let $x = super::cpu::contiguous::<half::f16>($s, $l)?;
+                let $x = super::kernel::contiguous::<half::f16>($s, $l)?;
                 CpuStorage::F16($body)
             }
             CpuStorage::BF16(_) => {
                 type $T = half::bf16;
-                let $x = super::cpu::contiguous::<half::bf16>($s, $l)?;
+                let $x = super::kernel::contiguous::<half::bf16>($s, $l)?;
                 CpuStorage::BF16($body)
             }
             other => candle_core::bail!(
@@ -299,7 +299,7 @@ impl CustomOp2 for MaxPoolBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let geom = self.0;
         let dx = with_float_slice!(s1, l1, |x: T| {
-            let g = super::cpu::contiguous::<T>(s2, l2)?;
+            let g = super::kernel::contiguous::<T>(s2, l2)?;
             geom.backward::<T>(x, g)
         });
         Ok((dx, l1.shape().clone()))

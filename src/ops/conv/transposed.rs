@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{bands, contiguous, matmul, with_scratch, Bands, Mat, SendPtr};
+use crate::ops::kernel::{bands, contiguous, matmul, with_scratch, Bands, Mat, SendPtr};
 
 /// `(x, w, b) ↦ conv_transpose2d(x, w, stride 2) + b` for `x` `(N, C, H, W)`, `w`
 /// `(C, O, 2, 2)`, `b` `(O)`.
@@ -128,7 +128,7 @@ impl CustomOp3 for ConvTranspose2x2 {
             .matmul(&g4.transpose(1, 2)?)?
             .sum(0)?
             .reshape((c, o, 2, 2))?;
-        let db = super::channels::channel_sums(grad)?;
+        let db = crate::ops::elementwise::channel_sums(grad)?;
         Ok((dx, Some(dw), Some(db)))
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, SendPtr};
+use super::kernel::{contiguous, map_channels};
 use crate::{Error, Result};
 
 /// Per-channel statistics of one batch: mean and `1 / √(var + ε)` (biased variance).
@@ -35,26 +35,6 @@ fn planes(
     ci: usize,
 ) -> impl Iterator<Item = &[f32]> {
     (0..n).map(move |ni| &data[(ni * c + ci) * plane..(ni * c + ci + 1) * plane])
-}
-
-/// A new `(n, c, plane)` buffer filled channel by channel in parallel: `per_channel(ci)`
-/// gives the writer of channel `ci`, called with the offset and the output of each of its `n`
-/// planes.
-fn map_channels<W: Fn(usize, &mut [f32])>(
-    (n, c, plane): (usize, usize, usize),
-    per_channel: impl Fn(usize) -> W + Sync,
-) -> Vec<f32> {
-    let mut out = vec![0f32; n * c * plane];
-    let dst = SendPtr(out.as_mut_ptr());
-    (0..c).into_par_iter().for_each(|ci| {
-        let write = per_channel(ci);
-        for ni in 0..n {
-            let off = (ni * c + ci) * plane;
-            // SAFETY: plane (ni, ci) lies inside `out`, and only this channel's task writes it.
-            write(off, unsafe { dst.slice(off, plane) });
-        }
-    });
-    out
 }
 
 fn statistics(x: &[f32], n: usize, c: usize, plane: usize, eps: f64) -> Stats {

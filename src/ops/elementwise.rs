@@ -1,4 +1,7 @@
-//! Per-channel bias addition and its gradient, in one pass each on the CPU.
+//! Per-channel and element-wise ops that the convolutions and residual blocks share, each in
+//! one pass on the CPU for `f32`: bias addition ([`bias_add`]) and its gradient
+//! (`channel_sums`), a residual addition with its ReLU ([`add_relu`]), and the gradient through
+//! a ReLU (`ReluMask`).
 //!
 //! candle's `broadcast_add` of a `(1, C, 1, 1)` bias is fine forward, but its backward sums
 //! the gradient over dimensions 0, 2 and 3, which candle's CPU backend does element by
@@ -7,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{contiguous, map2};
+use super::kernel::{contiguous, map2};
 use crate::{Error, Result};
 
 /// `y[n, c, h, w] + b[c]` for `y` of shape `(N, C, H, W)` and `b` of shape `(C)`.
@@ -157,7 +160,29 @@ impl CustomOp2 for AddRelu {
         // The gradient where the output is positive (PyTorch's rule: none at exactly 0).
         let g = grad
             .contiguous()?
-            .apply_op2_no_bwd(&res.contiguous()?, &super::conv::ReluMask)?;
+            .apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?;
         Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}
+
+/// `(g, y) ↦ g · [y > 0]`: the gradient through a ReLU whose output is `y`.
+pub(super) struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "unetpp-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = contiguous::<f32>(s1, l1)?;
+        let y = contiguous::<f32>(s2, l2)?;
+        let out = map2(g, y, |g, y| if y <= 0.0 { 0.0 } else { g });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -16,8 +16,8 @@
 
 use rayon::prelude::*;
 
-use super::conv::{Dims, Planes};
-use super::cpu::{bands, matmul, with_scratch, Bands, Mat, SendPtr};
+use super::shape::{Dims, Planes};
+use crate::ops::kernel::{bands, matmul, with_scratch, Bands, Mat, SendPtr};
 
 /// Output tile side.
 const M: usize = 4;
@@ -216,8 +216,8 @@ pub(super) fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims)
             dispatch_inputs(x, img, &d, ty0, ty1, tw, v);
             for xi in 0..XI {
                 // SAFETY: `u` holds 36 matrices O × C (interleaved, column stride 36), `v` 36
-                // matrices C × t and `m` 36
-                // matrices O × t, all row-major; matrix ξ of each is in bounds.
+                // matrices C × t and `m` 36 matrices O × t, all row-major; matrix ξ of each is
+                // in bounds, and `m` is this task's scratch.
                 unsafe {
                     matmul(
                         (d.o, t, d.c),
@@ -377,7 +377,7 @@ unsafe fn dispatch_outputs(
     dst: SendPtr,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::cpu::avx2_fma() {
+    if crate::ops::kernel::avx2_fma() {
         // SAFETY: avx2_fma() detected the features; the rest is the caller's promise.
         return unsafe { transform_outputs_avx2(m, r, bias, relu, d, band, dst) };
     }
@@ -414,7 +414,7 @@ fn dispatch_inputs(
     v: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::cpu::avx2_fma() {
+    if crate::ops::kernel::avx2_fma() {
         // SAFETY: avx2_fma() detected the features.
         return unsafe { transform_inputs_avx2(x, img, d, ty0, ty1, tw, v) };
     }

@@ -9,8 +9,8 @@
 //! `O·C·4·tiles`, 2.25× fewer multiply-adds. The input patches are those of the forward
 //! F(2×2, 3×3) (`Bᵀ` is the same); `G` and `Aᵀ` are the forward's `Aᵀ` and `G` transposed.
 
-use super::conv::Dims;
-use super::cpu::{bands, fold_sum, matmul, with_scratch, Bands, Mat};
+use super::shape::Dims;
+use crate::ops::kernel::{bands, fold_sum, matmul, with_scratch, Bands, Mat};
 
 /// Whether this beats banded unfolding + GEMM for the weight gradient (measured with a
 /// `examples/bench_conv.rs --backward` on the shapes of the paper's network): enough channels
@@ -165,7 +165,7 @@ fn transform_grads(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, u: 
 }
 
 /// `dw[o, c·9] = Σ_n Σ_pixels dy[n, o, pixel] · unfold(x)[n, c·9, pixel]`, as
-/// [`super::conv`]'s banded version computes it, within rounding.
+/// the banded version (`gemm.rs`) computes it, within rounding.
 pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: Dims) -> Vec<f32> {
     let (p, th, tw) = (d.h * d.w, d.h.div_ceil(2), d.w.div_ceil(2));
     // Bands of tile rows with about 2 MiB of transformed input and gradient each.

@@ -1,5 +1,36 @@
-//! Small shared pieces of the CPU kernels: contiguous views of storage, a pointer that may
-//! cross threads for disjoint writes, per-thread scratch buffers, and sums of partial results.
+//! The shared core of the CPU kernels, and the one module whose unsafe code the others build
+//! on: contiguous views of storage ([`contiguous`]), a pointer that may cross threads for
+//! disjoint writes ([`SendPtr`], [`map_channels`]), per-thread scratch buffers
+//! ([`with_scratch`]), sums of partial results in a fixed order ([`fold_sum`], [`map2`]), the
+//! `gemm` crate's matrix product on raw pointers ([`matmul`]), the banded unfold-and-multiply
+//! loops of the convolutions ([`bands`], [`banded_forward`], [`banded_weight_grad`]), and the
+//! CPU feature check of the hand-vectorised paths ([`avx2_fma`]).
+//!
+//! # The invariants every `unsafe` block relies on
+//!
+//! Here and in the kernel modules of `ops::conv` (the only other modules allowed `unsafe`),
+//! each `// SAFETY:` comment says which of these it uses.
+//!
+//! 1. **In bounds.** A buffer written through a raw pointer is a `Vec` allocated in full, with
+//!    the length its dimensions give (`n·o·h·w`, …), by the function that runs the parallel
+//!    loop; every offset and length passed to [`SendPtr::slice`] or [`matmul`] is computed from
+//!    the same dimensions, the last band clipped to the image (`y1 = min(y0 + rows, h)`). The
+//!    inputs come from [`contiguous`], which refuses non-contiguous layouts, so their length is
+//!    what their shape says.
+//! 2. **Disjoint writes.** The tasks of one parallel loop share a [`SendPtr`], and each writes
+//!    only a region that no task running at the same time reads or writes: a band of rows of
+//!    one image (in every output channel), the planes of one channel, or, for the input
+//!    gradient of the general convolution, whose bands' input rows overlap their neighbours',
+//!    one band among bands of the same parity. A slice made from the pointer does not outlive
+//!    its task.
+//! 3. **Lifetimes.** The buffer behind a [`SendPtr`] is a local `Vec` that is neither moved,
+//!    resized nor read until the parallel loop has returned (rayon joins every task first).
+//! 4. **GEMM operands.** [`matmul`] reads an `m × k` and a `k × n` matrix and writes an `m × n`
+//!    one, each given by a pointer and strides that keep it inside its buffer (1). The
+//!    destination is a scratch buffer or accumulator owned by the task, or the task's region of
+//!    the output (2), never one of the operands.
+//! 5. **CPU features.** A function compiled with `#[target_feature(enable = "avx2,fma")]` is
+//!    called only after [`avx2_fma`] has returned `true`, which asks the CPU.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -45,6 +76,26 @@ pub(super) fn contiguous<'a, T: WithDType>(
     }
 }
 
+/// A new `(n, c, plane)` buffer filled channel by channel in parallel: `per_channel(ci)`
+/// gives the writer of channel `ci`, called with the offset and the output of each of its `n`
+/// planes.
+pub(super) fn map_channels<W: Fn(usize, &mut [f32])>(
+    (n, c, plane): (usize, usize, usize),
+    per_channel: impl Fn(usize) -> W + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * c * plane];
+    let dst = SendPtr(out.as_mut_ptr());
+    (0..c).into_par_iter().for_each(|ci| {
+        let write = per_channel(ci);
+        for ni in 0..n {
+            let off = (ni * c + ci) * plane;
+            // SAFETY: plane (ni, ci) lies inside `out`, and only this channel's task writes it.
+            write(off, unsafe { dst.slice(off, plane) });
+        }
+    });
+    out
+}
+
 /// `f(a[i], b[i])` for every element of two equally long buffers, in parallel chunks.
 pub(super) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; a.len()];
@@ -61,9 +112,11 @@ pub(super) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> 
 /// A raw pointer that may cross threads: every task writes a disjoint part of the buffer.
 #[derive(Clone, Copy)]
 pub(super) struct SendPtr(pub(super) *mut f32);
-// SAFETY: tasks write disjoint regions (one band of rows of one image), and the buffer
-// outlives the parallel loop that uses the pointer.
+// SAFETY: the pointer is only dereferenced through `slice` and `matmul`, whose callers keep
+// invariants 1–3 of the module doc: tasks write disjoint regions of a buffer that outlives
+// the parallel loop.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: no two threads touch the same element through it at the same time.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {

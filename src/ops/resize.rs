@@ -12,7 +12,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, WithDType};
 
-use super::cpu::contiguous;
+use super::kernel::contiguous;
 use crate::{Error, Result};
 
 /// Resizes `x` of shape `(N, C, H, W)` to `(N, C, out_h, out_w)` by bilinear interpolation.

@@ -14,11 +14,10 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{
+use crate::ops::kernel::{
     banded_forward, banded_weight_grad, bands_at_least, contiguous, matmul, with_scratch, Mat,
     OutGeom, SendPtr,
 };
-use crate::{Error, Result};
 
 /// The shape of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +121,11 @@ fn unfold(x: &[f32], g: &Geom, y0: usize, y1: usize, cols: &mut [f32]) {
 
 /// The inverse of [`unfold`] for gradients: adds every entry of `cols` onto the input pixel it
 /// was read from (entries read from outside the image are dropped).
-fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usize) {
+///
+/// # Safety
+/// `dx` must point to an `(n, c, h, w)` buffer of `g`'s dimensions, and while this runs no
+/// other thread may touch the input rows that output rows `y0..y1` of image `img` read.
+unsafe fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usize) {
     let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
     for ci in 0..g.c {
         let plane = (img * g.c + ci) * hw;
@@ -135,8 +138,8 @@ fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usi
                         continue;
                     };
                     // SAFETY: row iy of plane (img, ci) lies inside the (n, c, h, w)
-                    // buffer; the caller runs at once only bands whose input rows do not
-                    // overlap, so no other live slice covers this row.
+                    // buffer, and it is one of the rows the caller promised to no other
+                    // thread, so no other live slice covers it.
                     let dst = unsafe { dx.slice(plane + iy * g.w, g.w) };
                     for (ox, &v) in (lo..hi).zip(&src[lo..hi]) {
                         dst[ox * g.stride + kx - g.pad] += v;
@@ -208,7 +211,11 @@ fn input_grad(wt: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
                             par,
                         )
                     }
-                    fold_into(cols, &g, y0, y1, ptr, img);
+                    // SAFETY: `dx` has n·c·h·w elements and outlives the loop; bands are at
+                    // least ⌈kh / stride⌉ rows tall, so the input rows of a band overlap only
+                    // those of its neighbours, and the bands running now all have the same
+                    // parity.
+                    unsafe { fold_into(cols, &g, y0, y1, ptr, img) };
                 })
             });
     }
@@ -216,9 +223,9 @@ fn input_grad(wt: &[f32], dy: &[f32], g: Geom) -> Vec<f32> {
 }
 
 /// The forward op: `(x, w, b) ↦ conv(x, w) + b`.
-struct Conv {
-    stride: usize,
-    pad: usize,
+pub(super) struct Conv {
+    pub(super) stride: usize,
+    pub(super) pad: usize,
 }
 
 impl Conv {
@@ -288,7 +295,7 @@ impl CustomOp3 for Conv {
             None
         };
         let db = if b.track_op() {
-            Some(super::channels::channel_sums(&grad)?)
+            Some(crate::ops::elementwise::channel_sums(&grad)?)
         } else {
             None
         };
@@ -329,87 +336,4 @@ impl CustomOp2 for Grad {
             ),
         })
     }
-}
-
-/// 2-D convolution with `stride` and zero `padding` on both axes (dilation 1, one group):
-/// `x` is `(N, C, H, W)`, `w` is `(O, C, KH, KW)`, `bias` is `(O)`; the output is
-/// `(N, O, (H + 2·padding − KH) / stride + 1, (W + 2·padding − KW) / stride + 1)`, as
-/// PyTorch's `conv2d`. Differentiable in all three.
-///
-/// On the CPU with `f32` tensors (and the fast path on, see [`super::set_fast_cpu_conv`]) it
-/// runs unetpp's kernels, whose backward pass skips the input gradient when `x` needs none;
-/// elsewhere candle's `conv2d`. Unlike candle's backward pass, the input gradient has the
-/// input's shape whatever the remainders of `(size + 2·padding − k) / stride` on each axis:
-/// candle's takes one `output_padding`, from the height, for both axes, so on its path an
-/// input that needs a gradient is zero-padded at the bottom and right until both remainders
-/// are zero, and the extra outputs (which only those zeros reach) are cut off.
-///
-/// ```
-/// use candle_core::{Device, Tensor};
-/// let x = Tensor::randn(0f32, 1., (1, 3, 15, 12), &Device::Cpu)?;
-/// let w = Tensor::randn(0f32, 1., (4, 3, 7, 7), &Device::Cpu)?;
-/// let y = unetpp::ops::conv2d(&x, &w, None, 2, 3)?;
-/// let reference = x.conv2d(&w, 3, 2, 1, 1)?;
-/// assert_eq!(y.dims(), &[1, 4, 8, 6]);
-/// let diff = (y - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
-/// assert!(diff < 1e-4);
-/// # Ok::<(), unetpp::Error>(())
-/// ```
-pub fn conv2d(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    let ([_, _, h, wd], [o, _, kh, kw]) = super::conv::conv_dims("conv2d", x, w)?;
-    if stride == 0 {
-        return Err(Error::config("stride", "must be at least 1"));
-    }
-    if h == 0 || wd == 0 {
-        return Err(Error::Shape(format!(
-            "conv2d needs a non-empty image, got {:?}",
-            x.dims()
-        )));
-    }
-    let padded = |size: usize| padding.checked_mul(2).and_then(|p| p.checked_add(size));
-    let fits = match (padded(h), padded(wd)) {
-        (Some(ph), Some(pw)) => kh > 0 && kw > 0 && ph >= kh && pw >= kw,
-        _ => false,
-    };
-    if !fits {
-        return Err(Error::Shape(format!(
-            "conv2d: a {kh}x{kw} kernel does not fit a {h}x{wd} input padded by {padding}"
-        )));
-    }
-    super::conv::check_bias("conv2d", bias, o)?;
-    if super::conv::fast_with_bias(x, w, bias) {
-        let b = super::conv::kernel_bias(bias, o, x.device())?;
-        return Ok(x.contiguous()?.apply_op3(
-            &w.contiguous()?,
-            &b,
-            Conv {
-                stride,
-                pad: padding,
-            },
-        )?);
-    }
-    let (rh, rw) = (
-        (h + 2 * padding - kh) % stride,
-        (wd + 2 * padding - kw) % stride,
-    );
-    let y = if rh == rw || !(x.track_op() || w.track_op()) {
-        x.conv2d(w, padding, stride, 1, 1)?
-    } else {
-        let (oh, ow) = (
-            (h + 2 * padding - kh) / stride + 1,
-            (wd + 2 * padding - kw) / stride + 1,
-        );
-        x.pad_with_zeros(2, 0, (stride - rh) % stride)?
-            .pad_with_zeros(3, 0, (stride - rw) % stride)?
-            .conv2d(w, padding, stride, 1, 1)?
-            .narrow(2, 0, oh)?
-            .narrow(3, 0, ow)?
-    };
-    super::conv::add_bias(y, bias)
 }

@@ -1,4 +1,4 @@
-//! The CPU kernels of [`RoiAlign`](super::RoiAlign): forward and input gradient, each in two
+//! The CPU kernels of `RoiAlign`: forward and input gradient, each in two
 //! memory layouts that give bit-identical results.
 //!
 //! torchvision reads the map plane by plane (`(N, C, H, W)`), which for many rois means a
@@ -16,9 +16,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::contiguous;
-use super::real::Real;
-use super::roi_align::{Geometry, RoiAlign, Sample};
+use super::sampling::{Geometry, Sample, Sampling};
+use crate::ops::detection::real::Real;
+use crate::ops::kernel::contiguous;
 
 /// `(N, C, H, W)` of the feature map.
 type Dims = (usize, usize, usize, usize);
@@ -26,12 +26,12 @@ type Dims = (usize, usize, usize, usize);
 /// The CPU forward op; rois are kept in `f64` (exact for `f32` values) and converted to the
 /// input's precision inside the kernels.
 pub(super) struct RoiAlignOp {
-    cfg: RoiAlign,
+    cfg: Sampling,
     rois: Arc<Vec<[f64; 5]>>,
 }
 
 impl RoiAlignOp {
-    pub(super) fn new(cfg: RoiAlign, rois: Arc<Vec<[f64; 5]>>) -> Self {
+    pub(super) fn new(cfg: Sampling, rois: Arc<Vec<[f64; 5]>>) -> Self {
         RoiAlignOp { cfg, rois }
     }
 }
@@ -42,13 +42,13 @@ fn rois_as<T: Real>(rois: &[[f64; 5]]) -> Vec<[T; 5]> {
 
 /// Whether the rois read the map often enough to pay for a channels-last copy: at least a
 /// quarter of a read per map element and channel.
-fn channels_last_pays<T: Real>(rois: &[[T; 5]], dims: Dims, cfg: &RoiAlign) -> bool {
+fn channels_last_pays<T: Real>(rois: &[[T; 5]], dims: Dims, cfg: &Sampling) -> bool {
     let (n, _, h, w) = dims;
-    let bins = cfg.output_size().0 * cfg.output_size().1;
+    let bins = cfg.output_size.0 * cfg.output_size.1;
     let reads: usize = rois
         .iter()
         .map(|r| {
-            Geometry::new(r, cfg, cfg.output_size())
+            Geometry::new(r, cfg, cfg.output_size)
                 .samples_per_bin()
                 .saturating_mul(4 * bins)
         })
@@ -56,7 +56,7 @@ fn channels_last_pays<T: Real>(rois: &[[T; 5]], dims: Dims, cfg: &RoiAlign) -> b
     reads.saturating_mul(4) >= n * h * w
 }
 
-fn forward<T: Real>(x: &[T], dims: Dims, rois: &[[T; 5]], cfg: &RoiAlign) -> Vec<T> {
+fn forward<T: Real>(x: &[T], dims: Dims, rois: &[[T; 5]], cfg: &Sampling) -> Vec<T> {
     if channels_last_pays(rois, dims, cfg) {
         forward_channels_last(x, dims, rois, cfg)
     } else {
@@ -64,7 +64,7 @@ fn forward<T: Real>(x: &[T], dims: Dims, rois: &[[T; 5]], cfg: &RoiAlign) -> Vec
     }
 }
 
-fn backward<T: Real>(grad: &[T], dims: Dims, rois: &[[T; 5]], cfg: &RoiAlign) -> Vec<T> {
+fn backward<T: Real>(grad: &[T], dims: Dims, rois: &[[T; 5]], cfg: &Sampling) -> Vec<T> {
     if channels_last_pays(rois, dims, cfg) {
         backward_channels_last(grad, dims, rois, cfg)
     } else {
@@ -73,9 +73,9 @@ fn backward<T: Real>(grad: &[T], dims: Dims, rois: &[[T; 5]], cfg: &RoiAlign) ->
 }
 
 /// torchvision's loop: per roi, per channel plane, per bin.
-fn forward_planar<T: Real>(x: &[T], dims: Dims, rois: &[[T; 5]], cfg: &RoiAlign) -> Vec<T> {
+fn forward_planar<T: Real>(x: &[T], dims: Dims, rois: &[[T; 5]], cfg: &Sampling) -> Vec<T> {
     let (_, c, h, w) = dims;
-    let out_size = cfg.output_size();
+    let out_size = cfg.output_size;
     let bins = out_size.0 * out_size.1;
     let mut out = vec![T::zero(); rois.len() * c * bins];
     out.par_chunks_mut(c * bins)
@@ -119,10 +119,10 @@ fn to_channels_last<T: Real>(x: &[T], dims: Dims) -> Vec<T> {
     out
 }
 
-fn forward_channels_last<T: Real>(x: &[T], dims: Dims, rois: &[[T; 5]], cfg: &RoiAlign) -> Vec<T> {
+fn forward_channels_last<T: Real>(x: &[T], dims: Dims, rois: &[[T; 5]], cfg: &Sampling) -> Vec<T> {
     let (_, c, h, w) = dims;
     let xt = to_channels_last(x, dims);
-    let out_size = cfg.output_size();
+    let out_size = cfg.output_size;
     let bins = out_size.0 * out_size.1;
     let mut out = vec![T::zero(); rois.len() * c * bins];
     out.par_chunks_mut(c * bins)
@@ -175,9 +175,9 @@ fn scatter<T: Real>(gin: &mut [T], s: &Sample<T>, gv: T, count: T) {
 
 /// torchvision's loop per channel; tasks own whole channels, so each element receives its
 /// contributions in torchvision's order (roi, bin, sample, corner).
-fn backward_planar<T: Real>(grad: &[T], dims: Dims, rois: &[[T; 5]], cfg: &RoiAlign) -> Vec<T> {
+fn backward_planar<T: Real>(grad: &[T], dims: Dims, rois: &[[T; 5]], cfg: &Sampling) -> Vec<T> {
     let (n, c, h, w) = dims;
-    let out_size = cfg.output_size();
+    let out_size = cfg.output_size;
     let bins = out_size.0 * out_size.1;
     let ranges = channel_blocks(c);
     let blocks: Vec<Vec<T>> = ranges
@@ -215,10 +215,10 @@ fn backward_channels_last<T: Real>(
     grad: &[T],
     dims: Dims,
     rois: &[[T; 5]],
-    cfg: &RoiAlign,
+    cfg: &Sampling,
 ) -> Vec<T> {
     let (n, c, h, w) = dims;
-    let out_size = cfg.output_size();
+    let out_size = cfg.output_size;
     let bins = out_size.0 * out_size.1;
     let ranges = channel_blocks(c);
     let blocks: Vec<Vec<T>> = ranges
@@ -300,7 +300,7 @@ impl CustomOp1 for RoiAlignOp {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = layout.shape().dims4()?;
-        let (oh, ow) = self.cfg.output_size();
+        let (oh, ow) = self.cfg.output_size;
         let shape = Shape::from((self.rois.len(), dims.1, oh, ow));
         let out = match storage {
             CpuStorage::F32(_) => CpuStorage::F32(forward(
@@ -337,7 +337,7 @@ impl CustomOp1 for RoiAlignOp {
 
 /// The gradient of [`RoiAlignOp`] with respect to its input.
 struct RoiAlignBackward {
-    cfg: RoiAlign,
+    cfg: Sampling,
     rois: Arc<Vec<[f64; 5]>>,
     input: Dims,
 }
@@ -377,7 +377,7 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn case(seed: u64) -> (Vec<f32>, Dims, Vec<[f32; 5]>, RoiAlign) {
+    fn case(seed: u64) -> (Vec<f32>, Dims, Vec<[f32; 5]>, Sampling) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let dims = (2, 5, 9, 11);
         let x = (0..dims.0 * dims.1 * dims.2 * dims.3)
@@ -399,9 +399,12 @@ mod tests {
                 ]
             })
             .collect();
-        let cfg = RoiAlign::new((3, 2))
-            .with_sampling_ratio(if seed.is_multiple_of(2) { -1 } else { 2 })
-            .with_aligned(seed.is_multiple_of(3));
+        let cfg = Sampling {
+            output_size: (3, 2),
+            spatial_scale: 1.0,
+            sampling_ratio: if seed.is_multiple_of(2) { -1 } else { 2 },
+            aligned: seed.is_multiple_of(3),
+        };
         (x, dims, rois, cfg)
     }
 
