@@ -30,7 +30,7 @@ fn main() -> unetpp::Result<()> {
     let Args { runs } = Args::parse();
     let dev = Device::Cpu;
     let cfg = SmpConfig {
-        encoder: ResNetConfig::resnet34(),
+        encoder: ResNetConfig::resnet34().build()?,
         decoder_channels: [256, 128, 64, 32, 16],
         classes: 1,
     };

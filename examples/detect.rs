@@ -61,18 +61,21 @@ fn main() -> Result<(), AnyError> {
             .dim(0)?,
     };
     let mut cfg = MaskRcnnConfig::mask_rcnn(classes)?;
-    cfg.resnet.bn_eps = match args.bn_eps {
+    let bn_eps = match args.bn_eps {
         Some(e) => e,
         None if meta.get("coco").map(String::as_str) == Some("true") => 0.0,
         None => 1e-5,
     };
+    cfg.resnet = cfg.resnet.to_builder().bn_eps(bn_eps).build()?;
     if args.nested {
         cfg.pyramid = PyramidKind::Nested;
     }
     let model = MaskRcnn::from_torchvision(&cfg, tensors, &dev)?;
     println!(
         "{} classes, batch-norm eps {}, {:?} pyramid",
-        classes, cfg.resnet.bn_eps, cfg.pyramid
+        classes,
+        cfg.resnet.bn_eps(),
+        cfg.pyramid
     );
 
     let (pixels, c, h, w) = match &args.image {

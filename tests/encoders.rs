@@ -41,9 +41,9 @@ fn resnets_match_torchvision() {
     let f = fixture();
     let x = &f["input"];
     for (arch, cfg) in [
-        ("resnet18", ResNetConfig::resnet18()),
-        ("resnet34", ResNetConfig::resnet34()),
-        ("resnet50", ResNetConfig::resnet50()),
+        ("resnet18", ResNetConfig::resnet18().build().unwrap()),
+        ("resnet34", ResNetConfig::resnet34().build().unwrap()),
+        ("resnet50", ResNetConfig::resnet50().build().unwrap()),
     ] {
         let mut tensors = formula_weights(&cfg);
         // What a torchvision state_dict holds beside the body: skipped on import.
@@ -70,10 +70,7 @@ fn resnets_match_torchvision() {
 
 /// A ResNet-18 with frozen batch-norm, and the `VarMap` holding its weights.
 fn frozen_resnet18() -> (VarMap, ResNet) {
-    let cfg = ResNetConfig {
-        frozen_bn: true,
-        ..ResNetConfig::resnet18()
-    };
+    let cfg = ResNetConfig::resnet18().frozen_bn(true).build().unwrap();
     let varmap = VarMap::new();
     let net = ResNet::new(
         &cfg,
@@ -101,7 +98,7 @@ fn frozen_batch_norm_ignores_training_mode_and_gets_no_gradient() {
 
 #[test]
 fn weight_and_input_errors_name_the_problem() {
-    let cfg = ResNetConfig::resnet18();
+    let cfg = ResNetConfig::resnet18().build().unwrap();
     let mut tensors = formula_weights(&cfg);
     tensors.remove("layer3.0.downsample.1.running_var");
     let e = ResNet::from_torchvision(&cfg, tensors, &Device::Cpu).unwrap_err();
@@ -112,7 +109,7 @@ fn weight_and_input_errors_name_the_problem() {
     // ResNet-50 weights for a ResNet-18.
     let e = ResNet::from_torchvision(
         &cfg,
-        formula_weights(&ResNetConfig::resnet50()),
+        formula_weights(&ResNetConfig::resnet50().build().unwrap()),
         &Device::Cpu,
     )
     .unwrap_err();
@@ -134,7 +131,7 @@ fn resnet_gradients_on_sizes_with_different_remainders_per_axis() {
     // = 1; candle's strided-convolution backward alone returns a 13x17 gradient there.
     let varmap = candle_nn::VarMap::new();
     let vb = unetpp::nn::seeded_var_builder(&varmap, 11, DType::F64, &Device::Cpu);
-    let net = ResNet::new(&ResNetConfig::resnet18(), vb).unwrap();
+    let net = ResNet::new(&ResNetConfig::resnet18().build().unwrap(), vb).unwrap();
     // Seeded weights and input: candle's CPU initialisers and `randn` cannot be seeded, and a
     // random draw now and then puts a ReLU or max-pool kink within the finite-difference step.
     let (hh, ww) = (100, 140);
@@ -220,7 +217,7 @@ fn resnet_gradients_on_sizes_with_different_remainders_per_axis() {
 fn frozen_stages_stop_the_backward_pass_and_keep_the_values() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let net = ResNet::new(&ResNetConfig::resnet18(), vb).unwrap();
+    let net = ResNet::new(&ResNetConfig::resnet18().build().unwrap(), vb).unwrap();
     let x = Tensor::ones((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
     let x = candle_core::Var::from_tensor(&x).unwrap();
     let all = net.features(x.as_tensor(), false).unwrap();

@@ -187,7 +187,7 @@ fn unet_cases() -> Vec<Case> {
 
 fn smp_case() -> Case {
     let cfg = SmpConfig {
-        encoder: ResNetConfig::resnet18(),
+        encoder: ResNetConfig::resnet18().build().unwrap(),
         decoder_channels: [32, 16, 8, 8, 4],
         classes: 1,
     };
@@ -258,10 +258,7 @@ fn run_network(case: &Case, fx: &HashMap<String, Tensor>, x: &Tensor, dtype: DTy
             Built { outputs, vars }
         }
         Family::ResNet { frozen } => {
-            let cfg = ResNetConfig {
-                frozen_bn: *frozen,
-                ..ResNetConfig::resnet18()
-            };
+            let cfg = ResNetConfig::resnet18().frozen_bn(*frozen).build().unwrap();
             let (net, vars) = with_formula(dtype, shifted, |vb| ResNet::new(&cfg, vb));
             let outputs = net.features(x, !frozen).unwrap();
             Built { outputs, vars }

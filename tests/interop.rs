@@ -147,9 +147,24 @@ fn smp_unetplusplus_matches_segmentation_models_pytorch() {
     );
     let f = unetpp::weights::load_tensors(path, &Device::Cpu).unwrap();
     for (name, encoder, classes, dec) in [
-        ("resnet18", ResNetConfig::resnet18(), 2, [32, 16, 8, 8, 4]),
-        ("resnet34", ResNetConfig::resnet34(), 1, [16, 16, 8, 8, 8]),
-        ("resnet50", ResNetConfig::resnet50(), 3, [32, 16, 8, 8, 4]),
+        (
+            "resnet18",
+            ResNetConfig::resnet18().build().unwrap(),
+            2,
+            [32, 16, 8, 8, 4],
+        ),
+        (
+            "resnet34",
+            ResNetConfig::resnet34().build().unwrap(),
+            1,
+            [16, 16, 8, 8, 8],
+        ),
+        (
+            "resnet50",
+            ResNetConfig::resnet50().build().unwrap(),
+            3,
+            [32, 16, 8, 8, 4],
+        ),
     ] {
         let cfg = SmpConfig {
             encoder,
@@ -201,7 +216,7 @@ fn smp_unetplusplus_matches_segmentation_models_pytorch() {
         std::fs::remove_file(&path).unwrap();
     }
     let cfg = SmpConfig {
-        encoder: ResNetConfig::resnet18(),
+        encoder: ResNetConfig::resnet18().build().unwrap(),
         decoder_channels: [32, 16, 8, 8, 4],
         classes: 2,
     };

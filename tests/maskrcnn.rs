@@ -26,9 +26,7 @@ fn fixture() -> HashMap<String, Tensor> {
 }
 
 fn resnet() -> ResNetConfig {
-    let mut cfg = ResNetConfig::resnet50();
-    cfg.frozen_bn = true;
-    cfg
+    ResNetConfig::resnet50().frozen_bn(true).build().unwrap()
 }
 
 /// torchvision's RPN as the script sets it: 50 proposals per image at test time (not 1000),
@@ -313,8 +311,7 @@ fn nested_pyramid_feeds_the_rpn_and_trains_every_fusion() {
     use unetpp::maskrcnn::PyramidKind;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let mut cfg = ResNetConfig::resnet18();
-    cfg.frozen_bn = true;
+    let cfg = ResNetConfig::resnet18().frozen_bn(true).build().unwrap();
     let backbone =
         ResNetFpn::with_pyramid(&cfg, 32, PyramidKind::Nested, vb.pp("backbone")).unwrap();
     let rpn = Rpn::new(
@@ -396,8 +393,7 @@ fn weight_names_are_torchvision_state_dict_keys() {
 fn rpn_trains_in_f64() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
-    let mut cfg = ResNetConfig::resnet18();
-    cfg.frozen_bn = true;
+    let cfg = ResNetConfig::resnet18().frozen_bn(true).build().unwrap();
     let backbone = ResNetFpn::new(&cfg, 16, vb.pp("backbone")).unwrap();
     let rpn = Rpn::new(
         &RpnConfig::mask_rcnn(),

@@ -3,4 +3,4 @@
 
 pub(crate) mod resnet;
 
-pub use resnet::{ResNet, ResNetConfig, ResNetDepth};
+pub use resnet::{ResNet, ResNetConfig, ResNetConfigBuilder, ResNetDepth};

@@ -12,6 +12,7 @@ use crate::{weights, Error, Result};
 
 /// Which ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ResNetDepth {
     /// ResNet-18: basic blocks 2, 2, 2, 2.
     R18,
@@ -37,37 +38,89 @@ impl ResNetDepth {
     }
 }
 
-/// Configuration of a [`ResNet`].
+/// A validated configuration of a [`ResNet`]: a preset ([`Self::resnet18`], …), chained
+/// setters on the returned [`ResNetConfigBuilder`], then [`ResNetConfigBuilder::build`].
+///
+/// ```
+/// use unetpp::encoders::ResNetConfig;
+/// let cfg = ResNetConfig::resnet50().frozen_bn(true).bn_eps(0.0).build()?;
+/// assert_eq!(cfg.out_channels(), [64, 256, 512, 1024, 2048]);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "ResNetConfigBuilder"))]
 pub struct ResNetConfig {
-    /// Which ResNet.
-    pub depth: ResNetDepth,
-    /// Image channels (3 for torchvision's weights).
-    pub in_channels: usize,
-    /// Batch-norm layers always use their running statistics and are never updated (PyTorch's
-    /// `FrozenBatchNorm2d`, as detection models use them).
-    pub frozen_bn: bool,
-    /// Batch-norm epsilon: 1e-5 (PyTorch's default; torchvision's COCO detection weights
-    /// were trained with frozen batch-norm of epsilon 0).
-    pub bn_eps: f64,
+    depth: ResNetDepth,
+    in_channels: usize,
+    frozen_bn: bool,
+    bn_eps: f64,
+}
+
+/// Chained setters for a [`ResNetConfig`]; nothing is checked until [`Self::build`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ResNetConfigBuilder {
+    depth: ResNetDepth,
+    in_channels: usize,
+    frozen_bn: bool,
+    bn_eps: f64,
 }
 
 impl ResNetConfig {
-    /// ResNet-18 on RGB images, trainable batch-norm.
-    pub fn resnet18() -> Self {
-        Self::new(ResNetDepth::R18)
+    /// ResNet-18 on RGB images, trainable batch-norm of epsilon 1e-5.
+    pub fn resnet18() -> ResNetConfigBuilder {
+        ResNetConfigBuilder::new(ResNetDepth::R18)
     }
 
-    /// ResNet-34 on RGB images, trainable batch-norm.
-    pub fn resnet34() -> Self {
-        Self::new(ResNetDepth::R34)
+    /// ResNet-34 on RGB images, trainable batch-norm of epsilon 1e-5.
+    pub fn resnet34() -> ResNetConfigBuilder {
+        ResNetConfigBuilder::new(ResNetDepth::R34)
     }
 
-    /// ResNet-50 on RGB images, trainable batch-norm.
-    pub fn resnet50() -> Self {
-        Self::new(ResNetDepth::R50)
+    /// ResNet-50 on RGB images, trainable batch-norm of epsilon 1e-5.
+    pub fn resnet50() -> ResNetConfigBuilder {
+        ResNetConfigBuilder::new(ResNetDepth::R50)
     }
 
+    /// Which ResNet.
+    pub fn depth(&self) -> ResNetDepth {
+        self.depth
+    }
+
+    /// Image channels.
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+
+    /// Whether batch-norm is frozen (running statistics always, never trained).
+    pub fn frozen_bn(&self) -> bool {
+        self.frozen_bn
+    }
+
+    /// The batch-norm epsilon.
+    pub fn bn_eps(&self) -> f64 {
+        self.bn_eps
+    }
+
+    /// A builder holding this configuration, to change it.
+    pub fn to_builder(&self) -> ResNetConfigBuilder {
+        ResNetConfigBuilder {
+            depth: self.depth,
+            in_channels: self.in_channels,
+            frozen_bn: self.frozen_bn,
+            bn_eps: self.bn_eps,
+        }
+    }
+
+    /// Channels of the five feature taps: the stem (stride 2) and layers 1–4 (strides 4 to 32).
+    pub fn out_channels(&self) -> [usize; 5] {
+        let e = self.depth.expansion();
+        [64, 64 * e, 128 * e, 256 * e, 512 * e]
+    }
+}
+
+impl ResNetConfigBuilder {
     fn new(depth: ResNetDepth) -> Self {
         Self {
             depth,
@@ -77,10 +130,51 @@ impl ResNetConfig {
         }
     }
 
-    /// Channels of the five feature taps: the stem (stride 2) and layers 1–4 (strides 4 to 32).
-    pub fn out_channels(&self) -> [usize; 5] {
-        let e = self.depth.expansion();
-        [64, 64 * e, 128 * e, 256 * e, 512 * e]
+    /// Image channels (3 for torchvision's weights).
+    pub fn in_channels(mut self, in_channels: usize) -> Self {
+        self.in_channels = in_channels;
+        self
+    }
+
+    /// Batch-norm layers always use their running statistics and are never updated (PyTorch's
+    /// `FrozenBatchNorm2d`, as detection models use them).
+    pub fn frozen_bn(mut self, frozen_bn: bool) -> Self {
+        self.frozen_bn = frozen_bn;
+        self
+    }
+
+    /// Batch-norm epsilon: 1e-5 (PyTorch's default; torchvision's COCO detection weights were
+    /// trained with frozen batch-norm of epsilon 0).
+    pub fn bn_eps(mut self, bn_eps: f64) -> Self {
+        self.bn_eps = bn_eps;
+        self
+    }
+
+    /// The configuration, or an [`Error::Config`] naming the first invalid field.
+    pub fn build(self) -> Result<ResNetConfig> {
+        if self.in_channels == 0 {
+            return Err(Error::config("in_channels", "must be at least 1"));
+        }
+        if !(self.bn_eps.is_finite() && self.bn_eps >= 0.0) {
+            return Err(Error::config(
+                "bn_eps",
+                format!("must be finite and non-negative, got {}", self.bn_eps),
+            ));
+        }
+        Ok(ResNetConfig {
+            depth: self.depth,
+            in_channels: self.in_channels,
+            frozen_bn: self.frozen_bn,
+            bn_eps: self.bn_eps,
+        })
+    }
+}
+
+impl TryFrom<ResNetConfigBuilder> for ResNetConfig {
+    type Error = Error;
+
+    fn try_from(b: ResNetConfigBuilder) -> Result<Self> {
+        b.build()
     }
 }
 
@@ -167,7 +261,7 @@ impl Block {
 /// use unetpp::encoders::{ResNet, ResNetConfig};
 ///
 /// let varmap = VarMap::new();
-/// let net = ResNet::new(&ResNetConfig::resnet18(), VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+/// let net = ResNet::new(&ResNetConfig::resnet18().build()?, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
 /// let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?;
 /// let taps = net.features(&x, false)?;
 /// assert_eq!(taps[4].dims(), &[1, 512, 2, 2]);
@@ -185,15 +279,6 @@ impl ResNet {
     /// The body of `cfg` with weights from `vb` under torchvision's names (`conv1.weight`,
     /// `bn1.*`, `layer{1-4}.{b}.conv{k}.weight`, `…bn{k}.*`, `…downsample.{0,1}.*`).
     pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.in_channels == 0 {
-            return Err(Error::config("in_channels", "must be at least 1"));
-        }
-        if !(cfg.bn_eps.is_finite() && cfg.bn_eps >= 0.0) {
-            return Err(Error::config(
-                "bn_eps",
-                format!("must be finite and non-negative, got {}", cfg.bn_eps),
-            ));
-        }
         let ((stem, layers), tensors) = weights::record(vb, |vb| Self::layers(cfg, &vb))?;
         Ok(Self {
             cfg: *cfg,
@@ -269,7 +354,7 @@ impl ResNet {
     ///
     /// let varmap = VarMap::new();
     /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    /// let net = ResNet::new(&ResNetConfig::resnet18(), vb)?;
+    /// let net = ResNet::new(&ResNetConfig::resnet18().build()?, vb)?;
     /// let x = Var::from_tensor(&Tensor::ones((1, 3, 32, 32), DType::F32, &Device::Cpu)?)?;
     /// let taps = net.features_trainable(x.as_tensor(), false, 3)?;
     /// let grads = taps[4].sum_all()?.backward()?;

@@ -39,14 +39,16 @@ impl SmpConfig {
         let dim = |name: &str, d: usize| {
             super::dim_of(tensors, "an smp UnetPlusPlus (ResNet encoder)", name, d)
         };
-        let mut encoder = if tensors.contains_key("encoder.layer1.0.conv3.weight") {
+        let encoder = if tensors.contains_key("encoder.layer1.0.conv3.weight") {
             ResNetConfig::resnet50()
         } else if tensors.contains_key("encoder.layer3.5.conv1.weight") {
             ResNetConfig::resnet34()
         } else {
             ResNetConfig::resnet18()
         };
-        encoder.in_channels = dim("encoder.conv1.weight", 1)?;
+        let encoder = encoder
+            .in_channels(dim("encoder.conv1.weight", 1)?)
+            .build()?;
         let mut decoder_channels = [0usize; 5];
         for (l, c) in decoder_channels.iter_mut().enumerate() {
             *c = dim(&format!("decoder.blocks.x_0_{l}.conv1.0.weight"), 0)?;

@@ -21,7 +21,7 @@ use crate::{weights, Result};
 ///
 /// let varmap = VarMap::new();
 /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-/// let backbone = ResNetFpn::new(&ResNetConfig::resnet18(), 32, vb)?;
+/// let backbone = ResNetFpn::new(&ResNetConfig::resnet18().build()?, 32, vb)?;
 /// let maps = backbone.forward(&Tensor::zeros((1, 3, 64, 96), DType::F32, &Device::Cpu)?)?;
 /// let sizes: Vec<_> = maps.iter().map(|m| m.dims().to_vec()).collect();
 /// assert_eq!(sizes[0], vec![1, 32, 16, 24]);

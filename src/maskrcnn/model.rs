@@ -45,11 +45,10 @@ pub struct MaskRcnnConfig {
 
 impl MaskRcnnConfig {
     /// torchvision's `maskrcnn_resnet50_fpn` for `num_classes` classes (background included;
-    /// 91 for COCO): ResNet-50 with frozen batch-norm of epsilon 1e-5 (set `resnet.bn_eps = 0`
-    /// for torchvision's COCO weights), images resized to 800 / 1333.
+    /// 91 for COCO): ResNet-50 with frozen batch-norm of epsilon 1e-5 (set `resnet` to one of
+    /// `bn_eps(0.0)` for torchvision's COCO weights), images resized to 800 / 1333.
     pub fn mask_rcnn(num_classes: usize) -> Result<Self> {
-        let mut resnet = ResNetConfig::resnet50();
-        resnet.frozen_bn = true;
+        let resnet = ResNetConfig::resnet50().frozen_bn(true).build()?;
         Ok(MaskRcnnConfig {
             resnet,
             pyramid: PyramidKind::Fpn,
@@ -79,7 +78,7 @@ impl MaskRcnnConfig {
     /// 300 proposals per pyramid level before NMS and 100 per image after, a 128-wide box
     /// head, two 3×3 mask convolutions, 128 sampled proposals per image.
     pub fn compact(num_classes: usize, channels: usize, size: usize) -> Result<Self> {
-        let resnet = ResNetConfig::resnet18();
+        let resnet = ResNetConfig::resnet18().build()?;
         let anchors = AnchorGenerator::new(
             vec![vec![8.0], vec![16.0], vec![32.0], vec![64.0], vec![128.0]],
             vec![vec![0.5, 1.0, 2.0]; 5],
@@ -177,7 +176,7 @@ impl MaskRcnnLosses {
 /// use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig};
 ///
 /// let mut cfg = MaskRcnnConfig::mask_rcnn(91)?;
-/// cfg.resnet.bn_eps = 0.0; // torchvision's COCO weights
+/// cfg.resnet = cfg.resnet.to_builder().bn_eps(0.0).build()?; // torchvision's COCO weights
 /// let model = MaskRcnn::load_torchvision(&cfg, "maskrcnn_resnet50_fpn.safetensors", &Device::Cpu)?;
 /// let image = Tensor::rand(0f32, 1., (3, 480, 640), &Device::Cpu)?;
 /// let found = model.detect(&[image])?;
