@@ -98,7 +98,8 @@ impl UNet {
         })
     }
 
-    /// Writes the tensors to a safetensors file, atomically.
+    /// Writes the tensors to a safetensors file, atomically, with the configuration in its
+    /// metadata (see [`Self::load`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.net.save(path)
     }
@@ -113,8 +114,23 @@ impl UNet {
         weights::build_checked(tensors, DType::F32, device, |vb| Self::new(cfg, vb))
     }
 
-    /// Loads the U-Net of `cfg` from a file written by [`Self::save`].
-    pub fn load(cfg: &UNetPlusPlusConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+    /// Loads a U-Net written by [`Self::save`], with the configuration stored in the file.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let (stored, tensors) = crate::unetpp::model::read_stored(
+            path.as_ref(),
+            crate::unetpp::model::NETWORK_UNET,
+            device,
+        )?;
+        Self::from_tensors(&stored.cfg, tensors, device)
+    }
+
+    /// Loads the U-Net of `cfg` from a file written by [`Self::save`], ignoring any stored
+    /// configuration (files written before configurations were stored).
+    pub fn load_with_config(
+        cfg: &UNetPlusPlusConfig,
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
         Self::from_tensors(cfg, weights::load_tensors(path, device)?, device)
     }
 }

@@ -113,18 +113,18 @@ fn missing_extra_and_misshaped_tensors_are_named() {
     let mut missing = tensors.clone();
     missing.remove("x_1_1.conv2.weight");
     candle_core::safetensors::save(&missing, &path).unwrap();
-    let e = weights_error_name(UNetPlusPlus::load(&cfg, &path, &dev));
+    let e = weights_error_name(UNetPlusPlus::load_with_config(&cfg, &path, &dev));
     assert!(e.starts_with("x_1_1.conv2.weight: missing"), "{e}");
 
     let mut extra = tensors.clone();
     extra.insert("x_9_9.conv1.weight".into(), randn(&[1]));
     candle_core::safetensors::save(&extra, &path).unwrap();
-    let e = weights_error_name(UNetPlusPlus::load(&cfg, &path, &dev));
+    let e = weights_error_name(UNetPlusPlus::load_with_config(&cfg, &path, &dev));
     assert!(e.starts_with("x_9_9.conv1.weight: unexpected"), "{e}");
 
     tensors.insert("up_0_1.weight".into(), randn(&[6, 4, 3, 3]));
     candle_core::safetensors::save(&tensors, &path).unwrap();
-    let e = weights_error_name(UNetPlusPlus::load(&cfg, &path, &dev));
+    let e = weights_error_name(UNetPlusPlus::load_with_config(&cfg, &path, &dev));
     assert!(
         e.contains("up_0_1.weight") && e.contains("[6, 4, 2, 2]") && e.contains("[6, 4, 3, 3]"),
         "{e}"
@@ -133,9 +133,9 @@ fn missing_extra_and_misshaped_tensors_are_named() {
     // The file was written for another configuration.
     let other = small().depth(2).in_channels(2).build().unwrap();
     let (cfg_ok, path_ok) = saved_small();
-    let e = weights_error_name(UNetPlusPlus::load(&other, &path_ok, &dev));
+    let e = weights_error_name(UNetPlusPlus::load_with_config(&other, &path_ok, &dev));
     assert!(e.starts_with("x_0_0.conv1.weight"), "{e}");
-    assert!(UNetPlusPlus::load(&cfg_ok, &path_ok, &dev).is_ok());
+    assert!(UNetPlusPlus::load_with_config(&cfg_ok, &path_ok, &dev).is_ok());
 }
 
 #[test]
@@ -144,11 +144,12 @@ fn truncated_and_missing_files_are_errors() {
     let bytes = std::fs::read(&path).unwrap();
     for cut in [bytes.len() / 2, 8, 3, 0] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
-        let err = UNetPlusPlus::load(&cfg, &path, &Device::Cpu).unwrap_err();
+        let err = UNetPlusPlus::load_with_config(&cfg, &path, &Device::Cpu).unwrap_err();
         assert!(matches!(err, Error::Weights { .. }), "cut at {cut}: {err}");
     }
     let err =
-        UNetPlusPlus::load(&cfg, tmp_path("does-not-exist.safetensors"), &Device::Cpu).unwrap_err();
+        UNetPlusPlus::load_with_config(&cfg, tmp_path("does-not-exist.safetensors"), &Device::Cpu)
+            .unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
 }
 

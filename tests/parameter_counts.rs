@@ -76,7 +76,7 @@ fn u_net_runs_saves_and_loads() {
     assert_eq!(out.logits()[0].dims(), &[2, 3, 32, 32]);
     let path = std::env::temp_dir().join(format!("unetpp-unet-{}.safetensors", std::process::id()));
     net.save(&path).unwrap();
-    let back = UNet::load(&cfg, &path, &dev).unwrap();
+    let back = UNet::load_with_config(&cfg, &path, &dev).unwrap();
     let d = (back.forward(&x).unwrap() - net.forward(&x).unwrap())
         .unwrap()
         .abs()
@@ -87,7 +87,7 @@ fn u_net_runs_saves_and_loads() {
         .unwrap();
     assert_eq!(d, 0.0);
     // A U-Net file is not a UNet++ file: the nested nodes are missing.
-    let e = UNetPlusPlus::load(&cfg, &path, &dev).unwrap_err();
+    let e = UNetPlusPlus::load_with_config(&cfg, &path, &dev).unwrap_err();
     assert!(e.to_string().contains("x_"), "{e}");
     std::fs::remove_file(&path).unwrap();
 }

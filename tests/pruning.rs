@@ -65,7 +65,7 @@ fn pruned_file_holds_only_kept_weights_and_loads_back() {
     );
 
     // A pruned file is not a full network.
-    let err = UNetPlusPlus::load(&cfg, &path, &Device::Cpu).unwrap_err();
+    let err = UNetPlusPlus::load_with_config(&cfg, &path, &Device::Cpu).unwrap_err();
     assert!(matches!(err, Error::Weights { .. }), "{err}");
     // Nor a network pruned to another level.
     let err = UNetPlusPlus::load_pruned(&cfg, Level::L1, &path, &Device::Cpu).unwrap_err();
@@ -83,7 +83,7 @@ fn full_network_round_trips_through_a_file() {
     net.forward_heads(&randn(&[2, 1, 16, 16]), true).unwrap();
     let path = tmp_path("full.safetensors");
     net.save(&path).unwrap();
-    let loaded = UNetPlusPlus::load(&cfg, &path, &Device::Cpu).unwrap();
+    let loaded = UNetPlusPlus::load_with_config(&cfg, &path, &Device::Cpu).unwrap();
     let x = randn(&[1, 1, 32, 32]);
     let a = net.forward_heads(&x, false).unwrap();
     let b = loaded.forward_heads(&x, false).unwrap();

@@ -101,7 +101,7 @@ fn padding_returns_the_input_size() {
     let x = randn(&[1, 1, 32, 16]);
     let path = common::tmp_path("pad.safetensors");
     net.save(&path).unwrap();
-    let net2 = UNetPlusPlus::load(&plain, &path, &candle_core::Device::Cpu).unwrap();
+    let net2 = UNetPlusPlus::load_with_config(&plain, &path, &candle_core::Device::Cpu).unwrap();
     assert_eq!(
         max_abs_diff(&net.forward(&x).unwrap(), &net2.forward(&x).unwrap()),
         0.0

@@ -21,6 +21,7 @@ use candle_core::Tensor;
 
 /// Normalisation after each 3×3 convolution of a block.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Norm {
     /// No normalisation (the paper's network).
     None,
@@ -35,6 +36,7 @@ pub enum Norm {
 
 /// Activation after each normalisation.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Activation {
     /// `max(x, 0)`.
     Relu,
@@ -54,6 +56,7 @@ impl Activation {
 
 /// How a node `X^{i,j}` brings `X^{i+1,j-1}` up to its resolution (the paper's `U`).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Upsample {
     /// A 2×2 transposed convolution with stride 2 from `f_{i+1}` to `f_i` channels (the paper).
     Transposed,

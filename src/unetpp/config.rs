@@ -15,6 +15,14 @@ use crate::{Error, Result};
 /// # Ok::<(), unetpp::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(
+        try_from = "UNetPlusPlusConfigBuilder",
+        into = "UNetPlusPlusConfigBuilder"
+    )
+)]
 pub struct UNetPlusPlusConfig {
     pub(crate) in_channels: usize,
     pub(crate) num_classes: usize,
@@ -34,11 +42,25 @@ pub struct UNetPlusPlusConfig {
 }
 
 /// Chained setters for a [`UNetPlusPlusConfig`]; nothing is checked until [`Self::build`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct UNetPlusPlusConfigBuilder {
-    cfg: UNetPlusPlusConfig,
+    in_channels: usize,
+    num_classes: usize,
+    widths: Vec<usize>,
+    depth: usize,
     deep_supervision: bool,
     heads: Option<Vec<usize>>,
+    norm: Norm,
+    activation: Activation,
+    dropout: f32,
+    upsample: Upsample,
+    concat: ConcatOrder,
+    conv_bias: bool,
+    pad_to_multiple: bool,
+    pad_upsampled: bool,
+    up_widths: Option<Vec<usize>>,
+    top_width: Option<usize>,
 }
 
 impl UNetPlusPlusConfig {
@@ -48,25 +70,22 @@ impl UNetPlusPlusConfig {
     /// set it with [`UNetPlusPlusConfigBuilder::dropout`]).
     pub fn paper() -> UNetPlusPlusConfigBuilder {
         UNetPlusPlusConfigBuilder {
-            cfg: UNetPlusPlusConfig {
-                in_channels: 1,
-                num_classes: 1,
-                widths: vec![32, 64, 128, 256, 512],
-                depth: 4,
-                heads: Vec::new(),
-                norm: Norm::None,
-                activation: Activation::Relu,
-                dropout: 0.0,
-                upsample: Upsample::Transposed,
-                concat: ConcatOrder::UpsampledFirst,
-                conv_bias: true,
-                pad_to_multiple: false,
-                pad_upsampled: false,
-                up_widths: None,
-                top_width: None,
-            },
+            in_channels: 1,
+            num_classes: 1,
+            widths: vec![32, 64, 128, 256, 512],
+            depth: 4,
             deep_supervision: true,
             heads: None,
+            norm: Norm::None,
+            activation: Activation::Relu,
+            dropout: 0.0,
+            upsample: Upsample::Transposed,
+            concat: ConcatOrder::UpsampledFirst,
+            conv_bias: true,
+            pad_to_multiple: false,
+            pad_upsampled: false,
+            up_widths: None,
+            top_width: None,
         }
     }
 
@@ -79,6 +98,28 @@ impl UNetPlusPlusConfig {
                 align_corners: true,
             })
             .concat_order(ConcatOrder::SkipsFirst)
+    }
+
+    /// A builder holding this configuration, to change it.
+    pub fn to_builder(&self) -> UNetPlusPlusConfigBuilder {
+        UNetPlusPlusConfigBuilder {
+            in_channels: self.in_channels,
+            num_classes: self.num_classes,
+            widths: self.widths.clone(),
+            depth: self.depth,
+            deep_supervision: self.heads.len() > 1,
+            heads: Some(self.heads.clone()),
+            norm: self.norm,
+            activation: self.activation,
+            dropout: self.dropout,
+            upsample: self.upsample,
+            concat: self.concat,
+            conv_bias: self.conv_bias,
+            pad_to_multiple: self.pad_to_multiple,
+            pad_upsampled: self.pad_upsampled,
+            up_widths: self.up_widths.clone(),
+            top_width: self.top_width,
+        }
     }
 
     /// Input channels.
@@ -172,22 +213,22 @@ impl UNetPlusPlusConfig {
 impl UNetPlusPlusConfigBuilder {
     /// Input channels (1 for grey images, 3 for RGB).
     pub fn in_channels(mut self, c: usize) -> Self {
-        self.cfg.in_channels = c;
+        self.in_channels = c;
         self
     }
     /// Output classes: 1 for binary segmentation (sigmoid), `n ≥ 2` for `n`-way softmax.
     pub fn num_classes(mut self, n: usize) -> Self {
-        self.cfg.num_classes = n;
+        self.num_classes = n;
         self
     }
     /// Widths `f_0, f_1, …`; at least `depth + 1` values (extra ones are ignored).
     pub fn widths(mut self, widths: impl Into<Vec<usize>>) -> Self {
-        self.cfg.widths = widths.into();
+        self.widths = widths.into();
         self
     }
     /// `L`: number of down-sampling steps (the paper's L1–L4).
     pub fn depth(mut self, depth: usize) -> Self {
-        self.cfg.depth = depth;
+        self.depth = depth;
         self
     }
     /// Deep supervision: heads on every `X^{0,1..L}` (on), or only on `X^{0,L}` (off).
@@ -204,51 +245,51 @@ impl UNetPlusPlusConfigBuilder {
     }
     /// Normalisation inside each block.
     pub fn norm(mut self, norm: Norm) -> Self {
-        self.cfg.norm = norm;
+        self.norm = norm;
         self
     }
     /// Activation inside each block.
     pub fn activation(mut self, activation: Activation) -> Self {
-        self.cfg.activation = activation;
+        self.activation = activation;
         self
     }
     /// Dropout probability after each activation, in `[0, 1)`.
     pub fn dropout(mut self, p: f32) -> Self {
-        self.cfg.dropout = p;
+        self.dropout = p;
         self
     }
     /// Up-sampling mode.
     pub fn upsample(mut self, mode: Upsample) -> Self {
-        self.cfg.upsample = mode;
+        self.upsample = mode;
         self
     }
     /// Concatenation order at each node.
     pub fn concat_order(mut self, order: ConcatOrder) -> Self {
-        self.cfg.concat = order;
+        self.concat = order;
         self
     }
     /// Whether the 3×3 convolutions have a bias (default true).
     pub fn conv_bias(mut self, on: bool) -> Self {
-        self.cfg.conv_bias = on;
+        self.conv_bias = on;
         self
     }
     /// Pad inputs whose height or width is not a multiple of `2^depth` (replicating the
     /// border), run, and crop the outputs back to the input's size.
     pub fn pad_to_multiple(mut self, on: bool) -> Self {
-        self.cfg.pad_to_multiple = on;
+        self.pad_to_multiple = on;
         self
     }
 
     /// Channels of the transposed up-sampling into each level `i = 0..depth` (by default `f_i`;
     /// MONAI halves `f_{i+1}` instead). Only with transposed-convolution up-sampling.
     pub fn up_widths(mut self, widths: impl Into<Vec<usize>>) -> Self {
-        self.cfg.up_widths = Some(widths.into());
+        self.up_widths = Some(widths.into());
         self
     }
 
     /// Width of the last node `X^{0,L}` (by default `f_0`; MONAI's sixth feature).
     pub fn top_width(mut self, width: usize) -> Self {
-        self.cfg.top_width = Some(width);
+        self.top_width = Some(width);
         self
     }
 
@@ -257,13 +298,29 @@ impl UNetPlusPlusConfigBuilder {
     /// pixel short of the maps of its level, its last row or column is repeated. Used for
     /// MONAI weights; [`Self::pad_to_multiple`] takes precedence when both are on.
     pub fn pad_upsampled(mut self, on: bool) -> Self {
-        self.cfg.pad_upsampled = on;
+        self.pad_upsampled = on;
         self
     }
 
     /// Validates the configuration; an [`Error::Config`] names the first bad field.
     pub fn build(self) -> Result<UNetPlusPlusConfig> {
-        let mut cfg = self.cfg;
+        let mut cfg = UNetPlusPlusConfig {
+            in_channels: self.in_channels,
+            num_classes: self.num_classes,
+            widths: self.widths,
+            depth: self.depth,
+            heads: Vec::new(),
+            norm: self.norm,
+            activation: self.activation,
+            dropout: self.dropout,
+            upsample: self.upsample,
+            concat: self.concat,
+            conv_bias: self.conv_bias,
+            pad_to_multiple: self.pad_to_multiple,
+            pad_upsampled: self.pad_upsampled,
+            up_widths: self.up_widths,
+            top_width: self.top_width,
+        };
         if cfg.in_channels == 0 {
             return Err(Error::config("in_channels", "must be at least 1"));
         }
@@ -385,6 +442,180 @@ impl UNetPlusPlusConfigBuilder {
         }
         cfg.heads = heads;
         Ok(cfg)
+    }
+}
+
+impl UNetPlusPlusConfig {
+    /// The configuration as one line of `key=value` pairs separated by `;`: the form
+    /// [`crate::UNetPlusPlus::save`] stores in a weight file's metadata, so that
+    /// [`crate::UNetPlusPlus::load`] needs no configuration passed back in.
+    ///
+    /// ```
+    /// use unetpp::prelude::*;
+    /// let cfg = UNetPlusPlusConfig::nested_unet().widths([4, 8, 16]).depth(2).build()?;
+    /// assert_eq!(UNetPlusPlusConfig::from_metadata(&cfg.to_metadata())?, cfg);
+    /// # Ok::<(), unetpp::Error>(())
+    /// ```
+    pub fn to_metadata(&self) -> String {
+        let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        let norm = match self.norm {
+            Norm::None => "none".to_string(),
+            Norm::Batch => "batch".to_string(),
+            Norm::Instance => "instance".to_string(),
+            Norm::Group(g) => format!("group:{g}"),
+        };
+        let activation = match self.activation {
+            Activation::Relu => "relu".to_string(),
+            Activation::LeakyRelu(slope) => format!("leaky_relu:{slope}"),
+        };
+        let upsample = match self.upsample {
+            Upsample::Transposed => "transposed",
+            Upsample::Nearest => "nearest",
+            Upsample::Bilinear {
+                align_corners: false,
+            } => "bilinear",
+            Upsample::Bilinear {
+                align_corners: true,
+            } => "bilinear_align_corners",
+        };
+        let concat = match self.concat {
+            ConcatOrder::UpsampledFirst => "upsampled_first",
+            ConcatOrder::SkipsFirst => "skips_first",
+        };
+        [
+            format!("in_channels={}", self.in_channels),
+            format!("num_classes={}", self.num_classes),
+            format!("widths={}", list(&self.widths)),
+            format!("depth={}", self.depth),
+            format!("heads={}", list(&self.heads)),
+            format!("norm={norm}"),
+            format!("activation={activation}"),
+            format!("dropout={}", self.dropout),
+            format!("upsample={upsample}"),
+            format!("concat={concat}"),
+            format!("conv_bias={}", self.conv_bias),
+            format!("pad_to_multiple={}", self.pad_to_multiple),
+            format!("pad_upsampled={}", self.pad_upsampled),
+            format!(
+                "up_widths={}",
+                self.up_widths.as_deref().map(list).unwrap_or_default()
+            ),
+            format!(
+                "top_width={}",
+                self.top_width.map(|w| w.to_string()).unwrap_or_default()
+            ),
+        ]
+        .join(";")
+    }
+
+    /// Parses the form of [`Self::to_metadata`] and validates it as
+    /// [`UNetPlusPlusConfigBuilder::build`] does. A missing, unknown or unreadable key is an
+    /// [`Error::Config`] naming it.
+    pub fn from_metadata(text: &str) -> Result<Self> {
+        let mut values = std::collections::HashMap::new();
+        for pair in text.split(';').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::config("metadata", format!("`{pair}` is not key=value")))?;
+            values.insert(k, v);
+        }
+        let mut take = |key: &'static str| {
+            values
+                .remove(key)
+                .ok_or_else(|| Error::config(key, "missing from the stored configuration"))
+        };
+        fn bad(key: &'static str, v: &str) -> Error {
+            Error::config(
+                key,
+                format!("cannot read `{v}` from the stored configuration"),
+            )
+        }
+        fn num<T: std::str::FromStr>(key: &'static str, v: &str) -> Result<T> {
+            v.parse().map_err(|_| bad(key, v))
+        }
+        fn list(key: &'static str, v: &str) -> Result<Vec<usize>> {
+            v.split(',')
+                .filter(|x| !x.is_empty())
+                .map(|x| num(key, x))
+                .collect()
+        }
+        let norm = match take("norm")? {
+            "none" => Norm::None,
+            "batch" => Norm::Batch,
+            "instance" => Norm::Instance,
+            v => match v.strip_prefix("group:") {
+                Some(g) => Norm::Group(num("norm", g)?),
+                None => return Err(bad("norm", v)),
+            },
+        };
+        let activation = match take("activation")? {
+            "relu" => Activation::Relu,
+            v => match v.strip_prefix("leaky_relu:") {
+                Some(slope) => Activation::LeakyRelu(num("activation", slope)?),
+                None => return Err(bad("activation", v)),
+            },
+        };
+        let upsample = match take("upsample")? {
+            "transposed" => Upsample::Transposed,
+            "nearest" => Upsample::Nearest,
+            "bilinear" => Upsample::Bilinear {
+                align_corners: false,
+            },
+            "bilinear_align_corners" => Upsample::Bilinear {
+                align_corners: true,
+            },
+            v => return Err(bad("upsample", v)),
+        };
+        let concat = match take("concat")? {
+            "upsampled_first" => ConcatOrder::UpsampledFirst,
+            "skips_first" => ConcatOrder::SkipsFirst,
+            v => return Err(bad("concat", v)),
+        };
+        let up_widths = list("up_widths", take("up_widths")?)?;
+        let top_width = take("top_width")?;
+        let builder = UNetPlusPlusConfigBuilder {
+            in_channels: num("in_channels", take("in_channels")?)?,
+            num_classes: num("num_classes", take("num_classes")?)?,
+            widths: list("widths", take("widths")?)?,
+            depth: num("depth", take("depth")?)?,
+            deep_supervision: false,
+            heads: Some(list("heads", take("heads")?)?),
+            norm,
+            activation,
+            dropout: num("dropout", take("dropout")?)?,
+            upsample,
+            concat,
+            conv_bias: num("conv_bias", take("conv_bias")?)?,
+            pad_to_multiple: num("pad_to_multiple", take("pad_to_multiple")?)?,
+            pad_upsampled: num("pad_upsampled", take("pad_upsampled")?)?,
+            up_widths: (!up_widths.is_empty()).then_some(up_widths),
+            top_width: if top_width.is_empty() {
+                None
+            } else {
+                Some(num("top_width", top_width)?)
+            },
+        };
+        if let Some(key) = values.keys().next() {
+            return Err(Error::config(
+                "metadata",
+                format!("unknown key `{key}` in the stored configuration"),
+            ));
+        }
+        builder.build()
+    }
+}
+
+impl TryFrom<UNetPlusPlusConfigBuilder> for UNetPlusPlusConfig {
+    type Error = Error;
+
+    fn try_from(b: UNetPlusPlusConfigBuilder) -> Result<Self> {
+        b.build()
+    }
+}
+
+impl From<UNetPlusPlusConfig> for UNetPlusPlusConfigBuilder {
+    fn from(cfg: UNetPlusPlusConfig) -> Self {
+        cfg.to_builder()
     }
 }
 

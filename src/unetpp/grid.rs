@@ -39,6 +39,7 @@ impl std::fmt::Display for Node {
 
 /// Order in which a node concatenates its inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ConcatOrder {
     /// `[U(X^{i+1,j-1}), X^{i,0}, …, X^{i,j-1}]`: the official code of the paper.
     #[default]

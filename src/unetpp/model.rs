@@ -375,9 +375,28 @@ impl UNetPlusPlus {
         )
     }
 
-    /// Writes the network's tensors to a safetensors file, atomically.
+    /// Writes the network's tensors to a safetensors file, atomically, with its configuration
+    /// (and, for a pruned network, its level) in the file's metadata, so that [`Self::load`]
+    /// rebuilds it from the file alone.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        weights::save_tensors(&self.named_tensors(), path)
+        let tensors: Vec<(String, Tensor)> = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.tensor.clone()))
+            .collect();
+        let network = match self.grid.skips() {
+            Skips::Plain => NETWORK_UNET,
+            _ => NETWORK_UNETPP,
+        };
+        let heads: Vec<String> = self.head_cols().iter().map(|c| c.to_string()).collect();
+        let metadata = HashMap::from([
+            (META_FORMAT.to_string(), "1".to_string()),
+            (META_NETWORK.to_string(), network.to_string()),
+            (META_CONFIG.to_string(), self.cfg.to_metadata()),
+            (META_LEVEL.to_string(), self.level().to_string()),
+            (META_HEADS.to_string(), heads.join(",")),
+        ]);
+        weights::save_with_metadata(&tensors, Some(metadata), path)
     }
 
     /// Builds the full network of `cfg` from named tensors (as [`Self::named_tensors`] names
@@ -391,15 +410,50 @@ impl UNetPlusPlus {
         weights::build_checked(tensors, DType::F32, device, |vb| Self::new(cfg, vb))
     }
 
-    /// Loads a full network of `cfg` from a file written by [`Self::save`] (in `f32`).
+    /// Loads a network written by [`Self::save`] (in `f32`), full or pruned, with the
+    /// configuration stored in the file. Files written before the configuration was stored
+    /// load with [`Self::load_with_config`].
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use unetpp::prelude::*;
+    ///
+    /// let cfg = UNetPlusPlusConfig::paper().widths([4, 8, 16]).depth(2).build()?;
+    /// let varmap = VarMap::new();
+    /// let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    /// let path = std::env::temp_dir().join("unetpp-doc-load.safetensors");
+    /// net.prune(Level::L1)?.save(&path)?;
+    /// let back = UNetPlusPlus::load(&path, &Device::Cpu)?;
+    /// assert_eq!((back.config(), back.level()), (&cfg, 1));
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), unetpp::Error>(())
+    /// ```
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let (stored, tensors) = read_stored(path.as_ref(), NETWORK_UNETPP, device)?;
+        weights::build_checked(tensors, DType::F32, device, |vb| {
+            if stored.level == stored.cfg.depth && stored.heads == stored.cfg.heads {
+                Self::new(&stored.cfg, vb)
+            } else {
+                Self::new_pruned(&stored.cfg, stored.level, vb)
+            }
+        })
+    }
+
+    /// Loads a full network of `cfg` from a file written by [`Self::save`], ignoring any
+    /// configuration stored in it (files written before configurations were stored).
     ///
     /// A missing, extra or mis-shaped tensor is an [`Error::Weights`] that names it.
-    pub fn load(cfg: &UNetPlusPlusConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+    pub fn load_with_config(
+        cfg: &UNetPlusPlusConfig,
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
         Self::from_tensors(cfg, weights::load_tensors(path, device)?, device)
     }
 
-    /// Loads a network pruned to `level` from a file written by a pruned network's
-    /// [`Self::save`].
+    /// Loads a network of `cfg` pruned to `level` from a file written by a pruned network's
+    /// [`Self::save`], ignoring any configuration stored in it.
     pub fn load_pruned(
         cfg: &UNetPlusPlusConfig,
         level: impl Into<Level>,
@@ -412,6 +466,63 @@ impl UNetPlusPlus {
             Self::new_pruned(cfg, level, vb)
         })
     }
+}
+
+/// Metadata keys of a saved network.
+const META_FORMAT: &str = "unetpp.format";
+const META_NETWORK: &str = "unetpp.network";
+const META_CONFIG: &str = "unetpp.config";
+const META_LEVEL: &str = "unetpp.level";
+const META_HEADS: &str = "unetpp.heads";
+pub(crate) const NETWORK_UNETPP: &str = "unetpp";
+pub(crate) const NETWORK_UNET: &str = "unet";
+
+/// What [`UNetPlusPlus::save`] stores besides the tensors.
+pub(crate) struct Stored {
+    pub(crate) cfg: UNetPlusPlusConfig,
+    pub(crate) level: usize,
+    pub(crate) heads: Vec<usize>,
+}
+
+/// The stored configuration and the tensors of a file that must hold a `network`.
+pub(crate) fn read_stored(
+    path: &Path,
+    network: &str,
+    device: &Device,
+) -> Result<(Stored, HashMap<String, Tensor>)> {
+    let meta = weights::load_metadata(path)?;
+    let file = path.display().to_string();
+    let cfg = meta.get(META_CONFIG).ok_or_else(|| {
+        Error::weights(
+            file.as_str(),
+            "no configuration stored in the file (written before configurations were stored, \
+             or by another program); load it with load_with_config(cfg, path, device)",
+        )
+    })?;
+    let found = meta.get(META_NETWORK).map_or("?", String::as_str);
+    if found != network {
+        return Err(Error::weights(
+            file.as_str(),
+            format!("holds a `{found}` network, not a `{network}`"),
+        ));
+    }
+    let cfg = UNetPlusPlusConfig::from_metadata(cfg)?;
+    let level = match meta.get(META_LEVEL) {
+        Some(v) => v
+            .parse()
+            .map_err(|_| Error::weights(file.as_str(), format!("unreadable level `{v}`")))?,
+        None => cfg.depth,
+    };
+    let heads = match meta.get(META_HEADS) {
+        Some(v) => v
+            .split(',')
+            .map(|c| c.parse())
+            .collect::<std::result::Result<Vec<usize>, _>>()
+            .map_err(|_| Error::weights(file.as_str(), format!("unreadable heads `{v}`")))?,
+        None => cfg.heads.clone(),
+    };
+    let tensors = weights::load_tensors(path, device)?;
+    Ok((Stored { cfg, level, heads }, tensors))
 }
 
 /// `ModuleT` only: candle implements `ModuleT` for every `Module`, ignoring the training flag,
