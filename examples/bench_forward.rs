@@ -23,7 +23,7 @@ use unetpp::prelude::*;
 #[path = "support/mod.rs"]
 mod support;
 use support::median_seconds;
-use unetpp::unetpp::Node;
+use unetpp::nested::Node;
 
 /// Median forward time of the paper's UNet++ pruned to L1–L4, optionally of a training step
 /// and the peak memory of one inference.

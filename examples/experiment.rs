@@ -148,9 +148,9 @@ fn synthetic(samples: usize, size: usize, seed: u64) -> unetpp::Result<Synthetic
 }
 
 fn with_widths(
-    cfg: unetpp::unetpp::UNetPlusPlusConfigBuilder,
+    cfg: unetpp::nested::UNetPlusPlusConfigBuilder,
     widths: Option<&[usize]>,
-) -> unetpp::unetpp::UNetPlusPlusConfigBuilder {
+) -> unetpp::nested::UNetPlusPlusConfigBuilder {
     match widths {
         Some(w) => cfg.depth(w.len() - 1).widths(w.to_vec()),
         None => cfg,

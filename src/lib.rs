@@ -35,7 +35,7 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 //!
-//! Modules: [`unetpp`] (config, grid, model, outputs), [`unet`] (the U-Net baselines),
+//! Modules: [`nested`] (UNet++: config, grid, model, outputs), [`unet`] (the U-Net baselines),
 //! [`nn`] (blocks), [`ops`] (fast CPU convolutions and bilinear resize, with backward
 //! passes; RoIAlign, NMS and box utilities for detection), [`loss`] (BCE + Dice, CE + Dice, deep supervision), [`metrics`] (IoU, Dice),
 //! [`data`] (synthetic and PNG-folder data sets, batching, augmentation), [`train`]
@@ -59,25 +59,25 @@ pub mod loss;
 pub mod maskrcnn;
 pub mod metrics;
 pub mod model;
+pub mod nested;
 pub mod nn;
 pub mod ops;
 pub mod train;
 pub mod unet;
-pub mod unetpp;
 pub mod weights;
 
 pub use error::{Error, Result};
 pub use model::MultiHeadSegmenter;
+pub use nested::{Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
 pub use unet::UNet;
-pub use unetpp::{Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
 
 /// The names most programs need.
 pub mod prelude {
     pub use crate::loss::{BceDice, CeDice, DeepSupervisionLoss, SegmentationLoss};
     pub use crate::metrics::SegmentationMetrics;
     pub use crate::model::MultiHeadSegmenter;
+    pub use crate::nested::{ConcatOrder, Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
     pub use crate::nn::{Activation, Norm, Upsample};
     pub use crate::unet::UNet;
-    pub use crate::unetpp::{ConcatOrder, Level, Outputs, UNetPlusPlus, UNetPlusPlusConfig};
     pub use crate::{Error, Result};
 }

@@ -26,7 +26,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::data::Batch;
-use crate::unetpp::Outputs;
+use crate::nested::Outputs;
 use crate::{Error, Result};
 
 /// A loss of one head's logits against the targets.

@@ -4,9 +4,9 @@
 
 use candle_core::Tensor;
 
+use crate::nested::{Outputs, UNetPlusPlus};
 use crate::nn::NamedTensor;
 use crate::unet::UNet;
-use crate::unetpp::{Outputs, UNetPlusPlus};
 use crate::Result;
 
 /// A segmentation network with one or more heads (deep supervision): images `(N, C, H, W)`

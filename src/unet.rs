@@ -2,7 +2,7 @@
 //!
 //! The paper compares UNet++ with U-Net and with a *wide* U-Net whose widths (35, 70, 140,
 //! 280, 560) give it about as many parameters as UNet++. Both are here, on the same grid
-//! ([`Grid::plain`](crate::unetpp::Grid::plain)), with the same blocks, up-sampling, weight
+//! ([`Grid::plain`](crate::nested::Grid::plain)), with the same blocks, up-sampling, weight
 //! names and file format, so a comparison changes only the network.
 //!
 //! ```
@@ -23,8 +23,8 @@ use std::path::Path;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::nested::{Grid, Outputs, UNetPlusPlus, UNetPlusPlusConfig, UNetPlusPlusConfigBuilder};
 use crate::nn::NamedTensor;
-use crate::unetpp::{Grid, Outputs, UNetPlusPlus, UNetPlusPlusConfig, UNetPlusPlusConfigBuilder};
 use crate::{weights, Result};
 
 /// U-Net (Ronneberger et al. 2015) on the UNet++ grid: the encoder `X^{i,0}` and the decoder
@@ -116,11 +116,8 @@ impl UNet {
 
     /// Loads a U-Net written by [`Self::save`], with the configuration stored in the file.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let (stored, tensors) = crate::unetpp::model::read_stored(
-            path.as_ref(),
-            crate::unetpp::model::NETWORK_UNET,
-            device,
-        )?;
+        let (stored, tensors) =
+            crate::nested::read_stored(path.as_ref(), crate::nested::NETWORK_UNET, device)?;
         Self::from_tensors(&stored.cfg, tensors, device)
     }
 

@@ -36,9 +36,9 @@ use unetpp::encoders::{ResNet, ResNetConfig};
 use unetpp::interop::monai::from_monai;
 use unetpp::interop::nested_unet::from_nested_unet;
 use unetpp::interop::smp::{SmpConfig, SmpUnetPlusPlus};
+use unetpp::nested::UNetPlusPlusConfigBuilder;
 use unetpp::ops::{cpu_conv_algo, set_cpu_conv_algo, CpuConvAlgo};
 use unetpp::prelude::*;
-use unetpp::unetpp::UNetPlusPlusConfigBuilder;
 
 /// Our f32 error may be this many times PyTorch's own f32 error.
 const TORCH_MULTIPLE: f64 = 8.0;

@@ -149,7 +149,7 @@ fn unetpp(cfg: &UNetPlusPlusConfig) -> (VarMap, UNetPlusPlus) {
     (varmap, net)
 }
 
-fn tiny() -> unetpp::unetpp::UNetPlusPlusConfigBuilder {
+fn tiny() -> unetpp::nested::UNetPlusPlusConfigBuilder {
     UNetPlusPlusConfig::paper().widths([2, 3, 4]).depth(2)
 }
 

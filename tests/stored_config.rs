@@ -7,9 +7,9 @@ mod common;
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use common::{build, max_abs_diff, randn, small, tmp_path};
+use unetpp::nested::ConcatOrder;
 use unetpp::nn::{Activation, Norm, Upsample};
 use unetpp::prelude::*;
-use unetpp::unetpp::ConcatOrder;
 
 #[test]
 fn full_and_pruned_networks_load_from_the_file_alone() {

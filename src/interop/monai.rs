@@ -15,18 +15,18 @@
 //!
 //! MONAI's up-sampling halves the channels of the level below (keeping them at level 0) and
 //! its sixth feature is the width of `X^{0,4}`: the configuration says so with
-//! [`up_widths`](crate::unetpp::UNetPlusPlusConfigBuilder::up_widths) and
-//! [`top_width`](crate::unetpp::UNetPlusPlusConfigBuilder::top_width).
+//! [`up_widths`](crate::nested::UNetPlusPlusConfigBuilder::up_widths) and
+//! [`top_width`](crate::nested::UNetPlusPlusConfigBuilder::top_width).
 //! Inputs of any size run as in MONAI (pooling floors odd sizes; an up-sampled map one pixel
-//! short is replicate-padded at its end: [`UNetPlusPlusConfigBuilder::pad_upsampled`](crate::unetpp::UNetPlusPlusConfigBuilder::pad_upsampled)).
+//! short is replicate-padded at its end: [`UNetPlusPlusConfigBuilder::pad_upsampled`](crate::nested::UNetPlusPlusConfigBuilder::pad_upsampled)).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::nested::{ConcatOrder, UNetPlusPlus, UNetPlusPlusConfig};
 use crate::nn::{Activation, Norm};
-use crate::unetpp::{ConcatOrder, UNetPlusPlus, UNetPlusPlusConfig};
 use crate::{weights, Error, Result};
 
 /// What a MONAI `BasicUNetPlusPlus` was built with.

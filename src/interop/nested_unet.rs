@@ -13,7 +13,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::unetpp::{UNetPlusPlus, UNetPlusPlusConfig};
+use crate::nested::{UNetPlusPlus, UNetPlusPlusConfig};
 use crate::{weights, Error, Result};
 
 /// Our name for a `NestedUNet` tensor name; `None` for names without a counterpart.

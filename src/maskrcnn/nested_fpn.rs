@@ -19,8 +19,8 @@ use candle_nn::VarBuilder;
 
 use super::fpn::LevelConvs;
 use super::layers::{conv, kaiming_uniform_a1, resize_nearest, subsample2};
+use crate::nested::{ConcatOrder, Grid, Input, Node};
 use crate::nn::{Conv, NamedTensor};
-use crate::unetpp::grid::{ConcatOrder, Grid, Input, Node};
 use crate::{weights, Error, Result};
 
 /// The nested pyramid over backbone maps with `in_channels` channels (finest first).

@@ -13,7 +13,7 @@ pub fn build(cfg: &UNetPlusPlusConfig) -> (VarMap, UNetPlusPlus) {
     (varmap, net)
 }
 
-pub fn small() -> unetpp::unetpp::UNetPlusPlusConfigBuilder {
+pub fn small() -> unetpp::nested::UNetPlusPlusConfigBuilder {
     UNetPlusPlusConfig::paper().widths([4, 6, 8, 10, 12])
 }
 

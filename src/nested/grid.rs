@@ -85,7 +85,7 @@ impl Grid {
     /// All nodes `X^{i,j}` with `i + j ≤ depth`.
     ///
     /// ```
-    /// use unetpp::unetpp::grid::{Grid, Node};
+    /// use unetpp::nested::{Grid, Node};
     /// let g = Grid::new(2);
     /// assert_eq!(g.nodes().len(), 6);
     /// assert_eq!(g.nodes()[2], Node::new(0, 1)); // X^{1,0} comes before X^{0,1}
@@ -108,7 +108,7 @@ impl Grid {
     /// `X^{L-1,1}, X^{L-2,2}, …, X^{0,L}`. Its single head sits on `X^{0,L}`.
     ///
     /// ```
-    /// use unetpp::unetpp::grid::{Grid, Node};
+    /// use unetpp::nested::{Grid, Node};
     /// let g = Grid::plain(2);
     /// assert_eq!(g.nodes(), &[Node::new(0, 0), Node::new(1, 0), Node::new(2, 0),
     ///                         Node::new(1, 1), Node::new(0, 2)]);
