@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use common::{assert_within_torch, formula, max_rel_diff, torch_err, Metric};
+use common::{assert_within_torch, formula, max_abs_diff, max_rel_diff, torch_err, Metric};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use unetpp::encoders::{ResNet, ResNetConfig};
@@ -262,4 +262,70 @@ fn frozen_batch_norm_sees_statistics_written_later() {
         stem_sum(),
         "the frozen batch-norm kept its old running mean"
     );
+}
+
+/// UNet++ on a ResNet-18: the taps stand in for the encoder nodes, every head is resized to
+/// the input, pruning keeps the encoder and equals the full network's head, and the saved
+/// tensors (the encoder's under `encoder.`) build the same network again.
+#[test]
+fn unetpp_on_a_resnet_encoder_prunes_saves_and_reloads() {
+    use std::sync::Arc;
+    use unetpp::prelude::*;
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = unetpp::nn::seeded_var_builder(&varmap, 4, DType::F32, &dev);
+    let rcfg = ResNetConfig::resnet18().build().unwrap();
+    let encoder = ResNet::new(&rcfg, vb.pp("encoder")).unwrap();
+    let cfg = UNetPlusPlusConfig::paper()
+        .widths([8, 12, 16, 20, 24])
+        .norm(unetpp::nn::Norm::Batch)
+        .num_classes(2)
+        .build()
+        .unwrap();
+    let net = UNetPlusPlus::with_encoder(&cfg, Arc::new(encoder), vb).unwrap();
+    let x = Tensor::randn(0f32, 1., (2, 3, 64, 96), &dev).unwrap();
+    let out = net.forward_heads(&x, false).unwrap();
+    for l in out.logits() {
+        assert_eq!(l.dims(), &[2, 2, 64, 96]);
+    }
+    let names: Vec<String> = net.named_tensors().into_iter().map(|t| t.name).collect();
+    assert!(names
+        .iter()
+        .any(|n| n == "encoder.layer4.1.bn2.running_var"));
+    assert!(names.iter().any(|n| n == "x_0_4.conv1.weight"));
+    assert!(
+        !names.iter().any(|n| n.starts_with("x_1_0.")),
+        "taps have no block"
+    );
+    // Input channels are the encoder's: a one-channel image is its error.
+    assert!(net
+        .forward(&Tensor::zeros((1, 1, 64, 64), DType::F32, &dev).unwrap())
+        .is_err());
+    // 64x96 is a multiple of 2 * 2^4; 48 is not.
+    assert!(net
+        .forward(&Tensor::zeros((1, 3, 48, 64), DType::F32, &dev).unwrap())
+        .is_err());
+
+    let l2 = net.prune(Level::L2).unwrap();
+    assert!(l2.encoder().is_some());
+    assert_eq!(
+        max_abs_diff(&l2.forward(&x).unwrap(), &out.logits()[1]),
+        0.0,
+        "L2 equals head X^{{0,2}}"
+    );
+
+    let path = std::env::temp_dir().join(format!("unetpp-enc-{}.safetensors", std::process::id()));
+    net.save(&path).unwrap();
+    let e = UNetPlusPlus::load(&path, &dev).unwrap_err();
+    assert!(e.to_string().contains("with_encoder"), "{e}");
+    let tensors = unetpp::weights::load_tensors(&path, &dev).unwrap();
+    assert_eq!(tensors.len(), names.len());
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+    let encoder = ResNet::new(&rcfg, vb.pp("encoder")).unwrap();
+    let back = UNetPlusPlus::with_encoder(&cfg, Arc::new(encoder), vb).unwrap();
+    assert_eq!(
+        max_abs_diff(&back.forward(&x).unwrap(), &net.forward(&x).unwrap()),
+        0.0
+    );
+    std::fs::remove_file(&path).unwrap();
 }

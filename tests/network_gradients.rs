@@ -238,3 +238,77 @@ fn unet_gradients_match_central_differences() {
     .unwrap();
     check("U-Net", &varmap, &net, (2, 1, 8, 8), 6);
 }
+
+/// A small encoder of three strided 3×3 convolutions with ReLUs: taps at strides 2, 4 and 8,
+/// so that the decoder reads taps in place of its encoder nodes and the heads are resized
+/// back to the input (bilinear).
+#[derive(Debug)]
+struct StridedEncoder {
+    convs: Vec<unetpp::nn::Conv2d>,
+    tensors: Vec<unetpp::nn::NamedTensor>,
+}
+
+impl StridedEncoder {
+    fn new(channels: &[usize], vb: VarBuilder) -> Self {
+        let (convs, tensors) = unetpp::weights::record(vb, |vb| {
+            channels
+                .windows(2)
+                .enumerate()
+                .map(|(i, c)| {
+                    let cfg = unetpp::nn::ConvConfig::same(3).stride(2);
+                    unetpp::nn::Conv2d::new(c[0], c[1], cfg, vb.pp(format!("conv{i}")))
+                })
+                .collect::<unetpp::Result<Vec<_>>>()
+        })
+        .unwrap();
+        Self { convs, tensors }
+    }
+}
+
+impl unetpp::encoders::Encoder for StridedEncoder {
+    fn channels(&self) -> Vec<usize> {
+        self.convs.iter().map(|c| c.out_channels()).collect()
+    }
+
+    fn stride(&self) -> usize {
+        2
+    }
+
+    fn features(&self, x: &Tensor, _train: bool) -> unetpp::Result<Vec<Tensor>> {
+        let mut taps: Vec<Tensor> = Vec::new();
+        for conv in &self.convs {
+            let input = taps.last().unwrap_or(x);
+            taps.push(conv.forward_fused(input, true)?);
+        }
+        Ok(taps)
+    }
+
+    fn detached(&self) -> unetpp::Result<std::sync::Arc<dyn unetpp::encoders::Encoder>> {
+        Ok(std::sync::Arc::new(Self {
+            convs: self.convs.iter().map(|c| c.detach()).collect(),
+            tensors: self.tensors.clone(),
+        }))
+    }
+
+    fn named_tensors(&self) -> Vec<unetpp::nn::NamedTensor> {
+        self.tensors.clone()
+    }
+}
+
+#[test]
+fn unetpp_on_an_encoder_gradients_match_central_differences() {
+    for up in [Upsample::Transposed, Upsample::Nearest] {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+        let encoder = StridedEncoder::new(&[2, 3, 4, 5], vb.pp("encoder"));
+        let cfg = tiny().upsample(up).num_classes(2).build().unwrap();
+        let net = UNetPlusPlus::with_encoder(&cfg, std::sync::Arc::new(encoder), vb).unwrap();
+        check(
+            &format!("UNet++ on an encoder, {up:?}"),
+            &varmap,
+            &net,
+            (2, 2, 8, 8),
+            9,
+        );
+    }
+}

@@ -331,6 +331,14 @@ impl ResNet {
         self.tensors.clone()
     }
 
+    /// A copy whose tensors are detached from any variable (they share the data).
+    pub fn detach(&self) -> Result<Self> {
+        Self::new(
+            &self.cfg,
+            weights::var_builder_over(&weights::detached(&self.tensors)),
+        )
+    }
+
     /// The feature taps of `x (N, C, H, W)`: the stem after its ReLU (stride 2), then the
     /// outputs of layers 1–4 (strides 4, 8, 16, 32), with the channels of
     /// [`ResNetConfig::out_channels`]. `train` switches batch-norm to batch statistics (never

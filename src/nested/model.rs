@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
@@ -9,6 +10,7 @@ use candle_nn::VarBuilder;
 use super::config::UNetPlusPlusConfig;
 use super::grid::{Grid, Input, Node, Skips};
 use super::outputs::Outputs;
+use crate::encoders::Encoder;
 use crate::nn::{Conv, ConvBlock, ConvConfig, NamedTensor, UpLayer};
 use crate::{weights, Error, Result};
 
@@ -58,7 +60,8 @@ impl From<usize> for Level {
 pub struct UNetPlusPlus {
     cfg: UNetPlusPlusConfig,
     grid: Grid,
-    blocks: Vec<ConvBlock>,
+    encoder: Option<Arc<dyn Encoder>>,
+    blocks: Vec<Option<ConvBlock>>,
     ups: Vec<Option<UpLayer>>,
     heads: Vec<(usize, Conv)>,
     tensors: Vec<NamedTensor>,
@@ -68,7 +71,65 @@ impl UNetPlusPlus {
     /// The full network of `cfg`, with weights from `vb` (a `VarMap` to train, a file to
     /// infer).
     pub fn new(cfg: &UNetPlusPlusConfig, vb: VarBuilder) -> Result<Self> {
-        Self::build(cfg, Grid::new(cfg.depth), &cfg.heads, vb)
+        Self::build(cfg, Grid::new(cfg.depth), &cfg.heads, None, vb)
+    }
+
+    /// The full network of `cfg` on `encoder`: its taps `0..=depth` are the encoder nodes
+    /// `X^{0,0}, …, X^{L,0}` (their channels are the encoder's), and the nested decoder nodes
+    /// `X^{i,j}`, `j ≥ 1`, have the widths of `cfg` (`f_L` is not used). When the finest tap
+    /// is strided (ResNet's has stride 2), each head's logits are resized to the input's size
+    /// (bilinear). The encoder reads the image, so `cfg`'s input channels are not used; the
+    /// input's height and width must be multiples of `stride · 2^depth` unless `cfg` pads.
+    ///
+    /// The decoder's weights are read from `vb`; build the encoder from `vb.pp("encoder")` so
+    /// that [`Self::named_tensors`] and [`Self::save`] name its tensors `encoder.*`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use unetpp::encoders::{ResNet, ResNetConfig};
+    /// use unetpp::prelude::*;
+    ///
+    /// let varmap = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    /// let encoder = ResNet::new(&ResNetConfig::resnet18().build()?, vb.pp("encoder"))?;
+    /// let cfg = UNetPlusPlusConfig::paper().widths([16, 32, 64, 128, 256]).num_classes(2).build()?;
+    /// let net = UNetPlusPlus::with_encoder(&cfg, Arc::new(encoder), vb)?;
+    /// let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?;
+    /// assert_eq!(net.forward(&x)?.dims(), &[1, 2, 64, 64]);
+    /// assert!(net.named_tensors().iter().any(|t| t.name == "encoder.layer4.1.conv2.weight"));
+    /// # Ok::<(), unetpp::Error>(())
+    /// ```
+    pub fn with_encoder(
+        cfg: &UNetPlusPlusConfig,
+        encoder: Arc<dyn Encoder>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let taps = encoder.channels();
+        if taps.len() < cfg.depth + 1 {
+            return Err(Error::config(
+                "depth",
+                format!(
+                    "depth {} needs {} encoder taps, the encoder has {}",
+                    cfg.depth,
+                    cfg.depth + 1,
+                    taps.len()
+                ),
+            ));
+        }
+        if encoder.stride() == 0 || taps.contains(&0) {
+            return Err(Error::config(
+                "encoder",
+                "taps need a non-zero stride and channels",
+            ));
+        }
+        Self::build(cfg, Grid::new(cfg.depth), &cfg.heads, Some(encoder), vb)
+    }
+
+    /// The encoder this network is built on, if any ([`Self::with_encoder`]).
+    pub fn encoder(&self) -> Option<&Arc<dyn Encoder>> {
+        self.encoder.as_ref()
     }
 
     /// The network of `cfg` pruned to `level`: the nodes with `i + j ≤ k` and the head on
@@ -79,26 +140,30 @@ impl UNetPlusPlus {
         vb: VarBuilder,
     ) -> Result<Self> {
         let k = check_level(cfg, level.into())?;
-        Self::build(cfg, Grid::new(cfg.depth).at_level(k), &[k], vb)
+        Self::build(cfg, Grid::new(cfg.depth).at_level(k), &[k], None, vb)
     }
 
     /// The plain U-Net of `cfg`'s depth and blocks, with one head on `X^{0,L}` (see
     /// [`crate::unet::UNet`]).
     pub(crate) fn new_plain(cfg: &UNetPlusPlusConfig, vb: VarBuilder) -> Result<Self> {
-        Self::build(cfg, Grid::plain(cfg.depth), &[cfg.depth], vb)
+        Self::build(cfg, Grid::plain(cfg.depth), &[cfg.depth], None, vb)
     }
 
     fn build(
         cfg: &UNetPlusPlusConfig,
         grid: Grid,
         heads: &[usize],
+        encoder: Option<Arc<dyn Encoder>>,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let ((blocks, ups, heads), tensors) =
-            weights::record(vb, |vb| Self::layers(cfg, &grid, heads, &vb))?;
+        let taps = encoder.as_ref().map(|e| e.channels());
+        let ((blocks, ups, heads), tensors) = weights::record(vb, |vb| {
+            Self::layers(cfg, &grid, heads, taps.as_deref(), &vb)
+        })?;
         Ok(Self {
             cfg: cfg.clone(),
             grid,
+            encoder,
             blocks,
             ups,
             heads,
@@ -106,37 +171,55 @@ impl UNetPlusPlus {
         })
     }
 
-    /// The layers of the nodes of `grid` and of the heads on `X^{0,j}` for `j` in `heads`.
+    /// The layers of the nodes of `grid` (the encoder nodes only without an encoder, whose
+    /// taps have the channels `taps`) and of the heads on `X^{0,j}` for `j` in `heads`.
     #[allow(clippy::type_complexity)]
     fn layers(
         cfg: &UNetPlusPlusConfig,
         grid: &Grid,
         heads: &[usize],
+        taps: Option<&[usize]>,
         vb: &VarBuilder,
-    ) -> Result<(Vec<ConvBlock>, Vec<Option<UpLayer>>, Vec<(usize, Conv)>)> {
+    ) -> Result<(
+        Vec<Option<ConvBlock>>,
+        Vec<Option<UpLayer>>,
+        Vec<(usize, Conv)>,
+    )> {
         let f = &cfg.widths;
         let keeps = cfg.upsample.keeps_channels();
+        let width_of = |n: Node| match (taps, n.col) {
+            (Some(t), 0) => t.get(n.level).copied(),
+            _ => cfg.node_width(n.level, n.col),
+        };
         let mut blocks = Vec::with_capacity(grid.nodes().len());
         let mut ups = Vec::with_capacity(grid.nodes().len());
         for &node in grid.nodes() {
             let Node { level: i, col: j } = node;
             let no_width = || Error::config("widths", format!("no width for {node}"));
+            if j == 0 && taps.is_some() {
+                blocks.push(None);
+                ups.push(None);
+                continue;
+            }
             let c_in = if j == 0 {
                 grid.in_channels(node, f, cfg.in_channels, keeps)
             } else {
-                // The dense skips (never X^{0,L}, the only node whose width may differ) and
-                // the up-sampled map, whose channels the configuration decides.
-                let skips = grid
-                    .inputs(node, cfg.concat)
-                    .iter()
-                    .filter(|inp| matches!(inp, Input::Skip(_)))
-                    .count();
-                f.get(i)
-                    .zip(cfg.up_channels(i))
-                    .map(|(&fi, up)| skips * fi + up)
+                // The dense skips and the up-sampled map, whose channels are those of its
+                // source (interpolation) or the configuration's (transposed convolution).
+                let mut c = Some(0);
+                for input in grid.inputs(node, cfg.concat) {
+                    let add = match input {
+                        Input::Skip(n) => width_of(n),
+                        Input::Upsampled(n) if keeps => width_of(n),
+                        Input::Upsampled(_) => cfg.up_channels(i),
+                        Input::Image | Input::Pooled(_) => None,
+                    };
+                    c = c.zip(add).map(|(a, b)| a + b);
+                }
+                c
             }
             .ok_or_else(no_width)?;
-            blocks.push(ConvBlock::new(
+            blocks.push(Some(ConvBlock::new(
                 c_in,
                 cfg.node_width(i, j).ok_or_else(no_width)?,
                 cfg.norm,
@@ -144,13 +227,13 @@ impl UNetPlusPlus {
                 cfg.dropout,
                 cfg.conv_bias,
                 vb.pp(node.name()),
-            )?);
+            )?));
             ups.push(if j == 0 {
                 None
             } else {
                 Some(UpLayer::new(
                     cfg.upsample,
-                    f.get(i + 1).copied().ok_or_else(no_width)?,
+                    width_of(Node::new(i + 1, j - 1)).ok_or_else(no_width)?,
                     cfg.up_channels(i).ok_or_else(no_width)?,
                     vb.pp(format!("up_{i}_{j}")),
                 )?)
@@ -217,7 +300,8 @@ impl UNetPlusPlus {
     /// `H` and `W` must be multiples of `2^depth` unless the configuration pads.
     pub fn forward_heads(&self, x: &Tensor, train: bool) -> Result<Outputs> {
         let (h, w) = self.check_input(x)?;
-        let m = 1usize << self.cfg.depth;
+        let stride = self.encoder.as_ref().map_or(1, |e| e.stride());
+        let m = stride << self.cfg.depth;
         let (x, pad) = if h % m == 0 && w % m == 0 {
             (x.clone(), None)
         } else if self.cfg.pad_upsampled && !self.cfg.pad_to_multiple {
@@ -242,8 +326,22 @@ impl UNetPlusPlus {
             )));
         };
 
+        let mut taps = match &self.encoder {
+            Some(e) => e.features(&x, train)?.into_iter().map(Some).collect(),
+            None => Vec::new(),
+        };
         let mut outs: Vec<Tensor> = Vec::with_capacity(self.blocks.len());
         for (idx, &node) in self.grid.nodes().iter().enumerate() {
+            let block = match &self.blocks[idx] {
+                Some(block) => block,
+                None => {
+                    let tap = taps.get_mut(node.level).and_then(Option::take);
+                    outs.push(tap.ok_or_else(|| {
+                        Error::Shape(format!("the encoder gave no tap for {node}"))
+                    })?);
+                    continue;
+                }
+            };
             let mut parts = Vec::new();
             for input in self.grid.inputs(node, self.cfg.concat) {
                 parts.push(match input {
@@ -271,12 +369,16 @@ impl UNetPlusPlus {
                     },
                 });
             }
-            outs.push(self.blocks[idx].forward_parts(&parts, train)?);
+            outs.push(block.forward_parts(&parts, train)?);
         }
 
+        let (xh, xw) = (x.dim(2)?, x.dim(3)?);
         let mut logits = Vec::with_capacity(self.heads.len());
         for (col, conv) in &self.heads {
-            let y = conv.forward(self.output_of(&outs, Node::new(0, *col))?)?;
+            let mut y = conv.forward(self.output_of(&outs, Node::new(0, *col))?)?;
+            if (y.dim(2)?, y.dim(3)?) != (xh, xw) {
+                y = crate::ops::resize_bilinear(&y, xh, xw, false)?;
+            }
             logits.push(match pad {
                 Some((top, left)) => y.narrow(2, top, h)?.narrow(3, left, w)?,
                 None => y,
@@ -302,7 +404,7 @@ impl UNetPlusPlus {
         if n == 0 {
             return Err(Error::Shape("empty batch: N is 0".into()));
         }
-        if c != self.cfg.in_channels {
+        if self.encoder.is_none() && c != self.cfg.in_channels {
             return Err(Error::Shape(format!(
                 "expected {} input channel(s), got {c} (shape {:?})",
                 self.cfg.in_channels,
@@ -345,6 +447,7 @@ impl UNetPlusPlus {
             &self.cfg,
             self.grid.at_level(k),
             &[k],
+            self.encoder.clone(),
             weights::var_builder_over(&self.tensors),
         )
     }
@@ -352,7 +455,11 @@ impl UNetPlusPlus {
     /// Every tensor of the network under its stable name (see `docs/weights.md`), including
     /// buffers such as batch-norm running statistics.
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
-        self.tensors.clone()
+        let mut out = self.tensors.clone();
+        if let Some(e) = &self.encoder {
+            out.extend(weights::prefixed(e.named_tensors(), "encoder"));
+        }
+        out
     }
 
     /// Number of trainable parameters (buffers excluded).
@@ -367,10 +474,12 @@ impl UNetPlusPlus {
     /// A copy whose tensors are detached from any `Var`, so that inference records no graph
     /// (and keeps no intermediates alive). Use it after training.
     pub fn detach(&self) -> Result<Self> {
+        let encoder = self.encoder.as_ref().map(|e| e.detached()).transpose()?;
         Self::build(
             &self.cfg,
             self.grid.clone(),
             &self.head_cols(),
+            encoder,
             weights::var_builder_over(&weights::detached(&self.tensors)),
         )
     }
@@ -380,13 +489,14 @@ impl UNetPlusPlus {
     /// rebuilds it from the file alone.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let tensors: Vec<(String, Tensor)> = self
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), t.tensor.clone()))
+            .named_tensors()
+            .into_iter()
+            .map(|t| (t.name, t.tensor))
             .collect();
-        let network = match self.grid.skips() {
-            Skips::Plain => NETWORK_UNET,
-            _ => NETWORK_UNETPP,
+        let network = match (self.grid.skips(), &self.encoder) {
+            (_, Some(_)) => NETWORK_UNETPP_ENCODER,
+            (Skips::Plain, None) => NETWORK_UNET,
+            (Skips::Nested, None) => NETWORK_UNETPP,
         };
         let heads: Vec<String> = self.head_cols().iter().map(|c| c.to_string()).collect();
         let metadata = HashMap::from([
@@ -476,6 +586,8 @@ const META_LEVEL: &str = "unetpp.level";
 const META_HEADS: &str = "unetpp.heads";
 pub(crate) const NETWORK_UNETPP: &str = "unetpp";
 pub(crate) const NETWORK_UNET: &str = "unet";
+/// A UNet++ on an [`Encoder`]: [`UNetPlusPlus::load`] cannot rebuild an arbitrary encoder.
+const NETWORK_UNETPP_ENCODER: &str = "unetpp-on-encoder";
 
 /// What [`UNetPlusPlus::save`] stores besides the tensors.
 pub(crate) struct Stored {
@@ -500,6 +612,13 @@ pub(crate) fn read_stored(
         )
     })?;
     let found = meta.get(META_NETWORK).map_or("?", String::as_str);
+    if found == NETWORK_UNETPP_ENCODER {
+        return Err(Error::weights(
+            file.as_str(),
+            "holds a UNet++ built on an encoder: build the encoder and the network with \
+             UNetPlusPlus::with_encoder over the file's tensors (weights::load_tensors)",
+        ));
+    }
     if found != network {
         return Err(Error::weights(
             file.as_str(),
