@@ -25,19 +25,27 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::data::Batch;
 use crate::nested::Outputs;
 use crate::{Error, Result};
+
+/// Which targets a loss compares the logits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Foreground masks `(N, 1, H, W)`, `f32` (binary losses).
+    Masks,
+    /// Class labels `(N, H, W)`, `u32` (multi-class losses).
+    Labels,
+}
 
 /// A loss of one head's logits against the targets.
 pub trait SegmentationLoss {
     /// The loss, a scalar tensor.
     fn compute(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor>;
 
-    /// The targets this loss takes from a batch: the foreground masks (binary losses, the
-    /// default) or the class labels (multi-class losses).
-    fn targets<'a>(&self, batch: &'a Batch) -> &'a Tensor {
-        &batch.masks
+    /// The targets this loss takes: foreground masks (binary losses, the default) or class
+    /// labels (multi-class losses).
+    fn target(&self) -> Target {
+        Target::Masks
     }
 }
 
@@ -379,8 +387,8 @@ impl CeDice {
 }
 
 impl SegmentationLoss for CeDice {
-    fn targets<'a>(&self, batch: &'a Batch) -> &'a Tensor {
-        &batch.labels
+    fn target(&self) -> Target {
+        Target::Labels
     }
 
     fn compute(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {

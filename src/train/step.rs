@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use super::AdamW;
 use crate::data::loader::DataLoader;
 use crate::data::{Batch, Dataset};
-use crate::loss::{DeepSupervisionLoss, SegmentationLoss};
+use crate::loss::{DeepSupervisionLoss, SegmentationLoss, Target};
 use crate::metrics::{labels_from_logits, labels_from_probabilities, SegmentationMetrics};
 use crate::model::MultiHeadSegmenter;
 use crate::Result;
@@ -39,7 +39,11 @@ where
     L: SegmentationLoss,
 {
     let out = model.forward_heads(&batch.images, true)?;
-    let value = loss.compute(&out, loss.loss().targets(batch))?;
+    let targets = match loss.loss().target() {
+        Target::Masks => &batch.masks,
+        Target::Labels => &batch.labels,
+    };
+    let value = loss.compute(&out, targets)?;
     // `backward_step` refuses a non-finite loss or gradient before it changes anything.
     optimizer.backward_step(&value)?;
     Ok(value
