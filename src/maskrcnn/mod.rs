@@ -32,13 +32,16 @@ pub mod anchors;
 pub mod backbone;
 pub mod box_coder;
 pub mod box_head;
+mod conv;
+mod div;
 pub mod evaluate;
 pub mod fpn;
-mod layers;
+mod loss;
 pub mod mask_head;
 pub mod matcher;
 pub mod model;
 pub mod nested_fpn;
+mod resample;
 pub mod roi_heads;
 pub mod rpn;
 pub mod sampler;
@@ -49,7 +52,7 @@ pub use backbone::{PyramidKind, ResNetFpn};
 pub use box_coder::BoxCoder;
 pub use box_head::{fastrcnn_loss, FastRcnnPredictor, TwoMlpHead};
 pub use fpn::Fpn;
-pub use layers::smooth_l1_sum;
+pub use loss::smooth_l1_sum;
 pub use mask_head::{
     maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes, MaskRcnnHeads, MaskRcnnPredictor,
 };

@@ -8,7 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rand::Rng;
 
-use super::layers::{conv, div_scalar, smooth_l1_sum};
+use super::conv::conv;
+use super::div::div_scalar;
+use super::loss::smooth_l1_sum;
 use super::{AnchorGenerator, BalancedPositiveNegativeSampler, BoxCoder, Matcher};
 use crate::loss::bce_with_logits;
 use crate::nn::{Conv, NamedTensor};

@@ -627,7 +627,7 @@ fn resize_nearest(masks: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> 
     }
     let index = |input: usize, output: usize| -> Result<Tensor> {
         let idx: Vec<u32> = (0..output)
-            .map(|dst| super::layers::nearest_index(dst, input, output) as u32)
+            .map(|dst| super::resample::nearest_index(dst, input, output) as u32)
             .collect();
         Ok(Tensor::from_vec(idx, output, masks.device())?)
     };
