@@ -21,6 +21,11 @@
 //!   [`mask_head`] ([`MaskRcnnHeads`], [`MaskRcnnPredictor`], [`maskrcnn_loss`]), with
 //!   torchvision's weight names.
 //!
+//! Detections come in three stages, one type each: the box branch's
+//! [`BoxBranchDetections`] (boxes, scores, labels), the RoI heads' [`RoiHeadsDetections`]
+//! (with an `M × M` mask per box), both in the resized image, and the detector's
+//! [`ImageDetections`] (boxes and pasted masks in the original image).
+//!
 //! Every layer draws new weights as torchvision initialises it; build on
 //! [`crate::nn::seeded_var_builder`] for a repeatable start.
 //!
@@ -58,12 +63,12 @@ pub use mask_head::{
 };
 pub use matcher::Matcher;
 pub use model::{
-    current_names, trainable_vars, Detection, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses,
+    current_names, trainable_vars, ImageDetections, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses,
 };
 pub use nested_fpn::NestedFpn;
 pub use roi_heads::{
-    BoxDetections, Detections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsLosses,
-    RoiHeadsTarget, TrainingSamples,
+    BoxBranchDetections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsDetections,
+    RoiHeadsLosses, RoiHeadsTarget, TrainingSamples,
 };
 pub use rpn::{Rpn, RpnConfig, RpnHead, RpnLosses, RpnOutput};
 pub use sampler::BalancedPositiveNegativeSampler;

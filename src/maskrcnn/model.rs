@@ -117,9 +117,14 @@ impl MaskRcnnConfig {
     }
 }
 
-/// The detections of one image, in its original size.
+/// What [`MaskRcnn::detect`] finds in one image, in the image's own size: the last of three
+/// stages. The box branch gives boxes, scores and labels in the resized image
+/// ([`BoxBranchDetections`](super::BoxBranchDetections)); the mask branch adds an `M × M`
+/// mask per box ([`RoiHeadsDetections`](super::RoiHeadsDetections)); then
+/// [`RcnnTransform::postprocess`] scales the boxes back to the original image and pastes
+/// each mask into it (torchvision's `GeneralizedRCNN.forward` in eval mode).
 #[derive(Debug, Clone)]
-pub struct Detection {
+pub struct ImageDetections {
     /// `(D, 4)` boxes `x1, y1, x2, y2` in the original image's pixels.
     pub boxes: Tensor,
     /// `(D,)` scores, descending.
@@ -270,7 +275,7 @@ impl MaskRcnn {
 
     /// Detects objects in `images` (each `(3, H, W)` in `[0, 1]`, any sizes): boxes, scores,
     /// labels and pasted masks per image, in the images' own sizes.
-    pub fn detect(&self, images: &[Tensor]) -> Result<Vec<Detection>> {
+    pub fn detect(&self, images: &[Tensor]) -> Result<Vec<ImageDetections>> {
         let originals = image_sizes(images)?;
         let batch = self.cfg.transform.forward(images)?;
         let (_, _, h, w) = batch.tensors.dims4()?;
@@ -289,7 +294,7 @@ impl MaskRcnn {
                         .transform
                         .postprocess(&d.boxes, Some(&d.masks), size, original)?;
                 let masks = masks.ok_or_else(|| Error::Shape("no pasted masks".into()))?;
-                Ok(Detection {
+                Ok(ImageDetections {
                     boxes,
                     scores: d.scores,
                     labels: d.labels,

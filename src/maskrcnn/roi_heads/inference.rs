@@ -12,11 +12,14 @@ use crate::{Error, Result};
 /// `min_size=1e-2` in `postprocess_detections`).
 pub const MIN_DETECTION_SIZE: f64 = 1e-2;
 
-/// The detections of one image from the box branch (before the masks): what torchvision's
-/// `postprocess_detections` returns.
+/// What the box branch finds in one image, before the mask branch runs: boxes, scores and
+/// labels in the resized image the heads ran on, as torchvision's
+/// `RoIHeads.postprocess_detections` returns them ([`RoiHeads::postprocess_detections`]).
+/// [`RoiHeads::forward`] adds a mask per box to make them
+/// [`RoiHeadsDetections`](super::RoiHeadsDetections).
 #[derive(Debug, Clone)]
-pub struct BoxDetections {
-    /// `(D, 4)` boxes in the image's pixels, clipped to it.
+pub struct BoxBranchDetections {
+    /// `(D, 4)` boxes in the (resized) image's pixels, clipped to it.
     pub boxes: Tensor,
     /// `(D)` class probabilities, in NMS order (descending).
     pub scores: Tensor,
@@ -36,7 +39,7 @@ impl RoiHeads {
         box_regression: &Tensor,
         proposals: &[Tensor],
         image_sizes: &[(usize, usize)],
-    ) -> Result<Vec<BoxDetections>> {
+    ) -> Result<Vec<BoxBranchDetections>> {
         let c = self.cfg.num_classes();
         let counts = proposal_counts(proposals)?;
         let k: usize = counts.iter().sum();
@@ -58,8 +61,8 @@ impl RoiHeads {
         }
         let dev = class_logits.device();
         let dtype = class_logits.dtype();
-        let empty = || -> Result<BoxDetections> {
-            Ok(BoxDetections {
+        let empty = || -> Result<BoxBranchDetections> {
+            Ok(BoxBranchDetections {
                 boxes: Tensor::zeros((0, 4), dtype, dev)?,
                 scores: Tensor::zeros(0, dtype, dev)?,
                 labels: Tensor::zeros(0, DType::I64, dev)?,
@@ -119,7 +122,7 @@ impl RoiHeads {
             let keep = batched_nms(&boxes, &scores, &labels, self.cfg.nms_thresh())?;
             let kept = keep.dim(0)?.min(self.cfg.detections_per_img());
             let keep = keep.narrow(0, 0, kept)?;
-            out.push(BoxDetections {
+            out.push(BoxBranchDetections {
                 boxes: boxes.index_select(&keep, 0)?,
                 scores: scores.index_select(&keep, 0)?,
                 labels: labels.index_select(&keep, 0)?,

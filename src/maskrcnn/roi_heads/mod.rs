@@ -58,13 +58,18 @@ use crate::nn::NamedTensor;
 use crate::{weights, Result};
 
 pub use config::{RoiHeadsConfig, RoiHeadsConfigBuilder};
-pub use inference::{BoxDetections, MIN_DETECTION_SIZE};
+pub use inference::{BoxBranchDetections, MIN_DETECTION_SIZE};
 pub use targets::{RoiHeadsTarget, TrainingSamples};
 
-/// The detections of one image: boxes, scores, labels and mask probabilities.
+/// What [`RoiHeads::forward`] finds in one image (torchvision's `RoIHeads.forward` in eval
+/// mode): the box branch's [`BoxBranchDetections`] with each box's mask from the mask branch,
+/// all in the resized image the heads ran on.
+/// [`RcnnTransform::postprocess`](crate::maskrcnn::RcnnTransform::postprocess) maps them back
+/// to the original image, which gives a detector's
+/// [`ImageDetections`](crate::maskrcnn::ImageDetections).
 #[derive(Debug, Clone)]
-pub struct Detections {
-    /// `(D, 4)` boxes in the image's pixels, clipped to it.
+pub struct RoiHeadsDetections {
+    /// `(D, 4)` boxes in the (resized) image's pixels, clipped to it.
     pub boxes: Tensor,
     /// `(D)` class probabilities, descending.
     pub scores: Tensor,
@@ -221,7 +226,7 @@ impl RoiHeads {
         features: &[Tensor],
         proposals: &[Tensor],
         image_sizes: &[(usize, usize)],
-    ) -> Result<Vec<Detections>> {
+    ) -> Result<Vec<RoiHeadsDetections>> {
         self.check_inputs(features, proposals, image_sizes)?;
         let pooled = self
             .cfg
@@ -237,7 +242,7 @@ impl RoiHeads {
         Ok(found
             .into_iter()
             .zip(masks)
-            .map(|(d, masks)| Detections {
+            .map(|(d, masks)| RoiHeadsDetections {
                 boxes: d.boxes,
                 scores: d.scores,
                 labels: d.labels,
