@@ -1,27 +1,31 @@
-//! The configuration of the [`RoiHeads`](super::RoiHeads): presets, a builder, validation.
+//! The configuration of the [`RoiHeads`](super::RoiHeads): a preset, a builder, validation.
 
 use crate::maskrcnn::{BalancedPositiveNegativeSampler, BoxCoder, Matcher};
 use crate::ops::MultiScaleRoiAlign;
 use crate::{Error, Result};
 
-/// A validated configuration of [`RoiHeads`](super::RoiHeads). Start from [`RoiHeadsConfig::mask_rcnn`]
-/// (torchvision's `maskrcnn_resnet50_fpn` settings), change what differs, then
-/// [`RoiHeadsConfigBuilder::build`].
+/// A validated configuration of [`RoiHeads`](super::RoiHeads): the preset
+/// [`RoiHeadsConfig::mask_rcnn`] (torchvision's `maskrcnn_resnet50_fpn` settings), chained
+/// setters on the returned [`RoiHeadsConfigBuilder`], then [`RoiHeadsConfigBuilder::build`].
 ///
 /// ```
 /// use unetpp::maskrcnn::RoiHeadsConfig;
 /// let cfg = RoiHeadsConfig::mask_rcnn().num_classes(2).build()?;
 /// assert_eq!(cfg.detections_per_img(), 100);
 /// assert!(RoiHeadsConfig::mask_rcnn().num_classes(1).build().is_err());
+/// let more = cfg.to_builder().detections_per_img(200).build()?;
+/// assert_eq!((more.num_classes(), more.detections_per_img()), (2, 200));
 /// # Ok::<(), unetpp::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "RoiHeadsConfigBuilder"))]
 pub struct RoiHeadsConfig {
     num_classes: usize,
     in_channels: usize,
     num_feature_maps: usize,
-    box_pooler: MultiScaleRoiAlign,
-    mask_pooler: MultiScaleRoiAlign,
+    box_pooler: Pooler,
+    mask_pooler: Pooler,
     representation_size: usize,
     mask_layers: Vec<usize>,
     mask_dim_reduced: usize,
@@ -36,15 +40,47 @@ pub struct RoiHeadsConfig {
 }
 
 /// Chained setters for a [`RoiHeadsConfig`]; nothing is checked until [`Self::build`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RoiHeadsConfigBuilder {
-    cfg: RoiHeadsConfig,
+    num_classes: usize,
+    in_channels: usize,
+    num_feature_maps: usize,
+    box_pooler: Pooler,
+    mask_pooler: Pooler,
+    representation_size: usize,
+    mask_layers: Vec<usize>,
+    mask_dim_reduced: usize,
+    score_thresh: f64,
+    nms_thresh: f64,
+    detections_per_img: usize,
+    fg_iou_thresh: f64,
+    bg_iou_thresh: f64,
+    batch_size_per_image: usize,
+    positive_fraction: f64,
+    bbox_reg_weights: [f64; 4],
+}
+
+/// The settings of a [`MultiScaleRoiAlign`] that a configuration stores (and serialises):
+/// its output size and sampling ratio, the canonical level (224 pixels at level 4) being
+/// torchvision's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+struct Pooler {
+    output_size: (usize, usize),
+    sampling_ratio: i64,
+}
+
+impl Pooler {
+    fn pooler(self) -> MultiScaleRoiAlign {
+        MultiScaleRoiAlign::new(self.output_size, self.sampling_ratio)
+    }
 }
 
 impl Default for RoiHeadsConfig {
     /// [`RoiHeadsConfig::mask_rcnn`], built.
     fn default() -> Self {
-        Self::mask_rcnn().cfg
+        Self::mask_rcnn().unchecked()
     }
 }
 
@@ -58,30 +94,51 @@ impl RoiHeadsConfig {
     /// (10, 10, 5, 5).
     pub fn mask_rcnn() -> RoiHeadsConfigBuilder {
         RoiHeadsConfigBuilder {
-            cfg: RoiHeadsConfig {
-                num_classes: 91,
-                in_channels: 256,
-                num_feature_maps: 4,
-                box_pooler: MultiScaleRoiAlign::mask_rcnn_boxes(),
-                mask_pooler: MultiScaleRoiAlign::mask_rcnn_masks(),
-                representation_size: 1024,
-                mask_layers: vec![256; 4],
-                mask_dim_reduced: 256,
-                score_thresh: 0.05,
-                nms_thresh: 0.5,
-                detections_per_img: 100,
-                fg_iou_thresh: 0.5,
-                bg_iou_thresh: 0.5,
-                batch_size_per_image: 512,
-                positive_fraction: 0.25,
-                bbox_reg_weights: [10.0, 10.0, 5.0, 5.0],
+            num_classes: 91,
+            in_channels: 256,
+            num_feature_maps: 4,
+            box_pooler: Pooler {
+                output_size: (7, 7),
+                sampling_ratio: 2,
             },
+            mask_pooler: Pooler {
+                output_size: (14, 14),
+                sampling_ratio: 2,
+            },
+            representation_size: 1024,
+            mask_layers: vec![256; 4],
+            mask_dim_reduced: 256,
+            score_thresh: 0.05,
+            nms_thresh: 0.5,
+            detections_per_img: 100,
+            fg_iou_thresh: 0.5,
+            bg_iou_thresh: 0.5,
+            batch_size_per_image: 512,
+            positive_fraction: 0.25,
+            bbox_reg_weights: [10.0, 10.0, 5.0, 5.0],
         }
     }
 
-    /// A builder starting from this configuration.
+    /// A builder holding this configuration, to change it.
     pub fn to_builder(&self) -> RoiHeadsConfigBuilder {
-        RoiHeadsConfigBuilder { cfg: self.clone() }
+        RoiHeadsConfigBuilder {
+            num_classes: self.num_classes,
+            in_channels: self.in_channels,
+            num_feature_maps: self.num_feature_maps,
+            box_pooler: self.box_pooler,
+            mask_pooler: self.mask_pooler,
+            representation_size: self.representation_size,
+            mask_layers: self.mask_layers.clone(),
+            mask_dim_reduced: self.mask_dim_reduced,
+            score_thresh: self.score_thresh,
+            nms_thresh: self.nms_thresh,
+            detections_per_img: self.detections_per_img,
+            fg_iou_thresh: self.fg_iou_thresh,
+            bg_iou_thresh: self.bg_iou_thresh,
+            batch_size_per_image: self.batch_size_per_image,
+            positive_fraction: self.positive_fraction,
+            bbox_reg_weights: self.bbox_reg_weights,
+        }
     }
 
     /// The number of classes, background (class 0) included.
@@ -98,11 +155,11 @@ impl RoiHeadsConfig {
     }
     /// The pooler of the box branch.
     pub fn box_pooler(&self) -> MultiScaleRoiAlign {
-        self.box_pooler
+        self.box_pooler.pooler()
     }
     /// The pooler of the mask branch.
     pub fn mask_pooler(&self) -> MultiScaleRoiAlign {
-        self.mask_pooler
+        self.mask_pooler.pooler()
     }
     /// The width of the box head's two layers.
     pub fn representation_size(&self) -> usize {
@@ -168,114 +225,121 @@ impl RoiHeadsConfig {
 impl RoiHeadsConfigBuilder {
     /// Classes, background included (at least 2).
     pub fn num_classes(mut self, n: usize) -> Self {
-        self.cfg.num_classes = n;
+        self.num_classes = n;
         self
     }
     /// Channels of the feature maps (the FPN's 256).
     pub fn in_channels(mut self, c: usize) -> Self {
-        self.cfg.in_channels = c;
+        self.in_channels = c;
         self
     }
     /// How many feature maps [`RoiHeads::forward`](super::RoiHeads::forward) takes (4: the FPN's `'0'..'3'`, not its
     /// `'pool'` map).
     pub fn num_feature_maps(mut self, n: usize) -> Self {
-        self.cfg.num_feature_maps = n;
+        self.num_feature_maps = n;
         self
     }
-    /// The box branch's pooler.
-    pub fn box_pooler(mut self, pooler: MultiScaleRoiAlign) -> Self {
-        self.cfg.box_pooler = pooler;
+    /// The box branch's pooler: [`MultiScaleRoiAlign::new`] with `output_size` and
+    /// `sampling_ratio` (≤ 0: adaptive).
+    pub fn box_pooler(mut self, output_size: (usize, usize), sampling_ratio: i64) -> Self {
+        self.box_pooler = Pooler {
+            output_size,
+            sampling_ratio,
+        };
         self
     }
-    /// The mask branch's pooler.
-    pub fn mask_pooler(mut self, pooler: MultiScaleRoiAlign) -> Self {
-        self.cfg.mask_pooler = pooler;
+    /// The mask branch's pooler: [`MultiScaleRoiAlign::new`] with `output_size` and
+    /// `sampling_ratio` (≤ 0: adaptive).
+    pub fn mask_pooler(mut self, output_size: (usize, usize), sampling_ratio: i64) -> Self {
+        self.mask_pooler = Pooler {
+            output_size,
+            sampling_ratio,
+        };
         self
     }
     /// Width of the box head's two fully connected layers.
     pub fn representation_size(mut self, n: usize) -> Self {
-        self.cfg.representation_size = n;
+        self.representation_size = n;
         self
     }
     /// Output channels of each 3×3 convolution of the mask head.
     pub fn mask_layers(mut self, layers: impl Into<Vec<usize>>) -> Self {
-        self.cfg.mask_layers = layers.into();
+        self.mask_layers = layers.into();
         self
     }
     /// Channels of the mask predictor's transposed convolution.
     pub fn mask_dim_reduced(mut self, n: usize) -> Self {
-        self.cfg.mask_dim_reduced = n;
+        self.mask_dim_reduced = n;
         self
     }
     /// Minimum score (exclusive) of a detection.
     pub fn score_thresh(mut self, t: f64) -> Self {
-        self.cfg.score_thresh = t;
+        self.score_thresh = t;
         self
     }
     /// IoU threshold of the per-class NMS, in `[0, 1]`.
     pub fn nms_thresh(mut self, t: f64) -> Self {
-        self.cfg.nms_thresh = t;
+        self.nms_thresh = t;
         self
     }
     /// Most detections kept per image (at least 1).
     pub fn detections_per_img(mut self, n: usize) -> Self {
-        self.cfg.detections_per_img = n;
+        self.detections_per_img = n;
         self
     }
     /// IoU from which a proposal is foreground (training).
     pub fn fg_iou_thresh(mut self, t: f64) -> Self {
-        self.cfg.fg_iou_thresh = t;
+        self.fg_iou_thresh = t;
         self
     }
     /// IoU below which a proposal is background (training); at most the foreground one.
     pub fn bg_iou_thresh(mut self, t: f64) -> Self {
-        self.cfg.bg_iou_thresh = t;
+        self.bg_iou_thresh = t;
         self
     }
     /// Proposals sampled per image (training).
     pub fn batch_size_per_image(mut self, n: usize) -> Self {
-        self.cfg.batch_size_per_image = n;
+        self.batch_size_per_image = n;
         self
     }
     /// Largest fraction of positives among them, in `[0, 1]` (training).
     pub fn positive_fraction(mut self, f: f64) -> Self {
-        self.cfg.positive_fraction = f;
+        self.positive_fraction = f;
         self
     }
     /// Box-coder weights `(w_x, w_y, w_w, w_h)`, positive.
     pub fn bbox_reg_weights(mut self, w: [f64; 4]) -> Self {
-        self.cfg.bbox_reg_weights = w;
+        self.bbox_reg_weights = w;
         self
     }
 
-    /// Validates the configuration; an [`Error::Config`] names the first bad field.
+    /// The configuration, or an [`Error::Config`] naming the first invalid field.
     pub fn build(self) -> Result<RoiHeadsConfig> {
-        let cfg = self.cfg;
-        if cfg.num_classes < 2 {
+        if self.num_classes < 2 {
             return Err(Error::config(
                 "num_classes",
                 format!(
                     "need the background and at least one class, got {}",
-                    cfg.num_classes
+                    self.num_classes
                 ),
             ));
         }
         for (field, v) in [
-            ("in_channels", cfg.in_channels),
-            ("num_feature_maps", cfg.num_feature_maps),
-            ("representation_size", cfg.representation_size),
-            ("mask_dim_reduced", cfg.mask_dim_reduced),
-            ("detections_per_img", cfg.detections_per_img),
+            ("in_channels", self.in_channels),
+            ("num_feature_maps", self.num_feature_maps),
+            ("representation_size", self.representation_size),
+            ("mask_dim_reduced", self.mask_dim_reduced),
+            ("detections_per_img", self.detections_per_img),
         ] {
             if v == 0 {
                 return Err(Error::config(field, "must be at least 1"));
             }
         }
         for (field, pooler) in [
-            ("box_pooler", cfg.box_pooler),
-            ("mask_pooler", cfg.mask_pooler),
+            ("box_pooler", self.box_pooler),
+            ("mask_pooler", self.mask_pooler),
         ] {
-            let (h, w) = pooler.output_size();
+            let (h, w) = pooler.output_size;
             if h == 0 || w == 0 {
                 return Err(Error::config(
                     field,
@@ -283,44 +347,44 @@ impl RoiHeadsConfigBuilder {
                 ));
             }
         }
-        if cfg.mask_layers.is_empty() || cfg.mask_layers.contains(&0) {
+        if self.mask_layers.is_empty() || self.mask_layers.contains(&0) {
             return Err(Error::config(
                 "mask_layers",
                 format!(
                     "need at least one layer, each of at least 1 channel, got {:?}",
-                    cfg.mask_layers
+                    self.mask_layers
                 ),
             ));
         }
-        if !cfg.score_thresh.is_finite() {
+        if !self.score_thresh.is_finite() {
             return Err(Error::config(
                 "score_thresh",
-                format!("must be finite, got {}", cfg.score_thresh),
+                format!("must be finite, got {}", self.score_thresh),
             ));
         }
-        if !(0.0..=1.0).contains(&cfg.nms_thresh) {
+        if !(0.0..=1.0).contains(&self.nms_thresh) {
             return Err(Error::config(
                 "nms_thresh",
-                format!("must be in [0, 1], got {}", cfg.nms_thresh),
+                format!("must be in [0, 1], got {}", self.nms_thresh),
             ));
         }
-        if !(0.0..=1.0).contains(&cfg.fg_iou_thresh) {
+        if !(0.0..=1.0).contains(&self.fg_iou_thresh) {
             return Err(Error::config(
                 "fg_iou_thresh",
-                format!("must be in [0, 1], got {}", cfg.fg_iou_thresh),
+                format!("must be in [0, 1], got {}", self.fg_iou_thresh),
             ));
         }
-        if !(0.0..=cfg.fg_iou_thresh).contains(&cfg.bg_iou_thresh) {
+        if !(0.0..=self.fg_iou_thresh).contains(&self.bg_iou_thresh) {
             return Err(Error::config(
                 "bg_iou_thresh",
                 format!(
                     "must be in [0, fg_iou_thresh = {}], got {}",
-                    cfg.fg_iou_thresh, cfg.bg_iou_thresh
+                    self.fg_iou_thresh, self.bg_iou_thresh
                 ),
             ));
         }
-        cfg.sampler()?;
-        if let Some(w) = cfg
+        BalancedPositiveNegativeSampler::new(self.batch_size_per_image, self.positive_fraction)?;
+        if let Some(w) = self
             .bbox_reg_weights
             .iter()
             .find(|w| !(w.is_finite() && **w > 0.0))
@@ -330,6 +394,36 @@ impl RoiHeadsConfigBuilder {
                 format!("each weight must be positive and finite, got {w}"),
             ));
         }
-        Ok(cfg)
+        Ok(self.unchecked())
+    }
+
+    /// The configuration of these settings, without the checks of [`Self::build`].
+    fn unchecked(self) -> RoiHeadsConfig {
+        RoiHeadsConfig {
+            num_classes: self.num_classes,
+            in_channels: self.in_channels,
+            num_feature_maps: self.num_feature_maps,
+            box_pooler: self.box_pooler,
+            mask_pooler: self.mask_pooler,
+            representation_size: self.representation_size,
+            mask_layers: self.mask_layers,
+            mask_dim_reduced: self.mask_dim_reduced,
+            score_thresh: self.score_thresh,
+            nms_thresh: self.nms_thresh,
+            detections_per_img: self.detections_per_img,
+            fg_iou_thresh: self.fg_iou_thresh,
+            bg_iou_thresh: self.bg_iou_thresh,
+            batch_size_per_image: self.batch_size_per_image,
+            positive_fraction: self.positive_fraction,
+            bbox_reg_weights: self.bbox_reg_weights,
+        }
+    }
+}
+
+impl TryFrom<RoiHeadsConfigBuilder> for RoiHeadsConfig {
+    type Error = Error;
+
+    fn try_from(b: RoiHeadsConfigBuilder) -> Result<Self> {
+        b.build()
     }
 }
