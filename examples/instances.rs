@@ -201,8 +201,9 @@ fn main() -> Result<(), AnyError> {
             "maskrcnn-pp" => PyramidKind::Nested,
             other => return Err(format!("unknown model {other}").into()),
         };
-        let mut cfg = MaskRcnnConfig::compact(args.classes as usize + 1, args.channels, args.size)?;
-        cfg.pyramid = pyramid;
+        let cfg = MaskRcnnConfig::compact(args.classes as usize + 1, args.channels, args.size)
+            .pyramid(pyramid)
+            .build()?;
         let varmap = VarMap::new();
         let model = MaskRcnn::new(
             &cfg,

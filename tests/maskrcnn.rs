@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use unetpp::encoders::ResNetConfig;
 use unetpp::maskrcnn::{
     AnchorGenerator, MaskRcnn, MaskRcnnConfig, RcnnTransform, ResNetFpn, RoiHeadsConfig, Rpn,
-    RpnConfig,
+    RpnConfig, RpnConfigBuilder,
 };
 use unetpp::weights::prefixed;
 use unetpp::Error;
@@ -31,34 +31,35 @@ fn resnet() -> ResNetConfig {
 
 /// torchvision's RPN as the script sets it: 50 proposals per image at test time (not 1000),
 /// as no input tried orders all ~150 survivors of NMS with margins wider than the tolerance.
-fn rpn_config() -> RpnConfig {
-    let mut cfg = RpnConfig::mask_rcnn();
-    cfg.post_nms_top_n.1 = 50;
-    cfg
+fn rpn_config() -> RpnConfigBuilder {
+    RpnConfig::mask_rcnn().post_nms_top_n(2000, 50)
 }
 
 fn build(vb: VarBuilder) -> (ResNetFpn, Rpn) {
     let backbone = ResNetFpn::new(&resnet(), 256, vb.pp("backbone")).unwrap();
-    let rpn = Rpn::new(&rpn_config(), AnchorGenerator::fpn(), 256, vb.pp("rpn")).unwrap();
+    let rpn = Rpn::new(
+        &rpn_config().build().unwrap(),
+        AnchorGenerator::fpn(),
+        256,
+        vb.pp("rpn"),
+    )
+    .unwrap();
     (backbone, rpn)
 }
 
 /// The fixture's detector: 5 classes, images resized to 48 / 64, 50 proposals and 20
 /// detections per image.
 fn fixture_config() -> MaskRcnnConfig {
-    let mut cfg = MaskRcnnConfig::mask_rcnn(5).unwrap();
-    cfg.rpn = rpn_config();
-    cfg.transform = RcnnTransform::mask_rcnn()
-        .min_size(48)
-        .max_size(64)
+    MaskRcnnConfig::mask_rcnn(5)
+        .rpn(rpn_config())
+        .transform(RcnnTransform::mask_rcnn().min_size(48).max_size(64))
+        .roi_heads(
+            RoiHeadsConfig::mask_rcnn()
+                .num_classes(5)
+                .detections_per_img(20),
+        )
         .build()
-        .unwrap();
-    cfg.roi_heads = RoiHeadsConfig::mask_rcnn()
-        .num_classes(5)
-        .detections_per_img(20)
-        .build()
-        .unwrap();
-    cfg
+        .unwrap()
 }
 
 /// The script's weights: `fill`'s formula for every tensor, `scramble`'s for those of two or
@@ -315,7 +316,7 @@ fn nested_pyramid_feeds_the_rpn_and_trains_every_fusion() {
     let backbone =
         ResNetFpn::with_pyramid(&cfg, 32, PyramidKind::Nested, vb.pp("backbone")).unwrap();
     let rpn = Rpn::new(
-        &RpnConfig::mask_rcnn(),
+        &RpnConfig::mask_rcnn().build().unwrap(),
         AnchorGenerator::fpn(),
         32,
         vb.pp("rpn"),
@@ -396,7 +397,7 @@ fn rpn_trains_in_f64() {
     let cfg = ResNetConfig::resnet18().frozen_bn(true).build().unwrap();
     let backbone = ResNetFpn::new(&cfg, 16, vb.pp("backbone")).unwrap();
     let rpn = Rpn::new(
-        &RpnConfig::mask_rcnn(),
+        &RpnConfig::mask_rcnn().build().unwrap(),
         AnchorGenerator::fpn(),
         16,
         vb.pp("rpn"),
@@ -420,7 +421,7 @@ fn rpn_trains_in_f64() {
 fn trainable_vars_follow_torchvision_trainable_backbone_layers() {
     use unetpp::maskrcnn::trainable_vars;
     let varmap = VarMap::new();
-    let cfg = MaskRcnnConfig::compact(2, 16, 64).unwrap();
+    let cfg = MaskRcnnConfig::compact(2, 16, 64).build().unwrap();
     let _m = MaskRcnn::new(
         &cfg,
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),

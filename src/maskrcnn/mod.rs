@@ -63,14 +63,15 @@ pub use mask_head::{
 };
 pub use matcher::Matcher;
 pub use model::{
-    current_names, trainable_vars, ImageDetections, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses,
+    current_names, trainable_vars, ImageDetections, MaskRcnn, MaskRcnnConfig,
+    MaskRcnnConfigBuilder, MaskRcnnLosses,
 };
 pub use nested_fpn::NestedFpn;
 pub use roi_heads::{
     BoxBranchDetections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsDetections,
     RoiHeadsLosses, RoiHeadsTarget, TrainingSamples,
 };
-pub use rpn::{Rpn, RpnConfig, RpnHead, RpnLosses, RpnOutput};
+pub use rpn::{Rpn, RpnConfig, RpnConfigBuilder, RpnHead, RpnLosses, RpnOutput};
 pub use sampler::BalancedPositiveNegativeSampler;
 pub use transform::{
     paste_masks_in_image, resize_boxes, ImageList, RcnnTransform, RcnnTransformBuilder, Target,
