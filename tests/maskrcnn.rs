@@ -450,3 +450,85 @@ fn trainable_vars_follow_torchvision_trainable_backbone_layers() {
         );
     }
 }
+
+#[test]
+fn config_validation_names_the_field() {
+    let field = |r: unetpp::Result<MaskRcnnConfig>| match r {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    let base = || MaskRcnnConfig::mask_rcnn(91);
+    assert_eq!(field(base().channels(128).build()), "roi_heads.in_channels");
+    assert_eq!(field(base().channels(0).build()), "channels");
+    assert_eq!(field(MaskRcnnConfig::mask_rcnn(1).build()), "num_classes");
+    assert_eq!(
+        field(base().trainable_backbone_layers(6).build()),
+        "trainable_backbone_layers"
+    );
+    let uneven = AnchorGenerator::new(
+        vec![vec![32.0], vec![64.0, 128.0]],
+        vec![vec![1.0], vec![1.0]],
+    )
+    .unwrap();
+    assert_eq!(field(base().anchors(uneven).build()), "anchors");
+    // The parts' own checks name their fields.
+    let rpn = RpnConfig::mask_rcnn;
+    assert_eq!(field(base().rpn(rpn().min_size(-1.0)).build()), "min_size");
+    assert_eq!(
+        field(
+            base()
+                .transform(RcnnTransform::mask_rcnn().max_size(0))
+                .build()
+        ),
+        "max_size"
+    );
+    let rpn_field = |b: RpnConfigBuilder| match b.build() {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    assert_eq!(rpn_field(rpn().fg_iou_thresh(f64::NAN)), "fg_iou_thresh");
+    assert_eq!(rpn_field(rpn().bg_iou_thresh(0.8)), "bg_iou_thresh");
+    assert_eq!(
+        rpn_field(rpn().batch_size_per_image(0)),
+        "batch_size_per_image"
+    );
+    assert_eq!(rpn_field(rpn().positive_fraction(1.5)), "positive_fraction");
+    assert_eq!(rpn_field(rpn().nms_thresh(f64::INFINITY)), "nms_thresh");
+    assert_eq!(rpn_field(rpn().min_size(f64::NAN)), "min_size");
+}
+
+#[test]
+fn configs_round_trip_through_their_builders() {
+    let cfg = MaskRcnnConfig::compact(3, 32, 96)
+        .rpn(RpnConfig::mask_rcnn().post_nms_top_n(500, 50))
+        .build()
+        .unwrap();
+    assert_eq!(cfg.to_builder().build().unwrap(), cfg);
+    assert_eq!(cfg.rpn().to_builder().build().unwrap(), *cfg.rpn());
+    assert_eq!(cfg.rpn().post_nms_top_n(), (500, 50));
+    assert_eq!(
+        cfg.transform().to_builder().build().unwrap(),
+        *cfg.transform()
+    );
+    assert_eq!(
+        cfg.roi_heads().to_builder().build().unwrap(),
+        *cfg.roi_heads()
+    );
+    assert_eq!(
+        RpnConfig::default(),
+        RpnConfig::mask_rcnn().build().unwrap()
+    );
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn configs_are_serde() {
+    fn serde<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+    serde::<MaskRcnnConfig>();
+    serde::<unetpp::maskrcnn::MaskRcnnConfigBuilder>();
+    serde::<RpnConfig>();
+    serde::<RoiHeadsConfig>();
+    serde::<RcnnTransform>();
+    serde::<AnchorGenerator>();
+    serde::<unetpp::maskrcnn::PyramidKind>();
+}
