@@ -53,7 +53,7 @@ fn bench_maskrcnn(runs: usize) -> unetpp::Result<()> {
     use candle_nn::VarMap;
     use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig};
     let dev = Device::Cpu;
-    let cfg = MaskRcnnConfig::mask_rcnn(91)?;
+    let cfg = MaskRcnnConfig::mask_rcnn(91).build()?;
     let varmap = VarMap::new();
     let model = MaskRcnn::new(
         &cfg,
@@ -91,8 +91,9 @@ fn bench_maskrcnn_train(runs: usize) -> unetpp::Result<()> {
     use rand::SeedableRng;
     use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, Target};
     let dev = Device::Cpu;
-    let mut cfg = MaskRcnnConfig::mask_rcnn(91)?;
-    cfg.trainable_backbone_layers = 3;
+    let cfg = MaskRcnnConfig::mask_rcnn(91)
+        .trainable_backbone_layers(3)
+        .build()?;
     let varmap = VarMap::new();
     let model = MaskRcnn::new(
         &cfg,

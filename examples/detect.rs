@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
+use unetpp::encoders::ResNetConfig;
 use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, PyramidKind};
 
 type AnyError = Box<dyn std::error::Error>;
@@ -60,22 +61,26 @@ fn main() -> Result<(), AnyError> {
             .ok_or("no roi_heads.box_predictor.cls_score.weight in the file")?
             .dim(0)?,
     };
-    let mut cfg = MaskRcnnConfig::mask_rcnn(classes)?;
     let bn_eps = match args.bn_eps {
         Some(e) => e,
         None if meta.get("coco").map(String::as_str) == Some("true") => 0.0,
         None => 1e-5,
     };
-    cfg.resnet = cfg.resnet.to_builder().bn_eps(bn_eps).build()?;
-    if args.nested {
-        cfg.pyramid = PyramidKind::Nested;
-    }
+    let pyramid = if args.nested {
+        PyramidKind::Nested
+    } else {
+        PyramidKind::Fpn
+    };
+    let cfg = MaskRcnnConfig::mask_rcnn(classes)
+        .resnet(ResNetConfig::resnet50().frozen_bn(true).bn_eps(bn_eps))
+        .pyramid(pyramid)
+        .build()?;
     let model = MaskRcnn::from_torchvision(&cfg, tensors, &dev)?;
     println!(
         "{} classes, batch-norm eps {}, {:?} pyramid",
         classes,
-        cfg.resnet.bn_eps(),
-        cfg.pyramid
+        cfg.resnet().bn_eps(),
+        cfg.pyramid()
     );
 
     let (pixels, c, h, w) = match &args.image {

@@ -29,7 +29,7 @@ use unetpp::data::instances::{InstanceSample, NucleiConfig, SyntheticNuclei};
 use unetpp::maskrcnn::evaluate::{
     average_precision, mean_best_mask_iou, GroundTruth, Overlap, Prediction,
 };
-use unetpp::maskrcnn::{Detection, MaskRcnn, MaskRcnnConfig, PyramidKind, Target};
+use unetpp::maskrcnn::{ImageDetections, MaskRcnn, MaskRcnnConfig, PyramidKind, Target};
 
 #[path = "support/cli.rs"]
 mod cli;
@@ -94,7 +94,7 @@ fn ground_truth(s: &InstanceSample) -> GroundTruth {
     }
 }
 
-fn prediction(d: &Detection) -> unetpp::Result<Prediction> {
+fn prediction(d: &ImageDetections) -> unetpp::Result<Prediction> {
     let k = d.boxes.dim(0)?;
     let boxes = d.boxes.to_vec2::<f32>()?;
     let masks = d.masks.ge(0.5)?.to_dtype(DType::U8)?.flatten_from(1)?;
@@ -201,8 +201,9 @@ fn main() -> Result<(), AnyError> {
             "maskrcnn-pp" => PyramidKind::Nested,
             other => return Err(format!("unknown model {other}").into()),
         };
-        let mut cfg = MaskRcnnConfig::compact(args.classes as usize + 1, args.channels, args.size)?;
-        cfg.pyramid = pyramid;
+        let cfg = MaskRcnnConfig::compact(args.classes as usize + 1, args.channels, args.size)
+            .pyramid(pyramid)
+            .build()?;
         let varmap = VarMap::new();
         let model = MaskRcnn::new(
             &cfg,

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use unetpp::encoders::ResNetConfig;
 use unetpp::maskrcnn::{
     AnchorGenerator, MaskRcnn, MaskRcnnConfig, RcnnTransform, ResNetFpn, RoiHeadsConfig, Rpn,
-    RpnConfig,
+    RpnConfig, RpnConfigBuilder,
 };
 use unetpp::weights::prefixed;
 use unetpp::Error;
@@ -31,34 +31,35 @@ fn resnet() -> ResNetConfig {
 
 /// torchvision's RPN as the script sets it: 50 proposals per image at test time (not 1000),
 /// as no input tried orders all ~150 survivors of NMS with margins wider than the tolerance.
-fn rpn_config() -> RpnConfig {
-    let mut cfg = RpnConfig::mask_rcnn();
-    cfg.post_nms_top_n.1 = 50;
-    cfg
+fn rpn_config() -> RpnConfigBuilder {
+    RpnConfig::mask_rcnn().post_nms_top_n(2000, 50)
 }
 
 fn build(vb: VarBuilder) -> (ResNetFpn, Rpn) {
     let backbone = ResNetFpn::new(&resnet(), 256, vb.pp("backbone")).unwrap();
-    let rpn = Rpn::new(&rpn_config(), AnchorGenerator::fpn(), 256, vb.pp("rpn")).unwrap();
+    let rpn = Rpn::new(
+        &rpn_config().build().unwrap(),
+        AnchorGenerator::fpn(),
+        256,
+        vb.pp("rpn"),
+    )
+    .unwrap();
     (backbone, rpn)
 }
 
 /// The fixture's detector: 5 classes, images resized to 48 / 64, 50 proposals and 20
 /// detections per image.
 fn fixture_config() -> MaskRcnnConfig {
-    let mut cfg = MaskRcnnConfig::mask_rcnn(5).unwrap();
-    cfg.rpn = rpn_config();
-    cfg.transform = RcnnTransform::mask_rcnn()
-        .min_size(48)
-        .max_size(64)
+    MaskRcnnConfig::mask_rcnn(5)
+        .rpn(rpn_config())
+        .transform(RcnnTransform::mask_rcnn().min_size(48).max_size(64))
+        .roi_heads(
+            RoiHeadsConfig::mask_rcnn()
+                .num_classes(5)
+                .detections_per_img(20),
+        )
         .build()
-        .unwrap();
-    cfg.roi_heads = RoiHeadsConfig::mask_rcnn()
-        .num_classes(5)
-        .detections_per_img(20)
-        .build()
-        .unwrap();
-    cfg
+        .unwrap()
 }
 
 /// The script's weights: `fill`'s formula for every tensor, `scramble`'s for those of two or
@@ -315,7 +316,7 @@ fn nested_pyramid_feeds_the_rpn_and_trains_every_fusion() {
     let backbone =
         ResNetFpn::with_pyramid(&cfg, 32, PyramidKind::Nested, vb.pp("backbone")).unwrap();
     let rpn = Rpn::new(
-        &RpnConfig::mask_rcnn(),
+        &RpnConfig::mask_rcnn().build().unwrap(),
         AnchorGenerator::fpn(),
         32,
         vb.pp("rpn"),
@@ -396,7 +397,7 @@ fn rpn_trains_in_f64() {
     let cfg = ResNetConfig::resnet18().frozen_bn(true).build().unwrap();
     let backbone = ResNetFpn::new(&cfg, 16, vb.pp("backbone")).unwrap();
     let rpn = Rpn::new(
-        &RpnConfig::mask_rcnn(),
+        &RpnConfig::mask_rcnn().build().unwrap(),
         AnchorGenerator::fpn(),
         16,
         vb.pp("rpn"),
@@ -420,7 +421,7 @@ fn rpn_trains_in_f64() {
 fn trainable_vars_follow_torchvision_trainable_backbone_layers() {
     use unetpp::maskrcnn::trainable_vars;
     let varmap = VarMap::new();
-    let cfg = MaskRcnnConfig::compact(2, 16, 64).unwrap();
+    let cfg = MaskRcnnConfig::compact(2, 16, 64).build().unwrap();
     let _m = MaskRcnn::new(
         &cfg,
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
@@ -448,4 +449,86 @@ fn trainable_vars_follow_torchvision_trainable_backbone_layers() {
             "{k}"
         );
     }
+}
+
+#[test]
+fn config_validation_names_the_field() {
+    let field = |r: unetpp::Result<MaskRcnnConfig>| match r {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    let base = || MaskRcnnConfig::mask_rcnn(91);
+    assert_eq!(field(base().channels(128).build()), "roi_heads.in_channels");
+    assert_eq!(field(base().channels(0).build()), "channels");
+    assert_eq!(field(MaskRcnnConfig::mask_rcnn(1).build()), "num_classes");
+    assert_eq!(
+        field(base().trainable_backbone_layers(6).build()),
+        "trainable_backbone_layers"
+    );
+    let uneven = AnchorGenerator::new(
+        vec![vec![32.0], vec![64.0, 128.0]],
+        vec![vec![1.0], vec![1.0]],
+    )
+    .unwrap();
+    assert_eq!(field(base().anchors(uneven).build()), "anchors");
+    // The parts' own checks name their fields.
+    let rpn = RpnConfig::mask_rcnn;
+    assert_eq!(field(base().rpn(rpn().min_size(-1.0)).build()), "min_size");
+    assert_eq!(
+        field(
+            base()
+                .transform(RcnnTransform::mask_rcnn().max_size(0))
+                .build()
+        ),
+        "max_size"
+    );
+    let rpn_field = |b: RpnConfigBuilder| match b.build() {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a config error, got {other:?}"),
+    };
+    assert_eq!(rpn_field(rpn().fg_iou_thresh(f64::NAN)), "fg_iou_thresh");
+    assert_eq!(rpn_field(rpn().bg_iou_thresh(0.8)), "bg_iou_thresh");
+    assert_eq!(
+        rpn_field(rpn().batch_size_per_image(0)),
+        "batch_size_per_image"
+    );
+    assert_eq!(rpn_field(rpn().positive_fraction(1.5)), "positive_fraction");
+    assert_eq!(rpn_field(rpn().nms_thresh(f64::INFINITY)), "nms_thresh");
+    assert_eq!(rpn_field(rpn().min_size(f64::NAN)), "min_size");
+}
+
+#[test]
+fn configs_round_trip_through_their_builders() {
+    let cfg = MaskRcnnConfig::compact(3, 32, 96)
+        .rpn(RpnConfig::mask_rcnn().post_nms_top_n(500, 50))
+        .build()
+        .unwrap();
+    assert_eq!(cfg.to_builder().build().unwrap(), cfg);
+    assert_eq!(cfg.rpn().to_builder().build().unwrap(), *cfg.rpn());
+    assert_eq!(cfg.rpn().post_nms_top_n(), (500, 50));
+    assert_eq!(
+        cfg.transform().to_builder().build().unwrap(),
+        *cfg.transform()
+    );
+    assert_eq!(
+        cfg.roi_heads().to_builder().build().unwrap(),
+        *cfg.roi_heads()
+    );
+    assert_eq!(
+        RpnConfig::default(),
+        RpnConfig::mask_rcnn().build().unwrap()
+    );
+}
+
+#[cfg(feature = "serde")]
+#[test]
+fn configs_are_serde() {
+    fn serde<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+    serde::<MaskRcnnConfig>();
+    serde::<unetpp::maskrcnn::MaskRcnnConfigBuilder>();
+    serde::<RpnConfig>();
+    serde::<RoiHeadsConfig>();
+    serde::<RcnnTransform>();
+    serde::<AnchorGenerator>();
+    serde::<unetpp::maskrcnn::PyramidKind>();
 }

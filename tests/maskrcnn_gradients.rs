@@ -114,18 +114,26 @@ fn weight(name: &str, dims: &[usize]) -> Tensor {
 
 /// The script's detector: compact, 3 classes, 32 channels, every candidate sampled.
 fn config(kind: PyramidKind) -> MaskRcnnConfig {
-    let mut cfg = MaskRcnnConfig::compact(3, 32, 96).unwrap();
-    cfg.pyramid = kind;
-    cfg.rpn.batch_size_per_image = 8192;
-    cfg.rpn.positive_fraction = 1.0;
-    cfg.roi_heads = cfg
-        .roi_heads
+    let compact = MaskRcnnConfig::compact(3, 32, 96).build().unwrap();
+    compact
         .to_builder()
-        .batch_size_per_image(4096)
-        .positive_fraction(1.0)
+        .pyramid(kind)
+        .rpn(
+            compact
+                .rpn()
+                .to_builder()
+                .batch_size_per_image(8192)
+                .positive_fraction(1.0),
+        )
+        .roi_heads(
+            compact
+                .roi_heads()
+                .to_builder()
+                .batch_size_per_image(4096)
+                .positive_fraction(1.0),
+        )
         .build()
-        .unwrap();
-    cfg
+        .unwrap()
 }
 
 fn detector(kind: PyramidKind, dtype: DType) -> (VarMap, MaskRcnn) {
@@ -181,7 +189,7 @@ fn losses(model: &MaskRcnn, x: &Inputs) -> Vec<Tensor> {
     let rpn = model.rpn().forward((h, w), &x.sizes, &maps, true).unwrap();
     let gt: Vec<Tensor> = x.targets.iter().map(|t| t.boxes.clone()).collect();
     let rpn = model.rpn().losses(&rpn, &gt, &mut rng).unwrap();
-    let levels = model.config().roi_heads.num_feature_maps();
+    let levels = model.config().roi_heads().num_feature_maps();
     let heads = model
         .roi_heads()
         .forward_train(

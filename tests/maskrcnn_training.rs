@@ -30,8 +30,10 @@ fn data(n: usize) -> (Vec<Tensor>, Vec<Target>) {
 }
 
 fn model(kind: PyramidKind) -> (VarMap, MaskRcnn) {
-    let mut cfg = MaskRcnnConfig::compact(2, 32, 64).unwrap();
-    cfg.pyramid = kind;
+    let cfg = MaskRcnnConfig::compact(2, 32, 64)
+        .pyramid(kind)
+        .build()
+        .unwrap();
     let varmap = VarMap::new();
     let m = MaskRcnn::new(
         &cfg,
@@ -47,7 +49,7 @@ fn model(kind: PyramidKind) -> (VarMap, MaskRcnn) {
 fn box_reg_on_fixed_proposals(model: &MaskRcnn, images: &[Tensor], targets: &[Target]) -> Tensor {
     let (batch, targets) = model
         .config()
-        .transform
+        .transform()
         .forward_with_targets(images, targets)
         .unwrap();
     let maps = model.backbone().forward_t(&batch.tensors, true).unwrap();
@@ -71,7 +73,7 @@ fn box_reg_on_fixed_proposals(model: &MaskRcnn, images: &[Tensor], targets: &[Ta
         });
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let levels = model.config().roi_heads.num_feature_maps();
+    let levels = model.config().roi_heads().num_feature_maps();
     let losses = model
         .roi_heads()
         .forward_train(
@@ -242,8 +244,12 @@ fn frozen_backbone_stages_get_no_gradient_and_change_no_value() {
     let all = with_grad(&full_grads);
     assert!(all.iter().any(|n| n.starts_with("backbone.body.conv1")));
     for n in 0..5 {
-        let mut cfg = full.config().clone();
-        cfg.trainable_backbone_layers = n;
+        let cfg = full
+            .config()
+            .to_builder()
+            .trainable_backbone_layers(n)
+            .build()
+            .unwrap();
         // The same variables: the VarMap hands back the ones it holds.
         let m = MaskRcnn::new(
             &cfg,
@@ -271,12 +277,11 @@ fn frozen_backbone_stages_get_no_gradient_and_change_no_value() {
             assert!(!got.iter().any(|k| k.starts_with("backbone.body.layer1")));
         }
     }
-    let mut cfg = full.config().clone();
-    cfg.trainable_backbone_layers = 6;
-    let e = MaskRcnn::new(
-        &cfg,
-        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu),
-    )
-    .unwrap_err();
+    let e = full
+        .config()
+        .to_builder()
+        .trainable_backbone_layers(6)
+        .build()
+        .unwrap_err();
     assert!(e.to_string().contains("trainable_backbone_layers"), "{e}");
 }

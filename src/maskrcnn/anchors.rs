@@ -32,7 +32,15 @@ use crate::{Error, Result};
 ///
 /// An aspect ratio is height / width. Level `l` has `sizes[l].len() · aspect_ratios[l].len()`
 /// anchors per location.
+///
+/// Under the `serde` feature it (de)serialises as its `sizes` and `aspect_ratios`;
+/// deserialising checks them as [`AnchorGenerator::new`] does.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(try_from = "AnchorSettings", into = "AnchorSettings")
+)]
 pub struct AnchorGenerator {
     sizes: Vec<Vec<f64>>,
     aspect_ratios: Vec<Vec<f64>>,
@@ -87,8 +95,9 @@ impl AnchorGenerator {
         Self::validated(sizes, aspect_ratios)
     }
 
-    /// The generator for sizes and ratios that [`AnchorGenerator::new`] accepts.
-    fn validated(sizes: Vec<Vec<f64>>, aspect_ratios: Vec<Vec<f64>>) -> Self {
+    /// The generator for sizes and ratios that [`AnchorGenerator::new`] accepts (the caller
+    /// vouches for them).
+    pub(super) fn validated(sizes: Vec<Vec<f64>>, aspect_ratios: Vec<Vec<f64>>) -> Self {
         let cell_anchors = sizes
             .iter()
             .zip(&aspect_ratios)
@@ -200,6 +209,33 @@ impl AnchorGenerator {
     ) -> Result<Tensor> {
         let levels = self.anchors_per_level(image_size, grid_sizes, device)?;
         Ok(Tensor::cat(&levels, 0)?)
+    }
+}
+
+/// What an [`AnchorGenerator`] (de)serialises as.
+#[cfg(feature = "serde")]
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AnchorSettings {
+    sizes: Vec<Vec<f64>>,
+    aspect_ratios: Vec<Vec<f64>>,
+}
+
+#[cfg(feature = "serde")]
+impl TryFrom<AnchorSettings> for AnchorGenerator {
+    type Error = Error;
+
+    fn try_from(s: AnchorSettings) -> Result<Self> {
+        Self::new(s.sizes, s.aspect_ratios)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl From<AnchorGenerator> for AnchorSettings {
+    fn from(g: AnchorGenerator) -> Self {
+        AnchorSettings {
+            sizes: g.sizes,
+            aspect_ratios: g.aspect_ratios,
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub struct ResNetFpn {
 
 /// Which feature pyramid a [`ResNetFpn`] has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum PyramidKind {
     /// torchvision's FPN: Mask R-CNN.
     #[default]

@@ -33,7 +33,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::layers::div_scalar;
+use super::div::div_scalar;
 use crate::{Error, Result};
 
 /// Encodes boxes as deltas relative to reference boxes, and decodes deltas back into boxes.

@@ -27,7 +27,8 @@
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
-use super::layers::{div_scalar, smooth_l1_sum};
+use super::div::div_scalar;
+use super::loss::smooth_l1_sum;
 use crate::{Error, Result};
 
 /// The smooth L1 loss's transition point in [`fastrcnn_loss`] (torchvision's `beta = 1 / 9`).

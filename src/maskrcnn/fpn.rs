@@ -6,7 +6,8 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::layers::{conv, kaiming_uniform_a1, resize_nearest, subsample2};
+use super::conv::{conv, kaiming_uniform_a1};
+use super::resample::resize_nearest;
 use crate::nn::{Conv, NamedTensor};
 use crate::{weights, Error, Result};
 
@@ -103,7 +104,7 @@ impl Fpn {
             out.push(self.convs.layer[i].forward(&top)?);
         }
         out.reverse();
-        let pool = subsample2(&out[last])?;
+        let pool = last_level_max_pool(&out[last])?;
         out.push(pool);
         Ok(out)
     }
@@ -112,4 +113,16 @@ impl Fpn {
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
         self.tensors.clone()
     }
+}
+
+/// The extra level of the pyramid, torchvision's `LastLevelMaxPool`: every second row and
+/// column of `x` from the first (`max_pool2d(kernel 1, stride 2)`), as gathers.
+pub(super) fn last_level_max_pool(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let dev = x.device();
+    let ih: Vec<u32> = (0..h).step_by(2).map(|i| i as u32).collect();
+    let iw: Vec<u32> = (0..w).step_by(2).map(|i| i as u32).collect();
+    let (nh, nw) = (ih.len(), iw.len());
+    let y = x.index_select(&Tensor::from_vec(ih, nh, dev)?, 2)?;
+    Ok(y.index_select(&Tensor::from_vec(iw, nw, dev)?, 3)?)
 }

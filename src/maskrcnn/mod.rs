@@ -21,6 +21,11 @@
 //!   [`mask_head`] ([`MaskRcnnHeads`], [`MaskRcnnPredictor`], [`maskrcnn_loss`]), with
 //!   torchvision's weight names.
 //!
+//! Detections come in three stages, one type each: the box branch's
+//! [`BoxBranchDetections`] (boxes, scores, labels), the RoI heads' [`RoiHeadsDetections`]
+//! (with an `M × M` mask per box), both in the resized image, and the detector's
+//! [`ImageDetections`] (boxes and pasted masks in the original image).
+//!
 //! Every layer draws new weights as torchvision initialises it; build on
 //! [`crate::nn::seeded_var_builder`] for a repeatable start.
 //!
@@ -32,13 +37,16 @@ pub mod anchors;
 pub mod backbone;
 pub mod box_coder;
 pub mod box_head;
+mod conv;
+mod div;
 pub mod evaluate;
 pub mod fpn;
-mod layers;
+mod loss;
 pub mod mask_head;
 pub mod matcher;
 pub mod model;
 pub mod nested_fpn;
+mod resample;
 pub mod roi_heads;
 pub mod rpn;
 pub mod sampler;
@@ -49,20 +57,21 @@ pub use backbone::{PyramidKind, ResNetFpn};
 pub use box_coder::BoxCoder;
 pub use box_head::{fastrcnn_loss, FastRcnnPredictor, TwoMlpHead};
 pub use fpn::Fpn;
-pub use layers::smooth_l1_sum;
+pub use loss::smooth_l1_sum;
 pub use mask_head::{
     maskrcnn_inference, maskrcnn_loss, project_masks_on_boxes, MaskRcnnHeads, MaskRcnnPredictor,
 };
 pub use matcher::Matcher;
 pub use model::{
-    current_names, trainable_vars, Detection, MaskRcnn, MaskRcnnConfig, MaskRcnnLosses,
+    current_names, trainable_vars, ImageDetections, MaskRcnn, MaskRcnnConfig,
+    MaskRcnnConfigBuilder, MaskRcnnLosses,
 };
 pub use nested_fpn::NestedFpn;
 pub use roi_heads::{
-    BoxDetections, Detections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsLosses,
-    RoiHeadsTarget, TrainingSamples,
+    BoxBranchDetections, RoiHeads, RoiHeadsConfig, RoiHeadsConfigBuilder, RoiHeadsDetections,
+    RoiHeadsLosses, RoiHeadsTarget, TrainingSamples,
 };
-pub use rpn::{Rpn, RpnConfig, RpnHead, RpnLosses, RpnOutput};
+pub use rpn::{Rpn, RpnConfig, RpnConfigBuilder, RpnHead, RpnLosses, RpnOutput};
 pub use sampler::BalancedPositiveNegativeSampler;
 pub use transform::{
     paste_masks_in_image, resize_boxes, ImageList, RcnnTransform, RcnnTransformBuilder, Target,

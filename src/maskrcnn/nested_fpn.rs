@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::fpn::LevelConvs;
-use super::layers::{conv, kaiming_uniform_a1, resize_nearest, subsample2};
+use super::conv::{conv, kaiming_uniform_a1};
+use super::fpn::{last_level_max_pool, LevelConvs};
+use super::resample::resize_nearest;
 use crate::nested::{ConcatOrder, Grid, Input, Node};
 use crate::nn::{Conv, NamedTensor};
 use crate::{weights, Error, Result};
@@ -154,7 +155,7 @@ impl NestedFpn {
                 .ok_or_else(|| Error::Shape(format!("no output node for level {i}")))?;
             levels.push(conv.forward(last)?);
         }
-        let pool = subsample2(&levels[depth])?;
+        let pool = last_level_max_pool(&levels[depth])?;
         levels.push(pool);
         Ok(levels)
     }

@@ -1,6 +1,9 @@
 //! The assembled detector: Mask R-CNN (torchvision's `maskrcnn_resnet50_fpn`) and Mask
 //! R-CNN++ (the same detector on the nested feature pyramid).
 
+mod config;
+mod names;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -8,118 +11,25 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand::Rng;
 
-use super::backbone::{PyramidKind, ResNetFpn};
-use super::roi_heads::{RoiHeads, RoiHeadsConfig, RoiHeadsTarget};
-use super::rpn::{Rpn, RpnConfig};
-use super::transform::{RcnnTransform, Target};
-use super::AnchorGenerator;
-use crate::encoders::ResNetConfig;
+use super::backbone::ResNetFpn;
+use super::roi_heads::{RoiHeads, RoiHeadsTarget};
+use super::rpn::Rpn;
+use super::transform::Target;
 use crate::nn::NamedTensor;
 use crate::{weights, Error, Result};
 
-/// Everything that defines a [`MaskRcnn`].
+pub use config::{MaskRcnnConfig, MaskRcnnConfigBuilder};
+pub use names::current_names;
+
+/// What [`MaskRcnn::detect`] finds in one image, in the image's own size: the last of three
+/// stages. The box branch gives boxes, scores and labels in the resized image
+/// ([`BoxBranchDetections`](super::BoxBranchDetections)); the mask branch adds an `M × M`
+/// mask per box ([`RoiHeadsDetections`](super::RoiHeadsDetections)); then
+/// [`RcnnTransform::postprocess`](super::RcnnTransform::postprocess) scales the boxes back to
+/// the original image and pastes each mask into it (torchvision's `GeneralizedRCNN.forward`
+/// in eval mode).
 #[derive(Debug, Clone)]
-pub struct MaskRcnnConfig {
-    /// The ResNet body (torchvision: ResNet-50, frozen batch-norm).
-    pub resnet: ResNetConfig,
-    /// Plain FPN (Mask R-CNN) or the nested pyramid (Mask R-CNN++).
-    pub pyramid: PyramidKind,
-    /// Channels of the pyramid (256).
-    pub channels: usize,
-    /// Image normalisation, resizing and batching.
-    pub transform: RcnnTransform,
-    /// Anchors per pyramid level.
-    pub anchors: AnchorGenerator,
-    /// The region proposal network.
-    pub rpn: RpnConfig,
-    /// The box and mask branches (their `num_classes` is the detector's, background included).
-    pub roi_heads: RoiHeadsConfig,
-    /// How many ResNet stages train, from `layer4` down (torchvision's
-    /// `trainable_backbone_layers`, 0 to 5). 5 in every constructor here, as torchvision for a
-    /// backbone trained from scratch; set 3 to fine-tune pretrained weights as torchvision
-    /// does. The backward pass stops at the last frozen stage (see
-    /// [`crate::encoders::ResNet::features_trainable`]), so the frozen stages get no gradient;
-    /// [`trainable_vars`] with the same number lists what an optimiser should update.
-    pub trainable_backbone_layers: usize,
-}
-
-impl MaskRcnnConfig {
-    /// torchvision's `maskrcnn_resnet50_fpn` for `num_classes` classes (background included;
-    /// 91 for COCO): ResNet-50 with frozen batch-norm of epsilon 1e-5 (set `resnet` to one of
-    /// `bn_eps(0.0)` for torchvision's COCO weights), images resized to 800 / 1333.
-    pub fn mask_rcnn(num_classes: usize) -> Result<Self> {
-        let resnet = ResNetConfig::resnet50().frozen_bn(true).build()?;
-        Ok(MaskRcnnConfig {
-            resnet,
-            pyramid: PyramidKind::Fpn,
-            channels: 256,
-            transform: RcnnTransform::mask_rcnn().build()?,
-            anchors: AnchorGenerator::fpn(),
-            rpn: RpnConfig::mask_rcnn(),
-            roi_heads: RoiHeadsConfig::mask_rcnn()
-                .num_classes(num_classes)
-                .build()?,
-            trainable_backbone_layers: 5,
-        })
-    }
-
-    /// Mask R-CNN++: [`Self::mask_rcnn`] with the nested feature pyramid.
-    pub fn mask_rcnn_pp(num_classes: usize) -> Result<Self> {
-        Ok(MaskRcnnConfig {
-            pyramid: PyramidKind::Nested,
-            ..Self::mask_rcnn(num_classes)?
-        })
-    }
-
-    /// A small detector for CPU experiments on small images (the `instances` example and the
-    /// training tests): ResNet-18 with trainable batch-norm (as torchvision builds a detector
-    /// whose backbone is not pretrained), `channels`-wide pyramid, anchors of 8–128 pixels,
-    /// images resized so that their longer side is `size` (their shorter one at most `size`),
-    /// 300 proposals per pyramid level before NMS and 100 per image after, a 128-wide box
-    /// head, two 3×3 mask convolutions, 128 sampled proposals per image.
-    pub fn compact(num_classes: usize, channels: usize, size: usize) -> Result<Self> {
-        let resnet = ResNetConfig::resnet18().build()?;
-        let anchors = AnchorGenerator::new(
-            vec![vec![8.0], vec![16.0], vec![32.0], vec![64.0], vec![128.0]],
-            vec![vec![0.5, 1.0, 2.0]; 5],
-        )?;
-        let rpn = RpnConfig {
-            pre_nms_top_n: (300, 300),
-            post_nms_top_n: (100, 100),
-            ..RpnConfig::mask_rcnn()
-        };
-        let roi_heads = RoiHeadsConfig::mask_rcnn()
-            .num_classes(num_classes)
-            .in_channels(channels)
-            .representation_size(128)
-            .mask_layers(vec![channels; 2])
-            .mask_dim_reduced(channels)
-            .batch_size_per_image(128)
-            .build()?;
-        Ok(MaskRcnnConfig {
-            resnet,
-            pyramid: PyramidKind::Fpn,
-            channels,
-            transform: RcnnTransform::mask_rcnn()
-                .min_size(size)
-                .max_size(size)
-                .build()?,
-            anchors,
-            rpn,
-            roi_heads,
-            trainable_backbone_layers: 5,
-        })
-    }
-
-    /// The number of classes, background included.
-    pub fn num_classes(&self) -> usize {
-        self.roi_heads.num_classes()
-    }
-}
-
-/// The detections of one image, in its original size.
-#[derive(Debug, Clone)]
-pub struct Detection {
+pub struct ImageDetections {
     /// `(D, 4)` boxes `x1, y1, x2, y2` in the original image's pixels.
     pub boxes: Tensor,
     /// `(D,)` scores, descending.
@@ -173,10 +83,12 @@ impl MaskRcnnLosses {
 ///
 /// ```no_run
 /// use candle_core::{Device, Tensor};
+/// use unetpp::encoders::ResNetConfig;
 /// use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig};
 ///
-/// let mut cfg = MaskRcnnConfig::mask_rcnn(91)?;
-/// cfg.resnet = cfg.resnet.to_builder().bn_eps(0.0).build()?; // torchvision's COCO weights
+/// let cfg = MaskRcnnConfig::mask_rcnn(91)
+///     .resnet(ResNetConfig::resnet50().frozen_bn(true).bn_eps(0.0)) // torchvision's COCO weights
+///     .build()?;
 /// let model = MaskRcnn::load_torchvision(&cfg, "maskrcnn_resnet50_fpn.safetensors", &Device::Cpu)?;
 /// let image = Tensor::rand(0f32, 1., (3, 480, 640), &Device::Cpu)?;
 /// let found = model.detect(&[image])?;
@@ -195,22 +107,21 @@ pub struct MaskRcnn {
 impl MaskRcnn {
     /// The detector of `cfg` with weights from `vb` (a `VarMap` to train from scratch).
     pub fn new(cfg: &MaskRcnnConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.roi_heads.in_channels() != cfg.channels {
-            return Err(Error::config(
-                "roi_heads.in_channels",
-                format!(
-                    "{} differs from the pyramid's {} channels",
-                    cfg.roi_heads.in_channels(),
-                    cfg.channels
-                ),
-            ));
-        }
         let ((backbone, rpn, roi_heads), tensors) = weights::record(vb, |vb| {
-            let backbone =
-                ResNetFpn::with_pyramid(&cfg.resnet, cfg.channels, cfg.pyramid, vb.pp("backbone"))?
-                    .with_trainable_layers(cfg.trainable_backbone_layers)?;
-            let rpn = Rpn::new(&cfg.rpn, cfg.anchors.clone(), cfg.channels, vb.pp("rpn"))?;
-            let roi_heads = RoiHeads::new(&cfg.roi_heads, vb.pp("roi_heads"))?;
+            let backbone = ResNetFpn::with_pyramid(
+                &cfg.resnet(),
+                cfg.channels(),
+                cfg.pyramid(),
+                vb.pp("backbone"),
+            )?
+            .with_trainable_layers(cfg.trainable_backbone_layers())?;
+            let rpn = Rpn::new(
+                cfg.rpn(),
+                cfg.anchors().clone(),
+                cfg.channels(),
+                vb.pp("rpn"),
+            )?;
+            let roi_heads = RoiHeads::new(cfg.roi_heads(), vb.pp("roi_heads"))?;
             Ok((backbone, rpn, roi_heads))
         })?;
         Ok(MaskRcnn {
@@ -270,13 +181,13 @@ impl MaskRcnn {
 
     /// Detects objects in `images` (each `(3, H, W)` in `[0, 1]`, any sizes): boxes, scores,
     /// labels and pasted masks per image, in the images' own sizes.
-    pub fn detect(&self, images: &[Tensor]) -> Result<Vec<Detection>> {
+    pub fn detect(&self, images: &[Tensor]) -> Result<Vec<ImageDetections>> {
         let originals = image_sizes(images)?;
-        let batch = self.cfg.transform.forward(images)?;
+        let batch = self.cfg.transform().forward(images)?;
         let (_, _, h, w) = batch.tensors.dims4()?;
         let maps = self.backbone.forward(&batch.tensors)?;
         let rpn = self.rpn.forward((h, w), &batch.image_sizes, &maps, false)?;
-        let levels = self.cfg.roi_heads.num_feature_maps().min(maps.len());
+        let levels = self.cfg.roi_heads().num_feature_maps().min(maps.len());
         let found = self
             .roi_heads
             .forward(&maps[..levels], &rpn.boxes, &batch.image_sizes)?;
@@ -286,10 +197,10 @@ impl MaskRcnn {
             .map(|(d, (&size, &original))| {
                 let (boxes, masks) =
                     self.cfg
-                        .transform
+                        .transform()
                         .postprocess(&d.boxes, Some(&d.masks), size, original)?;
                 let masks = masks.ok_or_else(|| Error::Shape("no pasted masks".into()))?;
-                Ok(Detection {
+                Ok(ImageDetections {
                     boxes,
                     scores: d.scores,
                     labels: d.labels,
@@ -344,7 +255,7 @@ impl MaskRcnn {
                 )));
             }
         }
-        let (batch, targets) = self.cfg.transform.forward_train(images, targets, rng)?;
+        let (batch, targets) = self.cfg.transform().forward_train(images, targets, rng)?;
         let (_, _, h, w) = batch.tensors.dims4()?;
         let maps = self.backbone.forward_t(&batch.tensors, true)?;
         let rpn = self.rpn.forward((h, w), &batch.image_sizes, &maps, true)?;
@@ -363,7 +274,7 @@ impl MaskRcnn {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let levels = self.cfg.roi_heads.num_feature_maps().min(maps.len());
+        let levels = self.cfg.roi_heads().num_feature_maps().min(maps.len());
         let heads = self.roi_heads.forward_train(
             &maps[..levels],
             &rpn.boxes,
@@ -412,56 +323,6 @@ pub fn trainable_vars(
         })
         .map(|n| data[n].clone())
         .collect())
-}
-
-/// The names of a torchvision state dict with those of checkpoints written before
-/// torchvision 0.13 replaced by the current ones, as its `_load_from_state_dict` renames them:
-/// `….inner_blocks.{i}.{weight,bias}` and `….layer_blocks.{i}.*` become `….{i}.0.*` (FPN),
-/// `…head.conv.*` becomes `…head.conv.0.0.*` (RPN), `…mask_head.mask_fcn{k}.*` becomes
-/// `…mask_head.{k-1}.0.*`. Other names are kept. Works on whole-model names and on those of a
-/// part (`roi_heads.` removed, for example).
-///
-/// ```
-/// use std::collections::HashMap;
-/// use candle_core::{Device, Tensor};
-/// let t = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu)?;
-/// let old: HashMap<String, Tensor> = ["backbone.fpn.inner_blocks.2.bias", "rpn.head.conv.weight", "mask_head.mask_fcn1.bias"]
-///     .iter().map(|n| (n.to_string(), t.clone())).collect();
-/// let mut new: Vec<String> = unetpp::maskrcnn::current_names(old).into_keys().collect();
-/// new.sort();
-/// assert_eq!(new, ["backbone.fpn.inner_blocks.2.0.bias", "mask_head.0.0.bias", "rpn.head.conv.0.0.weight"]);
-/// # Ok::<(), unetpp::Error>(())
-/// ```
-pub fn current_names(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    tensors
-        .into_iter()
-        .map(|(name, t)| (current_name(&name).unwrap_or(name), t))
-        .collect()
-}
-
-fn current_name(name: &str) -> Option<String> {
-    let parts: Vec<&str> = name.split('.').collect();
-    let n = parts.len();
-    let leaf = *parts.last()?;
-    if n < 2 || !matches!(leaf, "weight" | "bias") {
-        return None;
-    }
-    let stem = parts[..n - 1].join(".");
-    let before = |k: usize| parts[..n - k].join(".");
-    if n >= 3
-        && matches!(parts[n - 3], "inner_blocks" | "layer_blocks")
-        && parts[n - 2].parse::<usize>().is_ok()
-    {
-        return Some(format!("{stem}.0.{leaf}"));
-    }
-    if n >= 3 && parts[n - 3] == "head" && parts[n - 2] == "conv" {
-        return Some(format!("{stem}.0.0.{leaf}"));
-    }
-    let k: usize = parts[n - 2].strip_prefix("mask_fcn")?.parse().ok()?;
-    if k == 0 || n < 3 || parts[n - 3] != "mask_head" {
-        return None;
-    }
-    Some(format!("{}.{}.0.{leaf}", before(2), k - 1))
 }
 
 fn image_sizes(images: &[Tensor]) -> Result<Vec<(usize, usize)>> {

@@ -4,101 +4,23 @@
 //! removal, NMS per level, and top-n after; and for training, anchor matching, balanced
 //! sampling and the objectness and box losses.
 
+mod config;
+mod head;
+
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
 use rand::Rng;
 
-use super::layers::{conv, div_scalar, smooth_l1_sum};
+use super::div::div_scalar;
+use super::loss::smooth_l1_sum;
 use super::{AnchorGenerator, BalancedPositiveNegativeSampler, BoxCoder, Matcher};
 use crate::loss::bce_with_logits;
-use crate::nn::{Conv, NamedTensor};
+use crate::nn::NamedTensor;
 use crate::ops::{box_iou, check_boxes};
 use crate::{weights, Error, Result};
 
-/// Settings of the [`Rpn`], torchvision's Mask R-CNN defaults in [`RpnConfig::mask_rcnn`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct RpnConfig {
-    /// Proposals kept per level before NMS, in training (2000) and at test time (1000).
-    pub pre_nms_top_n: (usize, usize),
-    /// Proposals kept per image after NMS, in training (2000) and at test time (1000).
-    pub post_nms_top_n: (usize, usize),
-    /// IoU above which NMS suppresses a proposal (0.7).
-    pub nms_thresh: f64,
-    /// Anchors with IoU ≥ this with a ground-truth box are positives (0.7).
-    pub fg_iou_thresh: f64,
-    /// Anchors with IoU < this with every ground-truth box are negatives (0.3).
-    pub bg_iou_thresh: f64,
-    /// Anchors sampled per image for the losses (256).
-    pub batch_size_per_image: usize,
-    /// Fraction of positives among them at most (0.5).
-    pub positive_fraction: f64,
-    /// Proposals with objectness probability below this are dropped (0).
-    pub score_thresh: f64,
-    /// Proposals narrower or lower than this, in pixels, are dropped (1e-3).
-    pub min_size: f64,
-}
-
-impl RpnConfig {
-    /// torchvision's `maskrcnn_resnet50_fpn` settings.
-    pub fn mask_rcnn() -> Self {
-        RpnConfig {
-            pre_nms_top_n: (2000, 1000),
-            post_nms_top_n: (2000, 1000),
-            nms_thresh: 0.7,
-            fg_iou_thresh: 0.7,
-            bg_iou_thresh: 0.3,
-            batch_size_per_image: 256,
-            positive_fraction: 0.5,
-            score_thresh: 0.0,
-            min_size: 1e-3,
-        }
-    }
-}
-
-impl Default for RpnConfig {
-    fn default() -> Self {
-        Self::mask_rcnn()
-    }
-}
-
-/// The RPN head: a 3×3 convolution + ReLU shared by all levels (`conv.0.0`; `conv` in
-/// checkpoints written before torchvision 0.13, which load through
-/// [`super::current_names`]), then 1×1 convolutions to one objectness
-/// logit (`cls_logits`) and four box deltas (`bbox_pred`) per anchor.
-#[derive(Debug, Clone)]
-pub struct RpnHead {
-    conv: Conv,
-    cls_logits: Conv,
-    bbox_pred: Conv,
-}
-
-impl RpnHead {
-    /// A head for maps of `channels` channels and `num_anchors` anchors per location.
-    pub fn new(channels: usize, num_anchors: usize, vb: VarBuilder) -> Result<Self> {
-        let init = Init::Randn {
-            mean: 0.0,
-            stdev: 0.01,
-        };
-        let conv_vb = vb.pp("conv").pp("0").pp("0");
-        Ok(RpnHead {
-            conv: conv(channels, channels, 3, init, conv_vb)?,
-            cls_logits: conv(channels, num_anchors, 1, init, vb.pp("cls_logits"))?,
-            bbox_pred: conv(channels, 4 * num_anchors, 1, init, vb.pp("bbox_pred"))?,
-        })
-    }
-
-    /// Objectness `(N, A, H, W)` and deltas `(N, 4A, H, W)` for every level.
-    pub fn forward(&self, features: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let mut logits = Vec::with_capacity(features.len());
-        let mut deltas = Vec::with_capacity(features.len());
-        for f in features {
-            let t = self.conv.forward_fused(f, true)?;
-            logits.push(self.cls_logits.forward(&t)?);
-            deltas.push(self.bbox_pred.forward(&t)?);
-        }
-        Ok((logits, deltas))
-    }
-}
+pub use config::{RpnConfig, RpnConfigBuilder};
+pub use head::RpnHead;
 
 /// What the RPN computes for a batch: the proposals, and what its losses need.
 #[derive(Debug, Clone)]
@@ -156,15 +78,11 @@ impl Rpn {
                 format!("the RPN head needs the same number of anchors on every level, got {per_location:?}"),
             ));
         }
-        let matcher = Matcher::new(cfg.fg_iou_thresh, cfg.bg_iou_thresh, true)?;
-        let sampler =
-            BalancedPositiveNegativeSampler::new(cfg.batch_size_per_image, cfg.positive_fraction)?;
-        if !(cfg.nms_thresh.is_finite() && cfg.min_size >= 0.0) {
-            return Err(Error::config(
-                "rpn",
-                format!("nms_thresh {} / min_size {}", cfg.nms_thresh, cfg.min_size),
-            ));
-        }
+        let matcher = Matcher::new(cfg.fg_iou_thresh(), cfg.bg_iou_thresh(), true)?;
+        let sampler = BalancedPositiveNegativeSampler::new(
+            cfg.batch_size_per_image(),
+            cfg.positive_fraction(),
+        )?;
         let (head, tensors) = weights::record(vb, |vb| RpnHead::new(channels, a, vb.pp("head")))?;
         Ok(Rpn {
             cfg: cfg.clone(),
@@ -272,11 +190,11 @@ impl Rpn {
             .to_device(&Device::Cpu)?
             .to_vec1()?;
         let (pre_n, post_n) = if train {
-            (self.cfg.pre_nms_top_n.0, self.cfg.post_nms_top_n.0)
+            (self.cfg.pre_nms_top_n().0, self.cfg.post_nms_top_n().0)
         } else {
-            (self.cfg.pre_nms_top_n.1, self.cfg.post_nms_top_n.1)
+            (self.cfg.pre_nms_top_n().1, self.cfg.post_nms_top_n().1)
         };
-        let min_size = self.cfg.min_size as f32;
+        let min_size = self.cfg.min_size() as f32;
         let (mut all_boxes, mut all_scores) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (img, &(h, w)) in image_sizes.iter().enumerate() {
             let base = img * total;
@@ -298,7 +216,8 @@ impl Rpn {
                     let s = 1.0 / (1.0 + (-logit[i]).exp());
                     let big = b[2] - b[0] >= min_size && b[3] - b[1] >= min_size;
                     // Compared in f32, as torchvision compares the f32 scores.
-                    if big && s >= self.cfg.score_thresh as f32 && b.iter().all(|v| v.is_finite()) {
+                    if big && s >= self.cfg.score_thresh() as f32 && b.iter().all(|v| v.is_finite())
+                    {
                         boxes.push(b);
                         scores.push(s);
                         levels.push(lvl as i64);
@@ -307,7 +226,7 @@ impl Rpn {
                 offset += count;
             }
             let keep =
-                crate::ops::nms::batched_nms_host(&boxes, &scores, &levels, self.cfg.nms_thresh);
+                crate::ops::nms::batched_nms_host(&boxes, &scores, &levels, self.cfg.nms_thresh());
             let keep = &keep[..keep.len().min(post_n)];
             let flat: Vec<f32> = keep.iter().flat_map(|&i| boxes[i]).collect();
             let sc: Vec<f32> = keep.iter().map(|&i| scores[i]).collect();
