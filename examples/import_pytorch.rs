@@ -137,11 +137,12 @@ fn run() -> Result<(), AnyError> {
     let (pixels, c, h, w) = match &image {
         Some(p) => unetpp::data::png_io::read_image(p)?,
         None => {
-            let s = SyntheticDataset::new(SyntheticConfig {
-                samples: 1,
-                channels: if in_channels == 3 { 3 } else { 1 },
-                ..Default::default()
-            })?
+            let s = SyntheticDataset::new(
+                SyntheticConfig::builder()
+                    .samples(1)
+                    .channels(if in_channels == 3 { 3 } else { 1 })
+                    .build()?,
+            )?
             .get(0)?;
             (s.image, s.channels, s.height, s.width)
         }
