@@ -752,8 +752,9 @@ mod nuclei {
 
     #[test]
     fn samples_are_seeded_disjoint_and_boxed_by_their_masks() {
-        let set = SyntheticNuclei::new(NucleiConfig::new(6, 3)).unwrap();
-        let again = SyntheticNuclei::new(NucleiConfig::new(6, 3)).unwrap();
+        let cfg = || NucleiConfig::builder().samples(6).seed(3).build().unwrap();
+        let set = SyntheticNuclei::new(cfg()).unwrap();
+        let again = SyntheticNuclei::new(cfg()).unwrap();
         let mut sizes = Vec::new();
         for i in 0..6 {
             let s = set.get(i).unwrap();
@@ -787,8 +788,12 @@ mod nuclei {
 
     #[test]
     fn two_classes_by_shape_and_config_errors() {
-        let mut cfg = NucleiConfig::new(8, 5);
-        cfg.classes = 2;
+        let cfg = NucleiConfig::builder()
+            .samples(8)
+            .seed(5)
+            .classes(2)
+            .build()
+            .unwrap();
         let set = SyntheticNuclei::new(cfg.clone()).unwrap();
         let labels: Vec<u32> = (0..8)
             .flat_map(|i| set.get(i).unwrap().instances.into_iter().map(|x| x.label))
@@ -801,25 +806,16 @@ mod nuclei {
         assert_eq!(s.masks_tensor(&dev).unwrap().dims(), &[k, 96, 96]);
         assert_eq!(s.image_tensor(&dev).unwrap().dims(), &[3, 96, 96]);
         assert!(set.get(8).is_err());
-        for bad in [
-            NucleiConfig {
-                classes: 3,
-                ..cfg.clone()
-            },
-            NucleiConfig {
-                size: (8, 96),
-                ..cfg.clone()
-            },
-            NucleiConfig {
-                radius: (5.0, 2.0),
-                ..cfg.clone()
-            },
-            NucleiConfig {
-                objects: (4, 2),
-                ..cfg.clone()
-            },
+        let b = || cfg.to_builder();
+        for (bad, field) in [
+            (b().classes(3), "classes"),
+            (b().size(8, 96), "size"),
+            (b().radius(5.0, 2.0), "radius"),
+            (b().objects(4, 2), "objects"),
+            (b().noise(-0.1), "noise"),
         ] {
-            assert!(SyntheticNuclei::new(bad).is_err());
+            assert_eq!(super::config_field(bad.build().unwrap_err()), field);
         }
+        assert_eq!(cfg.to_builder().build().unwrap(), cfg);
     }
 }
