@@ -101,9 +101,11 @@ fn run() -> Result<(), AnyError> {
         }
         println!(
             "segmentation_models_pytorch UnetPlusPlus: encoder {:?}, decoder_channels {:?}, classes {}",
-            cfg.encoder.depth(), cfg.decoder_channels, cfg.classes
+            cfg.encoder().depth(),
+            cfg.decoder_channels(),
+            cfg.classes()
         );
-        let (c, k) = (cfg.encoder.in_channels(), cfg.classes);
+        let (c, k) = (cfg.in_channels(), cfg.classes());
         (c, k, Box::new(move |x: &Tensor| net.forward(x)), None)
     } else {
         let (net, cfg) = if kind == "monai" {
