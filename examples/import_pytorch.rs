@@ -112,7 +112,9 @@ fn run() -> Result<(), AnyError> {
             let detected = monai::MonaiConfig::detect(&tensors)?;
             println!(
                 "MONAI BasicUNetPlusPlus: in_channels {}, out_channels {}, features {:?}",
-                detected.in_channels, detected.out_channels, detected.features
+                detected.in_channels(),
+                detected.out_channels(),
+                detected.features()
             );
             monai::from_monai(tensors, &device)?
         } else {
