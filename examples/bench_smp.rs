@@ -13,7 +13,6 @@ mod support;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use clap::Parser;
-use unetpp::encoders::ResNetConfig;
 use unetpp::interop::smp::{SmpConfig, SmpUnetPlusPlus};
 
 /// Times segmentation_models_pytorch's UnetPlusPlus (ResNet-34 encoder) as unetpp runs it:
@@ -29,11 +28,7 @@ struct Args {
 fn main() -> unetpp::Result<()> {
     let Args { runs } = Args::parse();
     let dev = Device::Cpu;
-    let cfg = SmpConfig {
-        encoder: ResNetConfig::resnet34().build()?,
-        decoder_channels: [256, 128, 64, 32, 16],
-        classes: 1,
-    };
+    let cfg = SmpConfig::resnet34().build()?;
     let varmap = VarMap::new();
     let net = SmpUnetPlusPlus::new(
         &cfg,

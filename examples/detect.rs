@@ -86,8 +86,7 @@ fn main() -> Result<(), AnyError> {
     let (pixels, c, h, w) = match &args.image {
         Some(p) => unetpp::data::png_io::read_image(p)?,
         None => {
-            let mut n = NucleiConfig::new(1, 0);
-            n.size = (256, 320);
+            let n = NucleiConfig::builder().samples(1).size(256, 320).build()?;
             (SyntheticNuclei::new(n)?.get(0)?.image, 3, 256, 320)
         }
     };

@@ -138,13 +138,14 @@ fn main() {
 }
 
 fn synthetic(samples: usize, size: usize, seed: u64) -> unetpp::Result<SyntheticDataset> {
-    SyntheticDataset::new(SyntheticConfig {
-        samples,
-        height: size,
-        width: size,
-        seed,
-        ..Default::default()
-    })
+    SyntheticDataset::new(
+        SyntheticConfig::builder()
+            .samples(samples)
+            .height(size)
+            .width(size)
+            .seed(seed)
+            .build()?,
+    )
 }
 
 fn with_widths(

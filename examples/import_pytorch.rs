@@ -101,16 +101,20 @@ fn run() -> Result<(), AnyError> {
         }
         println!(
             "segmentation_models_pytorch UnetPlusPlus: encoder {:?}, decoder_channels {:?}, classes {}",
-            cfg.encoder.depth(), cfg.decoder_channels, cfg.classes
+            cfg.encoder().depth(),
+            cfg.decoder_channels(),
+            cfg.classes()
         );
-        let (c, k) = (cfg.encoder.in_channels(), cfg.classes);
+        let (c, k) = (cfg.in_channels(), cfg.classes());
         (c, k, Box::new(move |x: &Tensor| net.forward(x)), None)
     } else {
         let (net, cfg) = if kind == "monai" {
             let detected = monai::MonaiConfig::detect(&tensors)?;
             println!(
                 "MONAI BasicUNetPlusPlus: in_channels {}, out_channels {}, features {:?}",
-                detected.in_channels, detected.out_channels, detected.features
+                detected.in_channels(),
+                detected.out_channels(),
+                detected.features()
             );
             monai::from_monai(tensors, &device)?
         } else {
@@ -137,11 +141,12 @@ fn run() -> Result<(), AnyError> {
     let (pixels, c, h, w) = match &image {
         Some(p) => unetpp::data::png_io::read_image(p)?,
         None => {
-            let s = SyntheticDataset::new(SyntheticConfig {
-                samples: 1,
-                channels: if in_channels == 3 { 3 } else { 1 },
-                ..Default::default()
-            })?
+            let s = SyntheticDataset::new(
+                SyntheticConfig::builder()
+                    .samples(1)
+                    .channels(if in_channels == 3 { 3 } else { 1 })
+                    .build()?,
+            )?
             .get(0)?;
             (s.image, s.channels, s.height, s.width)
         }

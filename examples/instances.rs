@@ -181,9 +181,12 @@ fn main() -> Result<(), AnyError> {
     let dev = Device::Cpu;
     std::fs::create_dir_all(&args.out)?;
     let data = |len: usize, seed: u64| -> unetpp::Result<Vec<InstanceSample>> {
-        let mut cfg = NucleiConfig::new(len, seed);
-        cfg.size = (args.size, args.size);
-        cfg.classes = args.classes;
+        let cfg = NucleiConfig::builder()
+            .samples(len)
+            .seed(seed)
+            .size(args.size, args.size)
+            .classes(args.classes)
+            .build()?;
         let set = SyntheticNuclei::new(cfg)?;
         (0..len).map(|i| set.get(i)).collect()
     };

@@ -176,14 +176,15 @@ fn run(args: &Args) -> Result<(), AnyError> {
             };
             Arc::new(PngFolder::open(images, masks, encoding)?)
         }
-        _ => Arc::new(SyntheticDataset::new(SyntheticConfig {
-            samples: args.train + args.val,
-            height: args.size,
-            width: args.size,
-            num_classes: args.classes,
-            seed: args.seed,
-            ..Default::default()
-        })?),
+        _ => Arc::new(SyntheticDataset::new(
+            SyntheticConfig::builder()
+                .samples(args.train + args.val)
+                .height(args.size)
+                .width(args.size)
+                .num_classes(args.classes)
+                .seed(args.seed)
+                .build()?,
+        )?),
     };
     let n = data.len();
     let n_val = if args.images.is_some() {

@@ -9,7 +9,7 @@ use unetpp::data::loader::{hflip, rot90, vflip, Augment, DataLoader};
 use unetpp::data::png_io::{
     read_image, read_mask, write_gray, write_gray16, write_indexed, write_rgb,
 };
-use unetpp::data::synthetic::{Shape, SyntheticConfig, SyntheticDataset};
+use unetpp::data::synthetic::{Shape, SyntheticConfig, SyntheticConfigBuilder, SyntheticDataset};
 use unetpp::data::{Dataset, Sample};
 use unetpp::{Error, Result};
 
@@ -42,14 +42,16 @@ impl Drop for TempDir {
     }
 }
 
-fn small_config() -> SyntheticConfig {
-    SyntheticConfig {
-        samples: 16,
-        height: 32,
-        width: 32,
-        seed: 11,
-        ..Default::default()
-    }
+fn small_config() -> SyntheticConfigBuilder {
+    SyntheticConfig::builder()
+        .samples(16)
+        .height(32)
+        .width(32)
+        .seed(11)
+}
+
+fn synthetic(cfg: SyntheticConfigBuilder) -> SyntheticDataset {
+    SyntheticDataset::new(cfg.build().unwrap()).unwrap()
 }
 
 fn config_field(err: Error) -> &'static str {
@@ -69,8 +71,8 @@ fn assert_names(err: &Error, path: &Path) {
 
 #[test]
 fn synthetic_same_seed_gives_identical_samples() {
-    let a = SyntheticDataset::new(small_config()).unwrap();
-    let b = SyntheticDataset::new(small_config()).unwrap();
+    let a = synthetic(small_config());
+    let b = synthetic(small_config());
     for i in 0..a.len() {
         assert_eq!(a.get(i).unwrap(), b.get(i).unwrap());
     }
@@ -78,12 +80,8 @@ fn synthetic_same_seed_gives_identical_samples() {
 
 #[test]
 fn synthetic_different_seed_gives_different_samples() {
-    let a = SyntheticDataset::new(small_config()).unwrap();
-    let b = SyntheticDataset::new(SyntheticConfig {
-        seed: 12,
-        ..small_config()
-    })
-    .unwrap();
+    let a = synthetic(small_config());
+    let b = synthetic(small_config().seed(12));
     for i in 0..a.len() {
         assert_ne!(a.get(i).unwrap(), b.get(i).unwrap());
     }
@@ -91,7 +89,7 @@ fn synthetic_different_seed_gives_different_samples() {
 
 #[test]
 fn synthetic_sample_does_not_depend_on_fetch_order() {
-    let data = SyntheticDataset::new(small_config()).unwrap();
+    let data = synthetic(small_config());
     let forward: Vec<Sample> = (0..data.len()).map(|i| data.get(i).unwrap()).collect();
     let backward: Vec<Sample> = (0..data.len())
         .rev()
@@ -106,12 +104,7 @@ fn synthetic_sample_does_not_depend_on_fetch_order() {
 #[test]
 fn synthetic_objects_vary_widely_in_size() {
     // One object per image, so the foreground area is the object's area.
-    let single = SyntheticDataset::new(SyntheticConfig {
-        samples: 200,
-        objects: 1..=1,
-        ..Default::default()
-    })
-    .unwrap();
+    let single = synthetic(SyntheticConfig::builder().samples(200).objects(1..=1));
     let areas: Vec<usize> = (0..single.len())
         .map(|i| {
             single
@@ -126,7 +119,7 @@ fn synthetic_objects_vary_widely_in_size() {
     assert!(areas.iter().any(|&a| a > 0 && a < 30), "no small object");
     assert!(areas.iter().any(|&a| a > 400), "no large object");
 
-    let data = SyntheticDataset::new(SyntheticConfig::default()).unwrap();
+    let data = synthetic(SyntheticConfig::builder());
     let non_empty = (0..data.len())
         .filter(|&i| data.get(i).unwrap().mask.iter().any(|&c| c > 0))
         .count();
@@ -138,11 +131,7 @@ fn synthetic_objects_vary_widely_in_size() {
 
 #[test]
 fn synthetic_multiclass_labels_are_in_range_and_all_present() {
-    let data = SyntheticDataset::new(SyntheticConfig {
-        num_classes: 5,
-        ..small_config()
-    })
-    .unwrap();
+    let data = synthetic(small_config().num_classes(5));
     assert_eq!(data.num_classes(), 5);
     let mut seen = [false; 5];
     for i in 0..data.len() {
@@ -159,7 +148,7 @@ fn synthetic_multiclass_labels_are_in_range_and_all_present() {
 
 #[test]
 fn synthetic_binary_masks_hold_zero_and_one() {
-    let data = SyntheticDataset::new(small_config()).unwrap();
+    let data = synthetic(small_config());
     for i in 0..data.len() {
         assert!(data.get(i).unwrap().mask.iter().all(|&c| c <= 1));
     }
@@ -167,13 +156,7 @@ fn synthetic_binary_masks_hold_zero_and_one() {
 
 #[test]
 fn synthetic_images_lie_in_unit_interval_without_noise() {
-    let data = SyntheticDataset::new(SyntheticConfig {
-        channels: 3,
-        noise_std: 0.0,
-        contrast: 1.0,
-        ..small_config()
-    })
-    .unwrap();
+    let data = synthetic(small_config().channels(3).noise_std(0.0).contrast(1.0));
     assert_eq!(data.channels(), 3);
     for i in 0..data.len() {
         let s = data.get(i).unwrap();
@@ -184,86 +167,40 @@ fn synthetic_images_lie_in_unit_interval_without_noise() {
 
 #[test]
 fn synthetic_rejects_nonsense_configs() {
-    let bad = |cfg: SyntheticConfig| config_field(SyntheticDataset::new(cfg).unwrap_err());
+    let bad = |cfg: SyntheticConfigBuilder| config_field(cfg.build().unwrap_err());
     let base = small_config;
-    assert_eq!(
-        bad(SyntheticConfig {
-            samples: 0,
-            ..base()
-        }),
-        "samples"
-    );
-    assert_eq!(
-        bad(SyntheticConfig {
-            height: 7,
-            ..base()
-        }),
-        "height"
-    );
-    assert_eq!(bad(SyntheticConfig { width: 4, ..base() }), "width");
-    assert_eq!(
-        bad(SyntheticConfig {
-            num_classes: 1,
-            ..base()
-        }),
-        "num_classes"
-    );
-    assert_eq!(
-        bad(SyntheticConfig {
-            channels: 2,
-            ..base()
-        }),
-        "channels"
-    );
+    assert_eq!(bad(base().samples(0)), "samples");
+    assert_eq!(bad(base().height(7)), "height");
+    assert_eq!(bad(base().width(4)), "width");
+    assert_eq!(bad(base().num_classes(1)), "num_classes");
+    assert_eq!(bad(base().channels(2)), "channels");
     #[allow(clippy::reversed_empty_ranges)]
     let objects = 3..=2;
-    assert_eq!(bad(SyntheticConfig { objects, ..base() }), "objects");
-    assert_eq!(
-        bad(SyntheticConfig {
-            objects: 0..=0,
-            ..base()
-        }),
-        "objects"
-    );
-    assert_eq!(
-        bad(SyntheticConfig {
-            min_radius: 0.0,
-            ..base()
-        }),
-        "min_radius"
-    );
-    let inverted = SyntheticConfig {
-        min_radius: 6.0,
-        max_radius: Some(3.0),
-        ..base()
-    };
+    assert_eq!(bad(base().objects(objects)), "objects");
+    assert_eq!(bad(base().objects(0..=0)), "objects");
+    assert_eq!(bad(base().min_radius(0.0)), "min_radius");
+    let inverted = base().min_radius(6.0).max_radius(Some(3.0));
     assert_eq!(bad(inverted), "max_radius");
+    assert_eq!(bad(base().blur_sigma(-1.0)), "blur_sigma");
+    assert_eq!(bad(base().noise_std(f32::NAN)), "noise_std");
+    assert_eq!(bad(base().contrast(0.0)), "contrast");
+}
+
+#[test]
+fn synthetic_config_round_trips_through_its_builder() {
+    let cfg = small_config().max_radius(5.0).build().unwrap();
+    assert_eq!(cfg.to_builder().build().unwrap(), cfg);
     assert_eq!(
-        bad(SyntheticConfig {
-            blur_sigma: -1.0,
-            ..base()
-        }),
-        "blur_sigma"
+        (cfg.samples(), cfg.height(), cfg.width(), cfg.seed()),
+        (16, 32, 32, 11)
     );
-    assert_eq!(
-        bad(SyntheticConfig {
-            noise_std: f32::NAN,
-            ..base()
-        }),
-        "noise_std"
-    );
-    assert_eq!(
-        bad(SyntheticConfig {
-            contrast: 0.0,
-            ..base()
-        }),
-        "contrast"
-    );
+    assert_eq!((cfg.objects(), cfg.max_radius()), (2..=8, Some(5.0)));
+    assert_eq!(synthetic(cfg.to_builder()).config(), &cfg);
 }
 
 #[test]
 fn synthetic_index_out_of_range_is_an_error() {
-    let data = SyntheticDataset::new(small_config()).unwrap();
+    let data = synthetic(small_config());
     assert!(data.get(16).is_err());
 }
 
@@ -649,12 +586,7 @@ fn first_pixels(loader: &DataLoader<Ramps>, epoch: usize) -> Vec<u32> {
 
 #[test]
 fn loader_batches_have_expected_shapes_and_dtypes() {
-    let data = SyntheticDataset::new(SyntheticConfig {
-        channels: 3,
-        num_classes: 4,
-        ..small_config()
-    })
-    .unwrap();
+    let data = synthetic(small_config().channels(3).num_classes(4));
     let loader = DataLoader::new(data, 5).unwrap();
     assert_eq!(loader.num_batches(), 4);
     let batches: Vec<_> = loader.batches(0, &Device::Cpu).collect();
@@ -820,8 +752,9 @@ mod nuclei {
 
     #[test]
     fn samples_are_seeded_disjoint_and_boxed_by_their_masks() {
-        let set = SyntheticNuclei::new(NucleiConfig::new(6, 3)).unwrap();
-        let again = SyntheticNuclei::new(NucleiConfig::new(6, 3)).unwrap();
+        let cfg = || NucleiConfig::builder().samples(6).seed(3).build().unwrap();
+        let set = SyntheticNuclei::new(cfg()).unwrap();
+        let again = SyntheticNuclei::new(cfg()).unwrap();
         let mut sizes = Vec::new();
         for i in 0..6 {
             let s = set.get(i).unwrap();
@@ -855,8 +788,12 @@ mod nuclei {
 
     #[test]
     fn two_classes_by_shape_and_config_errors() {
-        let mut cfg = NucleiConfig::new(8, 5);
-        cfg.classes = 2;
+        let cfg = NucleiConfig::builder()
+            .samples(8)
+            .seed(5)
+            .classes(2)
+            .build()
+            .unwrap();
         let set = SyntheticNuclei::new(cfg.clone()).unwrap();
         let labels: Vec<u32> = (0..8)
             .flat_map(|i| set.get(i).unwrap().instances.into_iter().map(|x| x.label))
@@ -869,25 +806,16 @@ mod nuclei {
         assert_eq!(s.masks_tensor(&dev).unwrap().dims(), &[k, 96, 96]);
         assert_eq!(s.image_tensor(&dev).unwrap().dims(), &[3, 96, 96]);
         assert!(set.get(8).is_err());
-        for bad in [
-            NucleiConfig {
-                classes: 3,
-                ..cfg.clone()
-            },
-            NucleiConfig {
-                size: (8, 96),
-                ..cfg.clone()
-            },
-            NucleiConfig {
-                radius: (5.0, 2.0),
-                ..cfg.clone()
-            },
-            NucleiConfig {
-                objects: (4, 2),
-                ..cfg.clone()
-            },
+        let b = || cfg.to_builder();
+        for (bad, field) in [
+            (b().classes(3), "classes"),
+            (b().size(8, 96), "size"),
+            (b().radius(5.0, 2.0), "radius"),
+            (b().objects(4, 2), "objects"),
+            (b().noise(-0.1), "noise"),
         ] {
-            assert!(SyntheticNuclei::new(bad).is_err());
+            assert_eq!(super::config_field(bad.build().unwrap_err()), field);
         }
+        assert_eq!(cfg.to_builder().build().unwrap(), cfg);
     }
 }

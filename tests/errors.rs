@@ -185,12 +185,14 @@ fn up_and_top_widths_are_checked() {
 fn values_out_of_range_are_input_errors() {
     use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
     use unetpp::data::Dataset;
-    let set = SyntheticDataset::new(SyntheticConfig {
-        samples: 2,
-        height: 16,
-        width: 16,
-        ..Default::default()
-    })
+    let set = SyntheticDataset::new(
+        SyntheticConfig::builder()
+            .samples(2)
+            .height(16)
+            .width(16)
+            .build()
+            .unwrap(),
+    )
     .unwrap();
     let err = set.get(2).unwrap_err();
     assert!(matches!(err, Error::Input(_)), "{err}");

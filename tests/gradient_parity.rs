@@ -186,11 +186,10 @@ fn unet_cases() -> Vec<Case> {
 }
 
 fn smp_case() -> Case {
-    let cfg = SmpConfig {
-        encoder: ResNetConfig::resnet18().build().unwrap(),
-        decoder_channels: [32, 16, 8, 8, 4],
-        classes: 1,
-    };
+    let cfg = SmpConfig::resnet18()
+        .decoder_channels([32, 16, 8, 8, 4])
+        .build()
+        .unwrap();
     peer_case("smp_resnet18", Family::Smp(cfg), true)
 }
 

@@ -13,9 +13,9 @@ use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::{max_rel_diff, tmp_path};
 use unetpp::encoders::ResNetConfig;
-use unetpp::interop::monai::{from_monai, load_monai, save_monai, MonaiConfig};
+use unetpp::interop::monai::{from_monai, load_monai, save_monai, MonaiConfig, MonaiConfigBuilder};
 use unetpp::interop::nested_unet::{from_nested_unet, load_nested_unet, save_nested_unet};
-use unetpp::interop::smp::{SmpConfig, SmpUnetPlusPlus};
+use unetpp::interop::smp::{SmpConfig, SmpConfigBuilder, SmpUnetPlusPlus};
 use unetpp::prelude::*;
 
 fn fixture(key: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
@@ -50,7 +50,7 @@ fn monai_outputs_are_reproduced() {
         let (state, io) = fixture(key);
         let detected = MonaiConfig::detect(&state).unwrap();
         let (net, cfg) = from_monai(state, &Device::Cpu).unwrap();
-        assert_eq!(cfg.in_channels(), detected.in_channels);
+        assert_eq!(cfg.in_channels(), detected.in_channels());
         let out = net.forward_heads(&io["input"], false).unwrap();
         // With deep supervision MONAI returns X^{0,1..4}; without, X^{0,4} alone.
         let ours: Vec<&Tensor> = if heads == 4 {
@@ -102,9 +102,20 @@ fn mismatched_monai_files_are_errors_that_name_the_tensor() {
     );
     let e = from_monai(state.clone(), &Device::Cpu).unwrap_err();
     assert!(e.to_string().contains("shape"), "{e}");
-    let mut odd = MonaiConfig::detect(&fixture("a").0).unwrap();
-    odd.features[2] = 1;
-    assert!(odd.to_unetpp().is_err());
+    let detected = MonaiConfig::detect(&fixture("a").0).unwrap();
+    let mut odd = detected.features();
+    odd[2] = 1;
+    let err = detected.to_builder().features(odd).build().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "features",
+                ..
+            }
+        ),
+        "{err}"
+    );
     state.insert("extra.weight".into(), t);
     assert!(from_monai(state, &Device::Cpu).is_err());
 }
@@ -146,31 +157,16 @@ fn smp_unetplusplus_matches_segmentation_models_pytorch() {
         env!("CARGO_MANIFEST_DIR")
     );
     let f = unetpp::weights::load_tensors(path, &Device::Cpu).unwrap();
-    for (name, encoder, classes, dec) in [
-        (
-            "resnet18",
-            ResNetConfig::resnet18().build().unwrap(),
-            2,
-            [32, 16, 8, 8, 4],
-        ),
-        (
-            "resnet34",
-            ResNetConfig::resnet34().build().unwrap(),
-            1,
-            [16, 16, 8, 8, 8],
-        ),
-        (
-            "resnet50",
-            ResNetConfig::resnet50().build().unwrap(),
-            3,
-            [32, 16, 8, 8, 4],
-        ),
+    for (name, preset, classes, dec) in [
+        ("resnet18", SmpConfig::resnet18(), 2, [32, 16, 8, 8, 4]),
+        ("resnet34", SmpConfig::resnet34(), 1, [16, 16, 8, 8, 8]),
+        ("resnet50", SmpConfig::resnet50(), 3, [32, 16, 8, 8, 4]),
     ] {
-        let cfg = SmpConfig {
-            encoder,
-            decoder_channels: dec,
-            classes,
-        };
+        let cfg = preset
+            .decoder_channels(dec)
+            .classes(classes)
+            .build()
+            .unwrap();
         let varmap = VarMap::new();
         SmpUnetPlusPlus::new(
             &cfg,
@@ -215,11 +211,11 @@ fn smp_unetplusplus_matches_segmentation_models_pytorch() {
         assert_eq!(common::max_abs_diff(&y, &y2), 0.0);
         std::fs::remove_file(&path).unwrap();
     }
-    let cfg = SmpConfig {
-        encoder: ResNetConfig::resnet18().build().unwrap(),
-        decoder_channels: [32, 16, 8, 8, 4],
-        classes: 2,
-    };
+    let cfg = SmpConfig::resnet18()
+        .decoder_channels([32, 16, 8, 8, 4])
+        .classes(2)
+        .build()
+        .unwrap();
     let varmap = VarMap::new();
     let net = SmpUnetPlusPlus::new(
         &cfg,
@@ -228,4 +224,53 @@ fn smp_unetplusplus_matches_segmentation_models_pytorch() {
     .unwrap();
     let odd = Tensor::zeros((1, 3, 48, 64), DType::F32, &Device::Cpu).unwrap();
     assert!(net.forward(&odd).is_err(), "48 is not a multiple of 32");
+}
+
+fn config_field(err: Error) -> &'static str {
+    match err {
+        Error::Config { field, .. } => field,
+        other => panic!("expected a config error, got {other}"),
+    }
+}
+
+#[test]
+fn smp_config_names_its_bad_field() {
+    let field = |b: SmpConfigBuilder| config_field(b.build().unwrap_err());
+    assert_eq!(field(SmpConfig::resnet34().classes(0)), "classes");
+    assert_eq!(
+        field(SmpConfig::resnet34().decoder_channels([256, 128, 0, 32, 16])),
+        "decoder_channels"
+    );
+    assert_eq!(field(SmpConfig::resnet34().in_channels(0)), "in_channels");
+    let encoder = ResNetConfig::resnet50().in_channels(1).build().unwrap();
+    let cfg = SmpConfig::resnet18().encoder(encoder).build().unwrap();
+    assert_eq!(
+        (
+            cfg.encoder(),
+            cfg.in_channels(),
+            cfg.decoder_channels(),
+            cfg.classes()
+        ),
+        (&encoder, 1, [256, 128, 64, 32, 16], 1)
+    );
+    assert_eq!(cfg.to_builder().build().unwrap(), cfg);
+}
+
+#[test]
+fn monai_config_names_its_bad_field() {
+    let field = |b: MonaiConfigBuilder| config_field(b.build().unwrap_err());
+    assert_eq!(field(MonaiConfig::builder().in_channels(0)), "in_channels");
+    assert_eq!(
+        field(MonaiConfig::builder().out_channels(0)),
+        "out_channels"
+    );
+    let no_top = [32, 32, 64, 128, 256, 0];
+    assert_eq!(field(MonaiConfig::builder().features(no_top)), "features");
+    let cfg = MonaiConfig::builder().in_channels(3).build().unwrap();
+    assert_eq!(
+        (cfg.in_channels(), cfg.out_channels(), cfg.features()),
+        (3, 2, [32, 32, 64, 128, 256, 32])
+    );
+    assert_eq!(cfg.to_builder().build().unwrap(), cfg);
+    assert_eq!(cfg.to_unetpp().unwrap().heads(), &[1, 2, 3, 4]);
 }

@@ -10,10 +10,14 @@ use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, PyramidKind, RoiHeadsTarget, Ta
 use unetpp::Error;
 
 fn data(n: usize) -> (Vec<Tensor>, Vec<Target>) {
-    let mut cfg = NucleiConfig::new(n, 21);
-    cfg.size = (64, 64);
-    cfg.objects = (2, 5);
-    cfg.radius = (4.0, 12.0);
+    let cfg = NucleiConfig::builder()
+        .samples(n)
+        .seed(21)
+        .size(64, 64)
+        .objects(2, 5)
+        .radius(4.0, 12.0)
+        .build()
+        .unwrap();
     let set = SyntheticNuclei::new(cfg).unwrap();
     let dev = Device::Cpu;
     (0..n)

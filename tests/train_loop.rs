@@ -11,16 +11,18 @@ use unetpp::prelude::*;
 use unetpp::train::{evaluate, predict, train_step, AdamW, Mode};
 
 fn data(samples: usize, classes: usize, seed: u64) -> SyntheticDataset {
-    SyntheticDataset::new(SyntheticConfig {
-        samples,
-        height: 32,
-        width: 32,
-        num_classes: classes,
-        objects: 1..=3,
-        min_radius: 3.0,
-        seed,
-        ..Default::default()
-    })
+    SyntheticDataset::new(
+        SyntheticConfig::builder()
+            .samples(samples)
+            .height(32)
+            .width(32)
+            .num_classes(classes)
+            .objects(1..=3)
+            .min_radius(3.0)
+            .seed(seed)
+            .build()
+            .unwrap(),
+    )
     .unwrap()
 }
 

@@ -74,40 +74,225 @@ impl InstanceSample {
     }
 }
 
-/// Settings of [`SyntheticNuclei`].
+/// Settings of [`SyntheticNuclei`]: [`NucleiConfig::builder`] (the defaults), chained setters
+/// on the returned [`NucleiConfigBuilder`], then [`NucleiConfigBuilder::build`].
+///
+/// ```
+/// use unetpp::data::instances::NucleiConfig;
+/// let cfg = NucleiConfig::builder().samples(4).seed(1).size(64, 80).classes(2).build()?;
+/// assert_eq!((cfg.size(), cfg.objects(), cfg.classes()), ((64, 80), (2, 12), 2));
+/// let err = cfg.to_builder().radius(5.0, 2.0).build().unwrap_err();
+/// assert!(matches!(err, unetpp::Error::Config { field: "radius", .. }));
+/// # Ok::<(), unetpp::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "NucleiConfigBuilder"))]
 pub struct NucleiConfig {
-    /// Image height and width.
-    pub size: (usize, usize),
-    /// Number of samples.
-    pub len: usize,
-    /// Blobs drawn per image, at least and at most (before hidden ones are dropped).
-    pub objects: (usize, usize),
-    /// Mean radius of a blob in pixels, at least and at most (drawn log-uniformly).
-    pub radius: (f32, f32),
-    /// 1: every blob is class 1; 2: round blobs are class 1, elongated ones class 2.
-    pub classes: u32,
-    /// Instances with fewer visible pixels are dropped.
-    pub min_area: usize,
-    /// Standard deviation of the pixel noise.
-    pub noise: f32,
-    /// Seed of the whole set (sample `i` depends only on the seed and `i`).
-    pub seed: u64,
+    size: (usize, usize),
+    samples: usize,
+    objects: (usize, usize),
+    radius: (f32, f32),
+    classes: u32,
+    min_area: usize,
+    noise: f32,
+    seed: u64,
+}
+
+/// Chained setters for a [`NucleiConfig`]; nothing is checked until [`Self::build`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct NucleiConfigBuilder {
+    size: (usize, usize),
+    samples: usize,
+    objects: (usize, usize),
+    radius: (f32, f32),
+    classes: u32,
+    min_area: usize,
+    noise: f32,
+    seed: u64,
 }
 
 impl NucleiConfig {
-    /// 96×96 images with 2–12 blobs of radius 3–16 pixels, one class.
-    pub fn new(len: usize, seed: u64) -> Self {
-        NucleiConfig {
+    /// The defaults (see [`NucleiConfigBuilder::default`]).
+    pub fn builder() -> NucleiConfigBuilder {
+        NucleiConfigBuilder::default()
+    }
+
+    /// A builder holding this configuration, to change it.
+    pub fn to_builder(&self) -> NucleiConfigBuilder {
+        NucleiConfigBuilder {
+            size: self.size,
+            samples: self.samples,
+            objects: self.objects,
+            radius: self.radius,
+            classes: self.classes,
+            min_area: self.min_area,
+            noise: self.noise,
+            seed: self.seed,
+        }
+    }
+
+    /// Image height and width.
+    pub fn size(&self) -> (usize, usize) {
+        self.size
+    }
+
+    /// Number of samples.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// Blobs drawn per image, at least and at most (before hidden ones are dropped).
+    pub fn objects(&self) -> (usize, usize) {
+        self.objects
+    }
+
+    /// Mean radius of a blob in pixels, at least and at most (drawn log-uniformly).
+    pub fn radius(&self) -> (f32, f32) {
+        self.radius
+    }
+
+    /// 1: every blob is class 1; 2: round blobs are class 1, elongated ones class 2.
+    pub fn classes(&self) -> u32 {
+        self.classes
+    }
+
+    /// Instances with fewer visible pixels are dropped.
+    pub fn min_area(&self) -> usize {
+        self.min_area
+    }
+
+    /// Standard deviation of the pixel noise.
+    pub fn noise(&self) -> f32 {
+        self.noise
+    }
+
+    /// Seed of the whole set (sample `i` depends only on the seed and `i`).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+impl Default for NucleiConfigBuilder {
+    /// 64 samples of 96×96 images with 2–12 blobs of radius 3–16 pixels, one class, instances
+    /// of at least 8 pixels, noise 0.05, seed 0.
+    fn default() -> Self {
+        Self {
             size: (96, 96),
-            len,
+            samples: 64,
             objects: (2, 12),
             radius: (3.0, 16.0),
             classes: 1,
             min_area: 8,
             noise: 0.05,
-            seed,
+            seed: 0,
         }
+    }
+}
+
+impl NucleiConfigBuilder {
+    /// Image height and width, each at least 16.
+    pub fn size(mut self, height: usize, width: usize) -> Self {
+        self.size = (height, width);
+        self
+    }
+
+    /// Number of samples (0 is an empty set).
+    pub fn samples(mut self, samples: usize) -> Self {
+        self.samples = samples;
+        self
+    }
+
+    /// Blobs drawn per image, at least `min` and at most `max` (before hidden ones are
+    /// dropped).
+    pub fn objects(mut self, min: usize, max: usize) -> Self {
+        self.objects = (min, max);
+        self
+    }
+
+    /// Mean radius of a blob in pixels, `1 <= min <= max` (drawn log-uniformly).
+    pub fn radius(mut self, min: f32, max: f32) -> Self {
+        self.radius = (min, max);
+        self
+    }
+
+    /// 1: every blob is class 1; 2: round blobs are class 1, elongated ones class 2.
+    pub fn classes(mut self, classes: u32) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    /// Instances with fewer visible pixels are dropped (0 and 1 both keep every visible one).
+    pub fn min_area(mut self, min_area: usize) -> Self {
+        self.min_area = min_area;
+        self
+    }
+
+    /// Standard deviation of the pixel noise, finite and non-negative.
+    pub fn noise(mut self, noise: f32) -> Self {
+        self.noise = noise;
+        self
+    }
+
+    /// Seed of the whole set (sample `i` depends only on the seed and `i`).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The configuration, or an [`Error::Config`] naming the first invalid field.
+    pub fn build(self) -> Result<NucleiConfig> {
+        let (h, w) = self.size;
+        if h < 16 || w < 16 {
+            return Err(Error::config(
+                "size",
+                format!("at least 16x16, got {h}x{w}"),
+            ));
+        }
+        if self.objects.0 > self.objects.1 {
+            return Err(Error::config(
+                "objects",
+                format!("{:?} is empty", self.objects),
+            ));
+        }
+        let (r0, r1) = self.radius;
+        if !(r0 >= 1.0 && r1 >= r0 && r1.is_finite()) {
+            return Err(Error::config(
+                "radius",
+                format!("need 1 <= min <= max, got {r0}..{r1}"),
+            ));
+        }
+        if !(1..=2).contains(&self.classes) {
+            return Err(Error::config(
+                "classes",
+                format!("1 or 2, got {}", self.classes),
+            ));
+        }
+        if !(self.noise >= 0.0 && self.noise.is_finite()) {
+            return Err(Error::config(
+                "noise",
+                format!("must be >= 0, got {}", self.noise),
+            ));
+        }
+        Ok(NucleiConfig {
+            size: self.size,
+            samples: self.samples,
+            objects: self.objects,
+            radius: self.radius,
+            classes: self.classes,
+            min_area: self.min_area,
+            noise: self.noise,
+            seed: self.seed,
+        })
+    }
+}
+
+impl TryFrom<NucleiConfigBuilder> for NucleiConfig {
+    type Error = Error;
+
+    fn try_from(b: NucleiConfigBuilder) -> Result<Self> {
+        b.build()
     }
 }
 
@@ -115,7 +300,7 @@ impl NucleiConfig {
 ///
 /// ```
 /// use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
-/// let set = SyntheticNuclei::new(NucleiConfig::new(4, 1))?;
+/// let set = SyntheticNuclei::new(NucleiConfig::builder().samples(4).seed(1).build()?)?;
 /// let s = set.get(0)?;
 /// assert_eq!(s.image.len(), 3 * 96 * 96);
 /// for inst in &s.instances {
@@ -129,40 +314,10 @@ pub struct SyntheticNuclei {
 }
 
 impl SyntheticNuclei {
-    /// Checks `cfg` and makes the set.
+    /// The set of `cfg`; [`NucleiConfigBuilder::build`] has checked it, and this checks it
+    /// again.
     pub fn new(cfg: NucleiConfig) -> Result<Self> {
-        let (h, w) = cfg.size;
-        if h < 16 || w < 16 {
-            return Err(Error::config(
-                "size",
-                format!("at least 16x16, got {h}x{w}"),
-            ));
-        }
-        if cfg.objects.0 > cfg.objects.1 {
-            return Err(Error::config(
-                "objects",
-                format!("{:?} is empty", cfg.objects),
-            ));
-        }
-        let (r0, r1) = cfg.radius;
-        if !(r0 >= 1.0 && r1 >= r0 && r1.is_finite()) {
-            return Err(Error::config(
-                "radius",
-                format!("need 1 <= min <= max, got {r0}..{r1}"),
-            ));
-        }
-        if !(1..=2).contains(&cfg.classes) {
-            return Err(Error::config(
-                "classes",
-                format!("1 or 2, got {}", cfg.classes),
-            ));
-        }
-        if !(cfg.noise >= 0.0 && cfg.noise.is_finite()) {
-            return Err(Error::config(
-                "noise",
-                format!("must be >= 0, got {}", cfg.noise),
-            ));
-        }
+        let cfg = cfg.to_builder().build()?;
         Ok(SyntheticNuclei { cfg })
     }
 
@@ -173,20 +328,20 @@ impl SyntheticNuclei {
 
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.cfg.len
+        self.cfg.samples
     }
 
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.cfg.len == 0
+        self.cfg.samples == 0
     }
 
     /// Sample `i`.
     pub fn get(&self, i: usize) -> Result<InstanceSample> {
-        if i >= self.cfg.len {
+        if i >= self.cfg.samples {
             return Err(Error::Input(format!(
                 "sample {i} of a set of {}",
-                self.cfg.len
+                self.cfg.samples
             )));
         }
         let cfg = &self.cfg;

@@ -158,12 +158,9 @@ pub(super) fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
 /// use unetpp::data::loader::{Augment, DataLoader};
 /// use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
 ///
-/// let data = SyntheticDataset::new(SyntheticConfig {
-///     samples: 10,
-///     height: 32,
-///     width: 32,
-///     ..Default::default()
-/// })?;
+/// let data = SyntheticDataset::new(
+///     SyntheticConfig::builder().samples(10).height(32).width(32).build()?,
+/// )?;
 /// let loader = DataLoader::new(data, 4)?
 ///     .shuffle(7)
 ///     .augment(Augment::flips_and_rotations())

@@ -105,7 +105,7 @@ forward_dataset!(&D, Box<D>, std::sync::Arc<D>);
 ///
 /// ```
 /// use unetpp::data::{synthetic::{SyntheticConfig, SyntheticDataset}, Dataset, Subset};
-/// let all = SyntheticDataset::new(SyntheticConfig { samples: 10, ..Default::default() })?;
+/// let all = SyntheticDataset::new(SyntheticConfig::builder().samples(10).build()?)?;
 /// let val = Subset::new(&all, (8..10).collect())?;
 /// assert_eq!(val.len(), 2);
 /// assert_eq!(val.get(0)?, all.get(8)?);

@@ -136,45 +136,151 @@ impl Shape {
     }
 }
 
-/// The recipe of a [`SyntheticDataset`]; [`SyntheticDataset::new`] checks it.
+/// The recipe of a [`SyntheticDataset`]: [`SyntheticConfig::builder`] (the defaults), chained
+/// setters on the returned [`SyntheticConfigBuilder`], then [`SyntheticConfigBuilder::build`].
 ///
 /// Each image has a random background level per channel; each object a random shape (or, in a
 /// multi-class set, a random class and its [`Shape::of_class`]), size, position, rotation and
 /// brightness. The radius is drawn log-uniformly, so small and large objects are equally
 /// common on a log scale. Later objects paint over earlier ones, in the image and in the mask.
 /// The image is then blurred and noise is added; before noise its values lie in `[0, 1]`.
+///
+/// ```
+/// use unetpp::data::synthetic::SyntheticConfig;
+/// let cfg = SyntheticConfig::builder().samples(8).num_classes(4).seed(7).build()?;
+/// assert_eq!((cfg.samples(), cfg.height(), cfg.max_radius()), (8, 64, None));
+/// let err = cfg.to_builder().contrast(0.0).build().unwrap_err();
+/// assert!(matches!(err, unetpp::Error::Config { field: "contrast", .. }));
+/// # Ok::<(), unetpp::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "SyntheticConfigBuilder"))]
 pub struct SyntheticConfig {
-    /// Number of samples, at least 1.
-    pub samples: usize,
-    /// Image height, at least 8.
-    pub height: usize,
-    /// Image width, at least 8.
-    pub width: usize,
-    /// Image channels: 1 (grey) or 3 (colour, each object a random colour).
-    pub channels: usize,
-    /// Classes, background included: 2 is binary (every object is class 1); `k > 2` makes
-    /// each object's class (1 to `k - 1`) decide its shape.
-    pub num_classes: usize,
-    /// How many objects an image holds, drawn uniformly.
-    pub objects: RangeInclusive<usize>,
-    /// Smallest object radius in pixels, at least 0.5.
-    pub min_radius: f32,
-    /// Largest object radius in pixels; `None` is a third of the shorter image side.
-    pub max_radius: Option<f32>,
-    /// Standard deviation in pixels of the Gaussian blur of the image (not the mask); 0 is
-    /// none.
-    pub blur_sigma: f32,
-    /// Standard deviation of the additive Gaussian noise.
-    pub noise_std: f32,
-    /// How much brighter than the background objects are, in `(0, 1]`: each object is
-    /// brighter by 0.6 to 1 times this.
-    pub contrast: f32,
-    /// Seed: sample `i` depends on `(seed, i)` only.
-    pub seed: u64,
+    samples: usize,
+    height: usize,
+    width: usize,
+    channels: usize,
+    num_classes: usize,
+    objects: RangeInclusive<usize>,
+    min_radius: f32,
+    max_radius: Option<f32>,
+    blur_sigma: f32,
+    noise_std: f32,
+    contrast: f32,
+    seed: u64,
 }
 
-impl Default for SyntheticConfig {
+/// Chained setters for a [`SyntheticConfig`]; nothing is checked until [`Self::build`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct SyntheticConfigBuilder {
+    samples: usize,
+    height: usize,
+    width: usize,
+    channels: usize,
+    num_classes: usize,
+    objects: RangeInclusive<usize>,
+    min_radius: f32,
+    max_radius: Option<f32>,
+    blur_sigma: f32,
+    noise_std: f32,
+    contrast: f32,
+    seed: u64,
+}
+
+impl SyntheticConfig {
+    /// The defaults (see [`SyntheticConfigBuilder::default`]).
+    pub fn builder() -> SyntheticConfigBuilder {
+        SyntheticConfigBuilder::default()
+    }
+
+    /// A builder holding this configuration, to change it.
+    pub fn to_builder(&self) -> SyntheticConfigBuilder {
+        SyntheticConfigBuilder {
+            samples: self.samples,
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+            num_classes: self.num_classes,
+            objects: self.objects.clone(),
+            min_radius: self.min_radius,
+            max_radius: self.max_radius,
+            blur_sigma: self.blur_sigma,
+            noise_std: self.noise_std,
+            contrast: self.contrast,
+            seed: self.seed,
+        }
+    }
+
+    /// Number of samples.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// Image height.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Image width.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Image channels: 1 or 3.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Classes, background included.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// How many objects an image holds, drawn uniformly.
+    pub fn objects(&self) -> RangeInclusive<usize> {
+        self.objects.clone()
+    }
+
+    /// Smallest object radius in pixels.
+    pub fn min_radius(&self) -> f32 {
+        self.min_radius
+    }
+
+    /// Largest object radius in pixels; `None` is a third of the shorter image side.
+    pub fn max_radius(&self) -> Option<f32> {
+        self.max_radius
+    }
+
+    /// The largest object radius in use: the one set, or a third of the shorter side.
+    fn max_radius_or_default(&self) -> f32 {
+        self.max_radius
+            .unwrap_or(self.height.min(self.width) as f32 / 3.0)
+    }
+
+    /// Standard deviation in pixels of the Gaussian blur of the image.
+    pub fn blur_sigma(&self) -> f32 {
+        self.blur_sigma
+    }
+
+    /// Standard deviation of the additive Gaussian noise.
+    pub fn noise_std(&self) -> f32 {
+        self.noise_std
+    }
+
+    /// How much brighter than the background objects are.
+    pub fn contrast(&self) -> f32 {
+        self.contrast
+    }
+
+    /// Seed: sample `i` depends on `(seed, i)` only.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+impl Default for SyntheticConfigBuilder {
     /// 64 binary grey 64×64 images of 2 to 8 objects of radius 2 to 21, blur 0.8, noise 0.1,
     /// contrast 0.5, seed 0.
     fn default() -> Self {
@@ -195,48 +301,85 @@ impl Default for SyntheticConfig {
     }
 }
 
-/// A seeded synthetic segmentation data set (see [`SyntheticConfig`]). Sample `i` is a pure
-/// function of `(seed, i)`: samples can be fetched in any order, any number of times.
-///
-/// ```
-/// use unetpp::data::Dataset;
-/// use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
-///
-/// let data = SyntheticDataset::new(SyntheticConfig {
-///     samples: 8,
-///     num_classes: 4, // ellipses, rectangles and triangles on background
-///     seed: 7,
-///     ..Default::default()
-/// })?;
-/// let s = data.get(5)?;
-/// assert_eq!((s.channels, s.height, s.width), (1, 64, 64));
-/// assert!(s.mask.iter().all(|&class| class < 4));
-/// assert_eq!(s, data.get(5)?);
-/// # Ok::<(), unetpp::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct SyntheticDataset {
-    cfg: SyntheticConfig,
-    max_radius: f32,
-}
+impl SyntheticConfigBuilder {
+    /// Number of samples, at least 1.
+    pub fn samples(mut self, samples: usize) -> Self {
+        self.samples = samples;
+        self
+    }
 
-/// One object to paint.
-struct Object {
-    shape: Shape,
-    label: u32,
-    cy: f32,
-    cx: f32,
-    r: f32,
-    /// Aspect ratio or hole size, see [`Shape::contains`].
-    p: f32,
-    cos: f32,
-    sin: f32,
-    brightness: [f32; 3],
-}
+    /// Image height, at least 8.
+    pub fn height(mut self, height: usize) -> Self {
+        self.height = height;
+        self
+    }
 
-impl SyntheticDataset {
-    /// Checks `cfg`; an error names the first bad field.
-    pub fn new(cfg: SyntheticConfig) -> Result<Self> {
+    /// Image width, at least 8.
+    pub fn width(mut self, width: usize) -> Self {
+        self.width = width;
+        self
+    }
+
+    /// Image channels: 1 (grey) or 3 (colour, each object a random colour).
+    pub fn channels(mut self, channels: usize) -> Self {
+        self.channels = channels;
+        self
+    }
+
+    /// Classes, background included: 2 is binary (every object is class 1); `k > 2` makes
+    /// each object's class (1 to `k - 1`) decide its shape.
+    pub fn num_classes(mut self, num_classes: usize) -> Self {
+        self.num_classes = num_classes;
+        self
+    }
+
+    /// How many objects an image holds, drawn uniformly: `a..=b` with `a <= b` and `b >= 1`.
+    pub fn objects(mut self, objects: RangeInclusive<usize>) -> Self {
+        self.objects = objects;
+        self
+    }
+
+    /// Smallest object radius in pixels, at least 0.5.
+    pub fn min_radius(mut self, min_radius: f32) -> Self {
+        self.min_radius = min_radius;
+        self
+    }
+
+    /// Largest object radius in pixels, at least `min_radius`; `None` (the default) is a third
+    /// of the shorter image side.
+    pub fn max_radius(mut self, max_radius: impl Into<Option<f32>>) -> Self {
+        self.max_radius = max_radius.into();
+        self
+    }
+
+    /// Standard deviation in pixels of the Gaussian blur of the image (not the mask); 0 is
+    /// none.
+    pub fn blur_sigma(mut self, blur_sigma: f32) -> Self {
+        self.blur_sigma = blur_sigma;
+        self
+    }
+
+    /// Standard deviation of the additive Gaussian noise, finite and non-negative.
+    pub fn noise_std(mut self, noise_std: f32) -> Self {
+        self.noise_std = noise_std;
+        self
+    }
+
+    /// How much brighter than the background objects are, in `(0, 1]`: each object is
+    /// brighter by 0.6 to 1 times this.
+    pub fn contrast(mut self, contrast: f32) -> Self {
+        self.contrast = contrast;
+        self
+    }
+
+    /// Seed: sample `i` depends on `(seed, i)` only.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The configuration, or an [`Error::Config`] naming the first invalid field.
+    pub fn build(self) -> Result<SyntheticConfig> {
         let at_least = |field, v: usize, min: usize| {
             if v < min {
                 Err(Error::config(
@@ -247,34 +390,46 @@ impl SyntheticDataset {
                 Ok(())
             }
         };
-        at_least("samples", cfg.samples, 1)?;
-        at_least("height", cfg.height, 8)?;
-        at_least("width", cfg.width, 8)?;
-        at_least("num_classes", cfg.num_classes, 2)?;
-        if cfg.channels != 1 && cfg.channels != 3 {
+        at_least("samples", self.samples, 1)?;
+        at_least("height", self.height, 8)?;
+        at_least("width", self.width, 8)?;
+        at_least("num_classes", self.num_classes, 2)?;
+        if self.channels != 1 && self.channels != 3 {
             return Err(Error::config(
                 "channels",
-                format!("must be 1 or 3, got {}", cfg.channels),
+                format!("must be 1 or 3, got {}", self.channels),
             ));
         }
-        if cfg.objects.is_empty() || *cfg.objects.end() == 0 {
+        if self.objects.is_empty() || *self.objects.end() == 0 {
             return Err(Error::config(
                 "objects",
                 format!(
                     "must be a range `a..=b` with a <= b and b >= 1, got {:?}",
-                    cfg.objects
+                    self.objects
                 ),
             ));
         }
-        if !(cfg.min_radius.is_finite() && cfg.min_radius >= 0.5) {
+        if !(self.min_radius.is_finite() && self.min_radius >= 0.5) {
             return Err(Error::config(
                 "min_radius",
-                format!("must be at least 0.5 pixel, got {}", cfg.min_radius),
+                format!("must be at least 0.5 pixel, got {}", self.min_radius),
             ));
         }
-        let max_radius = cfg
-            .max_radius
-            .unwrap_or(cfg.height.min(cfg.width) as f32 / 3.0);
+        let cfg = SyntheticConfig {
+            samples: self.samples,
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+            num_classes: self.num_classes,
+            objects: self.objects,
+            min_radius: self.min_radius,
+            max_radius: self.max_radius,
+            blur_sigma: self.blur_sigma,
+            noise_std: self.noise_std,
+            contrast: self.contrast,
+            seed: self.seed,
+        };
+        let max_radius = cfg.max_radius_or_default();
         if !(max_radius.is_finite() && max_radius >= cfg.min_radius) {
             return Err(Error::config(
                 "max_radius",
@@ -307,6 +462,64 @@ impl SyntheticDataset {
                 format!("must lie in (0, 1], got {}", cfg.contrast),
             ));
         }
+        Ok(cfg)
+    }
+}
+
+impl TryFrom<SyntheticConfigBuilder> for SyntheticConfig {
+    type Error = Error;
+
+    fn try_from(b: SyntheticConfigBuilder) -> Result<Self> {
+        b.build()
+    }
+}
+
+/// A seeded synthetic segmentation data set (see [`SyntheticConfig`]). Sample `i` is a pure
+/// function of `(seed, i)`: samples can be fetched in any order, any number of times.
+///
+/// ```
+/// use unetpp::data::Dataset;
+/// use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
+///
+/// let data = SyntheticDataset::new(
+///     SyntheticConfig::builder()
+///         .samples(8)
+///         .num_classes(4) // ellipses, rectangles and triangles on background
+///         .seed(7)
+///         .build()?,
+/// )?;
+/// let s = data.get(5)?;
+/// assert_eq!((s.channels, s.height, s.width), (1, 64, 64));
+/// assert!(s.mask.iter().all(|&class| class < 4));
+/// assert_eq!(s, data.get(5)?);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SyntheticDataset {
+    cfg: SyntheticConfig,
+    max_radius: f32,
+}
+
+/// One object to paint.
+struct Object {
+    shape: Shape,
+    label: u32,
+    cy: f32,
+    cx: f32,
+    r: f32,
+    /// Aspect ratio or hole size, see [`Shape::contains`].
+    p: f32,
+    cos: f32,
+    sin: f32,
+    brightness: [f32; 3],
+}
+
+impl SyntheticDataset {
+    /// The data set of `cfg`; [`SyntheticConfigBuilder::build`] has checked it, and this
+    /// checks it again.
+    pub fn new(cfg: SyntheticConfig) -> Result<Self> {
+        let cfg = cfg.to_builder().build()?;
+        let max_radius = cfg.max_radius_or_default();
         Ok(Self { cfg, max_radius })
     }
 

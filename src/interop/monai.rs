@@ -29,27 +29,69 @@ use crate::nested::{ConcatOrder, UNetPlusPlus, UNetPlusPlusConfig};
 use crate::nn::{Activation, Norm};
 use crate::{weights, Error, Result};
 
-/// What a MONAI `BasicUNetPlusPlus` was built with.
+/// What a MONAI `BasicUNetPlusPlus` was built with: [`MonaiConfig::builder`] (MONAI's
+/// defaults), chained setters on the returned [`MonaiConfigBuilder`], then
+/// [`MonaiConfigBuilder::build`]; or [`Self::detect`] from a `state_dict`.
+///
+/// ```
+/// use unetpp::interop::monai::MonaiConfig;
+/// let cfg = MonaiConfig::builder().in_channels(3).out_channels(4).build()?;
+/// assert_eq!(cfg.to_unetpp()?.widths(), &[32, 32, 64, 128, 256]);
+/// let err = cfg.to_builder().features([32, 32, 1, 128, 256, 32]).build().unwrap_err();
+/// assert!(matches!(err, unetpp::Error::Config { field: "features", .. }));
+/// # Ok::<(), unetpp::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "MonaiConfigBuilder"))]
 pub struct MonaiConfig {
-    /// `in_channels`.
-    pub in_channels: usize,
-    /// `out_channels`.
-    pub out_channels: usize,
-    /// `features`: widths of levels 0–4, then of `X^{0,4}`.
-    pub features: [usize; 6],
+    in_channels: usize,
+    out_channels: usize,
+    features: [usize; 6],
+}
+
+/// Chained setters for a [`MonaiConfig`]; nothing is checked until [`Self::build`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct MonaiConfigBuilder {
+    in_channels: usize,
+    out_channels: usize,
+    features: [usize; 6],
 }
 
 impl MonaiConfig {
+    /// MONAI's defaults (see [`MonaiConfigBuilder::default`]).
+    pub fn builder() -> MonaiConfigBuilder {
+        MonaiConfigBuilder::default()
+    }
+
+    /// A builder holding this configuration, to change it.
+    pub fn to_builder(&self) -> MonaiConfigBuilder {
+        MonaiConfigBuilder {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            features: self.features,
+        }
+    }
+
+    /// `in_channels`.
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+
+    /// `out_channels`.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// `features`: widths of levels 0–4, then of `X^{0,4}`.
+    pub fn features(&self) -> [usize; 6] {
+        self.features
+    }
+
     /// The equivalent UNet++ configuration (all four heads, as MONAI always builds them).
     pub fn to_unetpp(&self) -> Result<UNetPlusPlusConfig> {
         let f = self.features;
-        if f[2..5].iter().any(|&w| w < 2) {
-            return Err(Error::config(
-                "features",
-                format!("MONAI features {f:?}: f2..f4 must be at least 2 (they are halved)"),
-            ));
-        }
         UNetPlusPlusConfig::paper()
             // MONAI's UpCat keeps f1 into level 0 and halves f_{i+1} into level i >= 1.
             .up_widths([f[1], f[2] / 2, f[3] / 2, f[4] / 2])
@@ -76,11 +118,77 @@ impl MonaiConfig {
             *f = dim(&format!("conv_{i}_0.convs.conv_0.conv.weight"), 0)?;
         }
         features[5] = dim("upcat_0_4.convs.conv_0.conv.weight", 0)?;
-        Ok(Self {
+        MonaiConfigBuilder {
             in_channels: dim("conv_0_0.conv_0.conv.weight", 1)?,
             out_channels: dim("final_conv_0_4.weight", 0)?,
             features,
+        }
+        .build()
+    }
+}
+
+impl Default for MonaiConfigBuilder {
+    /// `BasicUNetPlusPlus`'s defaults: `in_channels=1`, `out_channels=2`,
+    /// `features=(32, 32, 64, 128, 256, 32)`.
+    fn default() -> Self {
+        Self {
+            in_channels: 1,
+            out_channels: 2,
+            features: [32, 32, 64, 128, 256, 32],
+        }
+    }
+}
+
+impl MonaiConfigBuilder {
+    /// `in_channels`, at least 1.
+    pub fn in_channels(mut self, in_channels: usize) -> Self {
+        self.in_channels = in_channels;
+        self
+    }
+
+    /// `out_channels`, at least 1.
+    pub fn out_channels(mut self, out_channels: usize) -> Self {
+        self.out_channels = out_channels;
+        self
+    }
+
+    /// `features`: widths of levels 0–4, then of `X^{0,4}`; each at least 1, and `f2..f4` at
+    /// least 2 (MONAI halves them).
+    pub fn features(mut self, features: [usize; 6]) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// The configuration, or an [`Error::Config`] naming the first invalid field.
+    pub fn build(self) -> Result<MonaiConfig> {
+        if self.in_channels == 0 {
+            return Err(Error::config("in_channels", "must be at least 1"));
+        }
+        if self.out_channels == 0 {
+            return Err(Error::config("out_channels", "must be at least 1"));
+        }
+        let f = self.features;
+        if f.contains(&0) || f[2..5].iter().any(|&w| w < 2) {
+            return Err(Error::config(
+                "features",
+                format!(
+                    "MONAI features {f:?}: each must be at least 1, and f2..f4 at least 2 (they are halved)"
+                ),
+            ));
+        }
+        Ok(MonaiConfig {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            features: self.features,
         })
+    }
+}
+
+impl TryFrom<MonaiConfigBuilder> for MonaiConfig {
+    type Error = Error;
+
+    fn try_from(b: MonaiConfigBuilder) -> Result<Self> {
+        b.build()
     }
 }
 

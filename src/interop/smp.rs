@@ -16,22 +16,60 @@ use std::path::Path;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::encoders::{ResNet, ResNetConfig};
+use crate::encoders::{ResNet, ResNetConfig, ResNetConfigBuilder};
 use crate::nn::{Conv, ConvBn, ConvConfig, NamedTensor};
 use crate::{weights, Error, Result};
 
-/// Configuration of an smp `UnetPlusPlus` (encoder depth 5, batch-norm decoder).
+/// Configuration of an smp `UnetPlusPlus` (encoder depth 5, batch-norm decoder): a preset
+/// named after smp's `encoder_name` ([`Self::resnet34`], …), chained setters on the returned
+/// [`SmpConfigBuilder`], then [`SmpConfigBuilder::build`]; or [`Self::detect`] from a
+/// `state_dict`.
+///
+/// ```
+/// use unetpp::interop::smp::SmpConfig;
+/// let cfg = SmpConfig::resnet18().decoder_channels([32, 16, 8, 8, 4]).classes(2).build()?;
+/// assert_eq!((cfg.encoder().in_channels(), cfg.classes()), (3, 2));
+/// let err = cfg.to_builder().decoder_channels([32, 16, 0, 8, 4]).build().unwrap_err();
+/// assert!(matches!(err, unetpp::Error::Config { field: "decoder_channels", .. }));
+/// # Ok::<(), unetpp::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(try_from = "SmpConfigBuilder"))]
 pub struct SmpConfig {
-    /// The encoder (`encoder_name` resnet18 / resnet34 / resnet50, `in_channels`).
-    pub encoder: ResNetConfig,
-    /// `decoder_channels`, five widths (smp's default `(256, 128, 64, 32, 16)`).
-    pub decoder_channels: [usize; 5],
-    /// `classes`.
-    pub classes: usize,
+    encoder: ResNetConfig,
+    decoder_channels: [usize; 5],
+    classes: usize,
+}
+
+/// Chained setters for an [`SmpConfig`]; nothing is checked until [`Self::build`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct SmpConfigBuilder {
+    encoder: ResNetConfigBuilder,
+    decoder_channels: [usize; 5],
+    classes: usize,
 }
 
 impl SmpConfig {
+    /// `encoder_name="resnet18"` on RGB images, smp's default decoder channels
+    /// `(256, 128, 64, 32, 16)`, one class.
+    pub fn resnet18() -> SmpConfigBuilder {
+        SmpConfigBuilder::new(ResNetConfig::resnet18())
+    }
+
+    /// `encoder_name="resnet34"` (smp's default) on RGB images, smp's default decoder
+    /// channels `(256, 128, 64, 32, 16)`, one class.
+    pub fn resnet34() -> SmpConfigBuilder {
+        SmpConfigBuilder::new(ResNetConfig::resnet34())
+    }
+
+    /// `encoder_name="resnet50"` on RGB images, smp's default decoder channels
+    /// `(256, 128, 64, 32, 16)`, one class.
+    pub fn resnet50() -> SmpConfigBuilder {
+        SmpConfigBuilder::new(ResNetConfig::resnet50())
+    }
+
     /// Reads the configuration from an smp `state_dict`'s shapes: the encoder (ResNet-50 has
     /// `conv3` in its blocks; ResNet-34 six blocks in `layer3`, ResNet-18 two), its input
     /// channels, the decoder channels and the classes.
@@ -46,18 +84,113 @@ impl SmpConfig {
         } else {
             ResNetConfig::resnet18()
         };
-        let encoder = encoder
-            .in_channels(dim("encoder.conv1.weight", 1)?)
-            .build()?;
+        let encoder = encoder.in_channels(dim("encoder.conv1.weight", 1)?);
         let mut decoder_channels = [0usize; 5];
         for (l, c) in decoder_channels.iter_mut().enumerate() {
             *c = dim(&format!("decoder.blocks.x_0_{l}.conv1.0.weight"), 0)?;
         }
-        Ok(Self {
+        SmpConfigBuilder {
             encoder,
             decoder_channels,
             classes: dim("segmentation_head.0.weight", 0)?,
+        }
+        .build()
+    }
+
+    /// A builder holding this configuration, to change it.
+    pub fn to_builder(&self) -> SmpConfigBuilder {
+        SmpConfigBuilder {
+            encoder: self.encoder.to_builder(),
+            decoder_channels: self.decoder_channels,
+            classes: self.classes,
+        }
+    }
+
+    /// The encoder (`encoder_name`, `in_channels`).
+    pub fn encoder(&self) -> &ResNetConfig {
+        &self.encoder
+    }
+
+    /// `in_channels`: the encoder's image channels.
+    pub fn in_channels(&self) -> usize {
+        self.encoder.in_channels()
+    }
+
+    /// `decoder_channels`: five widths.
+    pub fn decoder_channels(&self) -> [usize; 5] {
+        self.decoder_channels
+    }
+
+    /// `classes`.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+}
+
+impl SmpConfigBuilder {
+    fn new(encoder: ResNetConfigBuilder) -> Self {
+        Self {
+            encoder,
+            decoder_channels: [256, 128, 64, 32, 16],
+            classes: 1,
+        }
+    }
+
+    /// The encoder (`encoder_name`, `in_channels`); smp's are torchvision's ResNets with
+    /// trainable batch-norm of epsilon 1e-5.
+    pub fn encoder(mut self, encoder: ResNetConfig) -> Self {
+        self.encoder = encoder.to_builder();
+        self
+    }
+
+    /// `in_channels`: the encoder's image channels (3 for ImageNet weights).
+    pub fn in_channels(mut self, in_channels: usize) -> Self {
+        self.encoder = self.encoder.in_channels(in_channels);
+        self
+    }
+
+    /// `decoder_channels`: five widths, each at least 1 (smp's default
+    /// `(256, 128, 64, 32, 16)`).
+    pub fn decoder_channels(mut self, decoder_channels: [usize; 5]) -> Self {
+        self.decoder_channels = decoder_channels;
+        self
+    }
+
+    /// `classes`: output channels, at least 1.
+    pub fn classes(mut self, classes: usize) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    /// The configuration, or an [`Error::Config`] naming the first invalid field (the
+    /// encoder's own fields, such as `in_channels`, by their names).
+    pub fn build(self) -> Result<SmpConfig> {
+        let encoder = self.encoder.build()?;
+        if let Some(l) = self.decoder_channels.iter().position(|&c| c == 0) {
+            return Err(Error::config(
+                "decoder_channels",
+                format!(
+                    "every width must be at least 1, got {:?} (0 at {l})",
+                    self.decoder_channels
+                ),
+            ));
+        }
+        if self.classes == 0 {
+            return Err(Error::config("classes", "must be at least 1"));
+        }
+        Ok(SmpConfig {
+            encoder,
+            decoder_channels: self.decoder_channels,
+            classes: self.classes,
         })
+    }
+}
+
+impl TryFrom<SmpConfigBuilder> for SmpConfig {
+    type Error = Error;
+
+    fn try_from(b: SmpConfigBuilder) -> Result<Self> {
+        b.build()
     }
 }
 
@@ -109,12 +242,6 @@ impl SmpUnetPlusPlus {
     /// The network of `cfg` with weights from `vb` under smp's names (`encoder.*`,
     /// `decoder.blocks.x_{d}_{l}.conv{1,2}.{0,1}.*`, `segmentation_head.0.*`).
     pub fn new(cfg: &SmpConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.classes == 0 || cfg.decoder_channels.contains(&0) {
-            return Err(Error::config(
-                "classes",
-                "classes and decoder channels must be at least 1",
-            ));
-        }
         let ((encoder, blocks, head), tensors) = weights::record(vb, |vb| Self::layers(cfg, &vb))?;
         Ok(Self {
             cfg: cfg.clone(),
