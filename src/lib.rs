@@ -46,6 +46,27 @@
 //!
 //! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.
+//!
+//! # Features
+//!
+//! | Feature | Adds | Default |
+//! |---|---|---|
+//! | `detection` | [`maskrcnn`], the detection ops of [`ops`] (boxes, NMS, RoIAlign, the multi-scale poolers), [`data::instances`] | yes |
+//! | `png` | [`data::png_io`] (PNG reading and writing) and [`data::folder`] (the PNG-folder data set); the `png` dependency | yes |
+//! | `serde` | `Serialize` / `Deserialize` for the configurations | no |
+//! | `cuda`, `cudnn`, `metal`, `mkl`, `accelerate` | candle's back-ends of the same names | no |
+//!
+//! UNet++, U-Net, the losses, metrics, training, encoders, interop and the synthetic data set
+//! need none of them: `default-features = false` builds only those.
+//!
+// Without a feature its items do not exist: their links lead to the table above.
+#![cfg_attr(not(feature = "detection"), doc = "[`maskrcnn`]: crate#features")]
+#![cfg_attr(
+    not(feature = "detection"),
+    doc = "[`data::instances`]: crate#features"
+)]
+#![cfg_attr(not(feature = "png"), doc = "[`data::png_io`]: crate#features")]
+#![cfg_attr(not(feature = "png"), doc = "[`data::folder`]: crate#features")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -56,6 +77,8 @@ pub mod encoders;
 mod error;
 pub mod interop;
 pub mod loss;
+#[cfg(feature = "detection")]
+#[cfg_attr(docsrs, doc(cfg(feature = "detection")))]
 pub mod maskrcnn;
 pub mod metrics;
 pub mod model;

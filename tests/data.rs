@@ -747,6 +747,7 @@ fn transforms_reject_inconsistent_samples() {
     assert!(rot90(&broken, 1).is_err());
 }
 
+#[cfg(feature = "detection")]
 mod nuclei {
     use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
 

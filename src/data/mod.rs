@@ -5,10 +5,19 @@
 //! [`Batch`]es of tensors. Two data sets come with the crate: seeded synthetic images
 //! ([`synthetic`]) and a folder of image / mask PNG pairs ([`folder`]); [`instances`] has
 //! seeded synthetic instance segmentation (touching nuclei-like blobs) for Mask R-CNN.
+//!
+#![cfg_attr(not(feature = "png"), doc = "[`folder`]: crate#features")]
+#![cfg_attr(not(feature = "detection"), doc = "[`instances`]: crate#features")]
 
+#[cfg(feature = "png")]
+#[cfg_attr(docsrs, doc(cfg(feature = "png")))]
 pub mod folder;
+#[cfg(feature = "detection")]
+#[cfg_attr(docsrs, doc(cfg(feature = "detection")))]
 pub mod instances;
 pub mod loader;
+#[cfg(feature = "png")]
+#[cfg_attr(docsrs, doc(cfg(feature = "png")))]
 pub mod png_io;
 pub mod synthetic;
 

@@ -10,6 +10,7 @@
 //!   [`nms()`], [`batched_nms`], [`box_iou`] and the other box utilities.
 //!
 //! ```
+//! # #[cfg(feature = "detection")] {
 //! use candle_core::{Device, Tensor};
 //! use unetpp::ops::{nms, RoiAlign};
 //!
@@ -23,6 +24,7 @@
 //! let pooled = RoiAlign::new((7, 7)).with_spatial_scale(0.25).with_sampling_ratio(2)
 //!     .forward(&features, &rois)?;
 //! assert_eq!(pooled.dims(), &[2, 8, 7, 7]);
+//! # }
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 //!
@@ -75,8 +77,21 @@
 //!   `detection/boxes`, `detection/real`
 //! - `detection/poolers` → `detection/roi_align/mod`, `detection/boxes`, `detection/real`
 //! - `mod` (this file), `detection/mod` → their children, for re-exports only
+//!
+//! `detection/` is compiled with the `detection` feature only (a default one).
+//!
+// Without it, the links to its items lead to the crate's table of features.
+#![cfg_attr(not(feature = "detection"), doc = "[`RoiAlign`]: crate#features")]
+#![cfg_attr(
+    not(feature = "detection"),
+    doc = "[`MultiScaleRoiAlign`]: crate#features"
+)]
+#![cfg_attr(not(feature = "detection"), doc = "[`nms()`]: crate#features")]
+#![cfg_attr(not(feature = "detection"), doc = "[`batched_nms`]: crate#features")]
+#![cfg_attr(not(feature = "detection"), doc = "[`box_iou`]: crate#features")]
 
 mod conv;
+#[cfg(feature = "detection")]
 mod detection;
 mod elementwise;
 // The shared unsafe core; its module doc states the invariants every `unsafe` block keeps.
@@ -92,6 +107,8 @@ pub use conv::{
 };
 // `nms` names both the public function and the crate-visible module, whose host-side helpers
 // Mask R-CNN's RPN calls (`crate::ops::nms::batched_nms_host`).
+#[cfg(feature = "detection")]
+#[cfg_attr(docsrs, doc(cfg(feature = "detection")))]
 pub use detection::{
     batched_nms, box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, nms,
     remove_small_boxes, rois_from_boxes, BoxFormat, MultiScaleRoiAlign, RoiAlign,
