@@ -35,14 +35,19 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 //!
-//! Modules: [`nested`] (UNet++: config, grid, model, outputs), [`unet`] (the U-Net baselines),
-//! [`nn`] (blocks), [`ops`] (fast CPU convolutions and bilinear resize, with backward
-//! passes; RoIAlign, NMS and box utilities for detection), [`loss`] (BCE + Dice, CE + Dice, deep supervision), [`metrics`] (IoU, Dice),
-//! [`data`] (synthetic and PNG-folder data sets, batching, augmentation), [`train`]
-//! (optimizer, checkpoints, training step, evaluation), [`encoders`] (ResNet in torchvision's
-//! layout), [`interop`] (weights from MONAI, NestedUNet and segmentation_models_pytorch), [`weights`] (safetensors I/O), [`device`].
-//! [`maskrcnn`] has Mask R-CNN and Mask R-CNN++ (torchvision's `maskrcnn_resnet50_fpn`, and the
-//! same detector on a feature pyramid with UNet++'s nested skips) and all their parts.
+//! Modules, from the bottom layer up (`docs/ARCHITECTURE.md` says which may use which):
+//! [`ops`] (differentiable operations: fast CPU convolutions, pooling, resizing, batch-norm;
+//! RoIAlign, NMS and boxes for detection), [`nn`] (layers: the convolution layer that alone
+//! chooses a kernel, blocks, norms, up-sampling, seeded initialisation), [`weights`] (the
+//! names a model records, safetensors I/O), [`encoders`] (the [`encoders::Encoder`] trait,
+//! ResNet in torchvision's layout), [`nested`] (UNet++: grid, configuration, model, outputs),
+//! [`unet`] (the U-Net baselines), [`model`] (what training takes), [`loss`] (BCE + Dice,
+//! CE + Dice, deep supervision), [`metrics`] (IoU, Dice), [`data`] (synthetic and PNG-folder
+//! data sets, batching, augmentation), [`train`] (optimizer, checkpoints, training step,
+//! evaluation), [`interop`] (weights from MONAI, NestedUNet and segmentation_models_pytorch),
+//! [`device`]. [`maskrcnn`] has Mask R-CNN and Mask R-CNN++ (torchvision's
+//! `maskrcnn_resnet50_fpn`, and the same detector on a feature pyramid with UNet++'s nested
+//! skips) and all their parts.
 //!
 //! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.

@@ -139,7 +139,7 @@ impl ConvConfig {
                 return Err(Error::config(field, "must be at least 1"));
             }
         }
-        if c_in % self.groups != 0 || c_out % self.groups != 0 {
+        if !c_in.is_multiple_of(self.groups) || !c_out.is_multiple_of(self.groups) {
             return Err(Error::config(
                 "groups",
                 format!(
