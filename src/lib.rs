@@ -76,6 +76,21 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+/// `impl TryFrom<$builder> for $config` through the builder's validation: how the `serde`
+/// feature reads every configuration (`#[serde(try_from = "…Builder")]`), so that a
+/// configuration read from a file is checked as one written in code.
+macro_rules! built_by {
+    ($config:ty, $builder:ty) => {
+        impl TryFrom<$builder> for $config {
+            type Error = crate::Error;
+
+            fn try_from(builder: $builder) -> crate::Result<Self> {
+                builder.build()
+            }
+        }
+    };
+}
+
 pub mod data;
 pub mod device;
 pub mod encoders;

@@ -288,13 +288,7 @@ impl NucleiConfigBuilder {
     }
 }
 
-impl TryFrom<NucleiConfigBuilder> for NucleiConfig {
-    type Error = Error;
-
-    fn try_from(b: NucleiConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(NucleiConfig, NucleiConfigBuilder);
 
 /// A seeded set of synthetic nuclei images ([`NucleiConfig`]).
 ///

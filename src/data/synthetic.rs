@@ -466,13 +466,7 @@ impl SyntheticConfigBuilder {
     }
 }
 
-impl TryFrom<SyntheticConfigBuilder> for SyntheticConfig {
-    type Error = Error;
-
-    fn try_from(b: SyntheticConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(SyntheticConfig, SyntheticConfigBuilder);
 
 /// A seeded synthetic segmentation data set (see [`SyntheticConfig`]). Sample `i` is a pure
 /// function of `(seed, i)`: samples can be fetched in any order, any number of times.

@@ -170,13 +170,7 @@ impl ResNetConfigBuilder {
     }
 }
 
-impl TryFrom<ResNetConfigBuilder> for ResNetConfig {
-    type Error = Error;
-
-    fn try_from(b: ResNetConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(ResNetConfig, ResNetConfigBuilder);
 
 /// A residual block: basic (two 3×3) or bottleneck (1×1, 3×3, 1×1), with the projection of
 /// the shortcut where the shape changes.

@@ -184,13 +184,7 @@ impl MonaiConfigBuilder {
     }
 }
 
-impl TryFrom<MonaiConfigBuilder> for MonaiConfig {
-    type Error = Error;
-
-    fn try_from(b: MonaiConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(MonaiConfig, MonaiConfigBuilder);
 
 /// Our name for a MONAI tensor name; `None` for a name that has no counterpart.
 pub fn from_monai_name(name: &str) -> Option<String> {

@@ -186,13 +186,7 @@ impl SmpConfigBuilder {
     }
 }
 
-impl TryFrom<SmpConfigBuilder> for SmpConfig {
-    type Error = Error;
-
-    fn try_from(b: SmpConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(SmpConfig, SmpConfigBuilder);
 
 /// Two of smp's `Conv2dReLU` with batch-norm (`conv{k}.0`, no bias, `conv{k}.1`, ReLU).
 #[derive(Debug, Clone)]

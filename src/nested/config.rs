@@ -605,13 +605,7 @@ impl UNetPlusPlusConfig {
     }
 }
 
-impl TryFrom<UNetPlusPlusConfigBuilder> for UNetPlusPlusConfig {
-    type Error = Error;
-
-    fn try_from(b: UNetPlusPlusConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(UNetPlusPlusConfig, UNetPlusPlusConfigBuilder);
 
 impl From<UNetPlusPlusConfig> for UNetPlusPlusConfigBuilder {
     fn from(cfg: UNetPlusPlusConfig) -> Self {

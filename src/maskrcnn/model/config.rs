@@ -268,10 +268,4 @@ impl MaskRcnnConfigBuilder {
     }
 }
 
-impl TryFrom<MaskRcnnConfigBuilder> for MaskRcnnConfig {
-    type Error = Error;
-
-    fn try_from(b: MaskRcnnConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(MaskRcnnConfig, MaskRcnnConfigBuilder);

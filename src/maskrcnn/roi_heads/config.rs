@@ -420,10 +420,4 @@ impl RoiHeadsConfigBuilder {
     }
 }
 
-impl TryFrom<RoiHeadsConfigBuilder> for RoiHeadsConfig {
-    type Error = Error;
-
-    fn try_from(b: RoiHeadsConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(RoiHeadsConfig, RoiHeadsConfigBuilder);

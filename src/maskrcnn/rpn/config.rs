@@ -225,10 +225,4 @@ impl RpnConfigBuilder {
     }
 }
 
-impl TryFrom<RpnConfigBuilder> for RpnConfig {
-    type Error = Error;
-
-    fn try_from(b: RpnConfigBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(RpnConfig, RpnConfigBuilder);

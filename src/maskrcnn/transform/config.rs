@@ -206,10 +206,4 @@ impl RcnnTransformBuilder {
     }
 }
 
-impl TryFrom<RcnnTransformBuilder> for RcnnTransform {
-    type Error = Error;
-
-    fn try_from(b: RcnnTransformBuilder) -> Result<Self> {
-        b.build()
-    }
-}
+built_by!(RcnnTransform, RcnnTransformBuilder);
