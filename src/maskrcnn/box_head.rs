@@ -82,6 +82,12 @@ impl TwoMlpHead {
     }
 }
 
+impl Module for TwoMlpHead {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(TwoMlpHead::forward(self, x)?)
+    }
+}
+
 /// The classifier and box regressor of Fast R-CNN: torchvision's `FastRCNNPredictor`, with
 /// its weights `cls_score.{weight,bias}` (`C` outputs) and `bbox_pred.{weight,bias}` (`4·C`
 /// outputs, four deltas per class, background included).

@@ -23,7 +23,7 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 
-use candle_core::Tensor;
+use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::box_head::host_labels;
@@ -95,6 +95,12 @@ impl MaskRcnnHeads {
     }
 }
 
+impl Module for MaskRcnnHeads {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(MaskRcnnHeads::forward(self, x)?)
+    }
+}
+
 /// Up-sampling by a 2×2 transposed convolution of stride 2 with a ReLU (`conv5_mask`), then a
 /// 1×1 convolution to one mask logit per class (`mask_fcn_logits`): torchvision's
 /// `MaskRCNNPredictor`.
@@ -159,6 +165,12 @@ impl MaskRcnnPredictor {
         }
         let y = self.conv5_mask.forward_fused(x, true)?;
         self.mask_fcn_logits.forward(&y)
+    }
+}
+
+impl Module for MaskRcnnPredictor {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(MaskRcnnPredictor::forward(self, x)?)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Convolution followed by batch-norm, the unit of ResNets and of smp's decoder.
 
-use candle_core::Tensor;
+use candle_core::{ModuleT, Tensor};
 use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use candle_nn::{BatchNorm, BatchNormConfig, Init, VarBuilder};
 
@@ -84,5 +84,12 @@ impl ConvBn {
         }
         let y = crate::nn::batch_norm_forward(&self.bn, &self.conv.forward(x)?, true)?;
         Ok(if relu { y.relu()? } else { y })
+    }
+}
+
+impl ModuleT for ConvBn {
+    /// The convolution and batch-norm, without an activation.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(ConvBn::forward(self, x, train, false)?)
     }
 }
