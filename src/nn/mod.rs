@@ -46,11 +46,11 @@ pub enum Activation {
 
 impl Activation {
     /// Applies the activation.
-    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match *self {
-            Activation::Relu => x.relu(),
-            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope),
-        }
+    pub fn apply(&self, x: &Tensor) -> crate::Result<Tensor> {
+        Ok(match *self {
+            Activation::Relu => x.relu()?,
+            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope)?,
+        })
     }
 }
 
