@@ -1,5 +1,6 @@
 //! The configuration of the [`Rpn`](super::Rpn): a preset, a builder, validation.
 
+use crate::maskrcnn::sampler::BalancedPositiveNegativeSampler;
 use crate::{Error, Result};
 
 /// A validated configuration of the [`Rpn`](super::Rpn): the preset [`RpnConfig::mask_rcnn`]
@@ -185,15 +186,8 @@ impl RpnConfigBuilder {
                 ),
             ));
         }
-        if self.batch_size_per_image == 0 {
-            return Err(Error::config("batch_size_per_image", "must be positive"));
-        }
-        if !(0.0..=1.0).contains(&self.positive_fraction) {
-            return Err(Error::config(
-                "positive_fraction",
-                format!("must be in [0, 1], got {}", self.positive_fraction),
-            ));
-        }
+        // The sampler's own checks (batch size, positive fraction).
+        BalancedPositiveNegativeSampler::new(self.batch_size_per_image, self.positive_fraction)?;
         if !self.nms_thresh.is_finite() {
             return Err(Error::config(
                 "nms_thresh",
