@@ -377,10 +377,10 @@ impl Conv<2> {
 }
 
 fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    Ok(match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
-        None => y,
-    })
+    match bias {
+        Some(b) => ops::bias_add(&y, b),
+        None => Ok(y),
+    }
 }
 
 impl Module for Conv<2> {
