@@ -52,8 +52,7 @@ fn main() -> Result<(), AnyError> {
     let args = Args::parse();
     let dev = Device::Cpu;
 
-    let meta = unetpp::weights::load_metadata(&args.weights)?;
-    let tensors = unetpp::weights::load_tensors(&args.weights, &dev)?;
+    let (tensors, meta) = unetpp::weights::load_with_metadata(&args.weights, &dev)?;
     let classes = match meta.get("num_classes") {
         Some(n) => n.parse()?,
         None => tensors

@@ -25,14 +25,15 @@ pub fn is_buffer(name: &str) -> bool {
 /// it returned, under the name relative to its root, once per name.
 struct Recorder<'a> {
     inner: VarBuilder<'a>,
-    seen: Arc<Mutex<Vec<NamedTensor>>>,
+    seen: Arc<Mutex<(Vec<NamedTensor>, HashSet<String>)>>,
 }
 
 impl Recorder<'_> {
     fn note(&self, name: &str, t: &Tensor) {
         if let Ok(mut seen) = self.seen.lock() {
-            if !seen.iter().any(|s| s.name == name) {
-                seen.push(NamedTensor {
+            let (list, names) = &mut *seen;
+            if names.insert(name.to_string()) {
+                list.push(NamedTensor {
                     name: name.to_string(),
                     tensor: t.clone(),
                     trainable: !is_buffer(name),
@@ -94,14 +95,14 @@ pub fn record<'a, T>(
     vb: VarBuilder<'a>,
     build: impl FnOnce(VarBuilder<'a>) -> Result<T>,
 ) -> Result<(T, Vec<NamedTensor>)> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new((Vec::new(), HashSet::new())));
     let (dtype, device) = (vb.dtype(), vb.device().clone());
     let recorder = Recorder {
         inner: vb,
         seen: seen.clone(),
     };
     let model = build(VarBuilder::from_backend(Box::new(recorder), dtype, device))?;
-    let tensors = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let tensors = seen.lock().map(|s| s.0.clone()).unwrap_or_default();
     Ok((model, tensors))
 }
 
@@ -224,17 +225,7 @@ fn temporary_path(path: &Path) -> PathBuf {
 /// Reads the string metadata of a safetensors file (empty when it has none).
 pub fn load_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        Error::weights(
-            path.display().to_string(),
-            format!("not a readable safetensors file (truncated or corrupt?): {e}"),
-        )
-    })?;
-    Ok(meta.metadata().clone().unwrap_or_default())
+    metadata_in(&read_file(path)?, path)
 }
 
 /// Reads every tensor of a safetensors file onto `device`.
@@ -243,16 +234,52 @@ pub fn load_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> 
 /// naming the file.
 pub fn load_tensors(path: impl AsRef<Path>, device: &Device) -> Result<HashMap<String, Tensor>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    tensors_in(&read_file(path)?, path, device)
+}
+
+/// Reads every tensor of a safetensors file onto `device` and its string metadata, from one
+/// read of the file (as [`load_tensors`] and [`load_metadata`] would from two).
+pub fn load_with_metadata(
+    path: impl AsRef<Path>,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let path = path.as_ref();
+    let bytes = read_file(path)?;
+    Ok((
+        tensors_in(&bytes, path, device)?,
+        metadata_in(&bytes, path)?,
+    ))
+}
+
+/// The bytes of the file at `path` ([`Error::Io`] naming it when it cannot be read).
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
-        Error::weights(
-            path.display().to_string(),
-            format!("not a readable safetensors file (truncated or corrupt?): {e}"),
-        )
     })
+}
+
+/// The string metadata of the safetensors file `bytes`, read from `path`.
+pub(crate) fn metadata_in(bytes: &[u8], path: &Path) -> Result<HashMap<String, String>> {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| unreadable(path, e))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// The tensors of the safetensors file `bytes`, read from `path`, onto `device`.
+pub(crate) fn tensors_in(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load_buffer(bytes, device).map_err(|e| unreadable(path, e))
+}
+
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::weights(
+        path.display().to_string(),
+        format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+    )
 }
 
 /// A `VarBuilder` backend over a set of tensors that records the first missing or mis-shaped

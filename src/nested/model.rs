@@ -602,7 +602,9 @@ pub(crate) fn read_stored(
     network: &str,
     device: &Device,
 ) -> Result<(Stored, HashMap<String, Tensor>)> {
-    let meta = weights::load_metadata(path)?;
+    // One read of the file: the metadata is checked before the tensors are decoded.
+    let bytes = weights::read_file(path)?;
+    let meta = weights::metadata_in(&bytes, path)?;
     let file = path.display().to_string();
     let cfg = meta.get(META_CONFIG).ok_or_else(|| {
         Error::weights(
@@ -640,7 +642,7 @@ pub(crate) fn read_stored(
             .map_err(|_| Error::weights(file.as_str(), format!("unreadable heads `{v}`")))?,
         None => cfg.heads.clone(),
     };
-    let tensors = weights::load_tensors(path, device)?;
+    let tensors = weights::tensors_in(&bytes, path, device)?;
     Ok((Stored { cfg, level, heads }, tensors))
 }
 

@@ -96,7 +96,9 @@ impl Checkpoint {
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let file = path.display().to_string();
-        let meta = weights::load_metadata(path)?;
+        // One read of the file: the metadata is checked before the tensors are decoded.
+        let bytes = weights::read_file(path)?;
+        let meta = weights::metadata_in(&bytes, path)?;
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(Error::weights(
                 file,
@@ -134,7 +136,7 @@ impl Checkpoint {
         let mut model = HashMap::new();
         let mut m = HashMap::new();
         let mut v = HashMap::new();
-        for (name, t) in weights::load_tensors(path, device)? {
+        for (name, t) in weights::tensors_in(&bytes, path, device)? {
             if let Some(n) = name.strip_prefix(MODEL) {
                 model.insert(n.to_string(), t);
             } else if let Some(n) = name.strip_prefix(M) {
