@@ -247,7 +247,12 @@ fn class_weight_tensor(
             format!("weights must be finite and non-negative, got {weights:?}"),
         ));
     }
-    Ok(Tensor::new(weights, dev)?.to_dtype(dtype)?)
+    Ok(crate::ops::host_tensor(
+        weights.to_vec(),
+        weights.len(),
+        dtype,
+        dev,
+    )?)
 }
 
 /// Mean softmax cross-entropy of `logits (N, C, H, W)` against class `labels (N, H, W)`, as
@@ -276,12 +281,11 @@ fn ce_of(px: &Pixels, class_weights: Option<&[f32]>) -> Result<Tensor> {
         None => px.valid.clone(),
     };
     let total = weights.sum_all()?;
-    let denom = total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let num = (picked * &weights)?.sum_all()?.neg()?;
-    if denom == 0.0 {
-        return Ok((num * 0.0)?);
-    }
-    Ok((num / denom)?)
+    // No weight at all makes the numerator 0 too: dividing by 1 then gives 0, on the device,
+    // without reading the total back to the host.
+    let empty = total.eq(0.0)?.to_dtype(total.dtype())?;
+    Ok((num / (total + empty)?)?)
 }
 
 /// Multi-class soft Dice: the mean over classes of `(2·Σ p_c·y_c + s) / (Σ p_c + Σ y_c + s)`,

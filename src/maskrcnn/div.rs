@@ -7,6 +7,6 @@ use crate::Result;
 /// `t / v` as a true division (candle's `t / v` multiplies by `1 / v`, which can differ from
 /// PyTorch's `t / v` in the last bit).
 pub(super) fn div_scalar(t: &Tensor, v: f64) -> Result<Tensor> {
-    let v = Tensor::new(v, t.device())?.to_dtype(t.dtype())?;
+    let v = crate::ops::host_tensor(vec![v], (), t.dtype(), t.device())?;
     Ok(t.broadcast_div(&v)?)
 }

@@ -281,7 +281,7 @@ pub fn project_masks_on_boxes(
         return Ok(Tensor::zeros((0, m, m), dtype, boxes.device())?);
     }
     let ids: Vec<f64> = idxs.iter().map(|&i| i as f64).collect();
-    let ids = Tensor::from_vec(ids, (p, 1), boxes.device())?.to_dtype(dtype)?;
+    let ids = crate::ops::host_tensor(ids, (p, 1), dtype, boxes.device())?;
     let rois = Tensor::cat(&[&ids, boxes], 1)?;
     let masks = gt_masks.to_dtype(dtype)?.unsqueeze(1)?;
     Ok(RoiAlign::new((m, m)).forward(&masks, &rois)?.squeeze(1)?)

@@ -77,7 +77,7 @@ impl SimpleBackend for Seeded {
             return var.as_tensor().to_dtype(dtype);
         }
         let values = draw(init, &shape, stream(self.seed, name));
-        let var = Var::from_tensor(&Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?)?;
+        let var = Var::from_tensor(&crate::ops::host_tensor(values, shape, dtype, dev)?)?;
         let t = var.as_tensor().clone();
         vars.insert(name.to_string(), var);
         Ok(t)

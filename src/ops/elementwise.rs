@@ -23,7 +23,10 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         )));
     }
-    if y.device().is_cpu() && y.dtype() == candle_core::DType::F32 && b.dtype() == y.dtype() {
+    if super::path::cpu_kernels(y.device())
+        && y.dtype() == candle_core::DType::F32
+        && b.dtype() == y.dtype()
+    {
         Ok(y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)?)
     } else {
         Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)
@@ -33,7 +36,7 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `Σ_{n,h,w} g[n, c, h, w]` for every channel `c`: the gradient of a per-channel bias.
 pub(crate) fn channel_sums(g: &Tensor) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = g.dims4()?;
-    if g.device().is_cpu() && g.dtype() == candle_core::DType::F32 {
+    if super::path::cpu_kernels(g.device()) && g.dtype() == candle_core::DType::F32 {
         g.contiguous()?.apply_op1_no_bwd(&ChannelSum)
     } else {
         g.reshape((n, c, h * w))?.sum(2)?.sum(0)
@@ -122,8 +125,9 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         )));
     }
-    let fast =
-        a.device().is_cpu() && a.dtype() == candle_core::DType::F32 && b.dtype() == a.dtype();
+    let fast = super::path::cpu_kernels(a.device())
+        && a.dtype() == candle_core::DType::F32
+        && b.dtype() == a.dtype();
     if fast {
         Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
     } else {

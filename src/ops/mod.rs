@@ -58,7 +58,7 @@
 //! Which file `use`s which (a DAG; each only imports those listed, and nothing imports
 //! upwards or sideways otherwise):
 //!
-//! - `kernel` → none
+//! - `kernel`, `path` → none
 //! - `elementwise`, `norm`, `resize`, `pool` → `kernel`
 //! - `conv/algo`, `conv/shape` → none
 //! - `conv/args` → `conv/algo`, `elementwise`
@@ -98,6 +98,7 @@ mod elementwise;
 #[allow(unsafe_code)]
 mod kernel;
 mod norm;
+mod path;
 mod pool;
 mod resize;
 
@@ -115,5 +116,7 @@ pub use detection::{
 };
 pub use elementwise::{add_relu, bias_add};
 pub use norm::{batch_norm_train, BatchNormOutput};
+pub use path::{device_generic, set_device_generic};
+pub(crate) use path::{host_f64, host_tensor};
 pub use pool::{max_pool2d, max_pool2d_generic, upsample_nearest2d, upsample_nearest2d_generic};
 pub use resize::{resize_bilinear, resize_bilinear_composed};

@@ -307,7 +307,8 @@ pub fn batch_norm_train(
             format!("must be finite and ≥ 0, got {eps}"),
         ));
     }
-    let fast = x.device().is_cpu() && [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32);
+    let fast = super::path::cpu_kernels(x.device())
+        && [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32);
     if !fast {
         // Half precision computes in f32, as candle-nn's layer does (sums of many halves
         // lose everything).

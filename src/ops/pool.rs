@@ -36,7 +36,11 @@ use crate::{Error, Result};
 /// # Ok::<(), unetpp::Error>(())
 /// ```
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    max_pool2d_on(x, (kernel, stride, padding), x.device().is_cpu())
+    max_pool2d_on(
+        x,
+        (kernel, stride, padding),
+        super::path::cpu_kernels(x.device()),
+    )
 }
 
 /// [`max_pool2d`] on the CPU kernel when `cpu_kernel`, on the composed path otherwise.
@@ -66,7 +70,7 @@ fn max_pool2d_on(x: &Tensor, (k, s, p): (usize, usize, usize), cpu_kernel: bool)
 /// # Ok::<(), unetpp::Error>(())
 /// ```
 pub fn upsample_nearest2d(x: &Tensor, scale: usize) -> Result<Tensor> {
-    upsample_nearest2d_on(x, scale, x.device().is_cpu())
+    upsample_nearest2d_on(x, scale, super::path::cpu_kernels(x.device()))
 }
 
 /// [`upsample_nearest2d`] on the CPU kernel when `cpu_kernel`, on the composed path otherwise.

@@ -44,7 +44,7 @@ pub fn resize_bilinear(
             "resize_bilinear needs non-empty sizes, got {in_h}x{in_w} -> {out_h}x{out_w}"
         )));
     }
-    if x.device().is_cpu() {
+    if super::path::cpu_kernels(x.device()) {
         let op = BilinearResize {
             out_h,
             out_w,
@@ -154,7 +154,7 @@ impl Axis {
             m[o * input + self.i0[o]] += self.w0[o];
             m[o * input + self.i1[o]] += self.w1[o];
         }
-        Ok(Tensor::from_vec(m, (output, input), dev)?.to_dtype(dtype)?)
+        Ok(super::path::host_tensor(m, (output, input), dtype, dev)?)
     }
 }
 

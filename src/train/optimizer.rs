@@ -169,6 +169,7 @@ impl AdamW {
     /// [`Error::Diverged`], and then nothing is updated.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         let value = loss
+            .to_device(&candle_core::Device::Cpu)?
             .to_dtype(candle_core::DType::F64)?
             .sum_all()?
             .to_scalar::<f64>()?;

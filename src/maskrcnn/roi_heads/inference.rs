@@ -98,7 +98,7 @@ impl RoiHeads {
                 .reshape((ki * (c - 1), 4))?;
             let scores = scores.narrow(1, 1, c - 1)?.flatten_all()?;
 
-            let values = scores.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let values = crate::ops::host_f64(&scores)?.to_vec1::<f64>()?;
             let inds: Vec<u32> = (0..values.len())
                 .filter(|&i| values[i] > thresh)
                 .map(|i| i as u32)

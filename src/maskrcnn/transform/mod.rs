@@ -69,7 +69,12 @@ impl RcnnTransform {
             )));
         }
         let stat = |values: &[f64]| -> Result<Tensor> {
-            Ok(Tensor::from_slice(values, (c, 1, 1), image.device())?.to_dtype(image.dtype())?)
+            Ok(crate::ops::host_tensor(
+                values.to_vec(),
+                (c, 1, 1),
+                image.dtype(),
+                image.device(),
+            )?)
         };
         let (mean, std) = (stat(self.image_mean())?, stat(self.image_std())?);
         Ok(image.broadcast_sub(&mean)?.broadcast_div(&std)?)

@@ -103,7 +103,7 @@ impl Target {
                 )));
             }
         }
-        let boxes = self.boxes.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let boxes = crate::ops::host_f64(&self.boxes)?.to_vec2::<f64>()?;
         for (i, b) in boxes.iter().enumerate() {
             let [x1, y1, x2, y2] = [b[0], b[1], b[2], b[3]];
             if b.iter().any(|v| !v.is_finite()) {

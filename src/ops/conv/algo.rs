@@ -96,10 +96,10 @@ pub(super) fn own_kernels() -> bool {
 /// Whether [`conv3x3`](super::conv3x3) would take the fast path for these tensors.
 pub fn takes_fast_path(x: &Tensor, w: &Tensor) -> bool {
     own_kernels()
-        && x.device().is_cpu()
+        && crate::ops::path::cpu_kernels(x.device())
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
-        && w.device().is_cpu()
+        && w.device().same_device(x.device())
 }
 
 #[cfg(test)]

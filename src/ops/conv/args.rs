@@ -43,7 +43,8 @@ pub(super) fn check_bias(op: &str, bias: Option<&Tensor>, o: usize) -> Result<()
 
 /// Whether the CPU kernels take these tensors (see [`takes_fast_path`]), bias included.
 pub(super) fn fast_with_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
-    takes_fast_path(x, w) && bias.is_none_or(|b| b.dtype() == DType::F32 && b.device().is_cpu())
+    takes_fast_path(x, w)
+        && bias.is_none_or(|b| b.dtype() == DType::F32 && b.device().same_device(x.device()))
 }
 
 /// The bias as the CPU kernels read it: contiguous, or `o` zeros when there is none.

@@ -95,7 +95,7 @@ pub fn conv3x3_concat(
         .iter()
         .chain(std::iter::once(w))
         .chain(bias)
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+        .all(|t| crate::ops::path::cpu_kernels(t.device()) && t.dtype() == DType::F32);
     if parts.len() == 1 || tracked || !on_cpu || !own_kernels() {
         let x = if parts.len() == 1 {
             first.clone()

@@ -172,7 +172,7 @@ impl RoiAlign {
             return Ok(Tensor::zeros((k, c, oh, ow), dtype, input.device())?);
         }
         host.check_samples(&self.sampling())?;
-        let cpu_kernel = allow_kernel && input.device().is_cpu();
+        let cpu_kernel = allow_kernel && crate::ops::path::cpu_kernels(input.device());
         match (cpu_kernel, host) {
             (true, rois) => {
                 let op = RoiAlignOp::new(self.sampling(), Arc::new(rois.as_f64()));
