@@ -21,12 +21,17 @@ import torch.nn.functional as F
 from paper_unetpp import PaperUNetPlusPlus
 
 
+SYNC = lambda: None  # noqa: E731 (replaced by torch.cuda.synchronize on a GPU)
+
+
 def median_seconds(fn, runs):
     fn()
+    SYNC()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         fn()
+        SYNC()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -51,14 +56,24 @@ def main():
     ap.add_argument("--train", action="store_true")
     ap.add_argument("--no-forward", action="store_true")
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
     a = ap.parse_args()
+    global SYNC
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        SYNC = torch.cuda.synchronize
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     b, c, s = a.batch, a.in_channels, a.size
-    x = torch.randn(b, c, s, s)
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
+    x = torch.randn(b, c, s, s).to(dev)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"PyTorch {torch.__version__}, {where}, {platform.machine()}")
     print(f"UNet++ paper configuration, input {b}x{c}x{s}x{s}, f32")
     if a.memory:
-        net = PaperUNetPlusPlus(in_channels=c, level=4, heads=[4]).eval()
+        net = PaperUNetPlusPlus(in_channels=c, level=4, heads=[4]).to(dev).eval()
         before = peak_rss_mib()
         with torch.no_grad():
             net(x)
@@ -68,13 +83,13 @@ def main():
         print(f"median of {a.runs} runs")
         print("level  parameters  median s")
         for k in range(1, 5):
-            net = PaperUNetPlusPlus(in_channels=c, level=k, heads=[k]).eval()
+            net = PaperUNetPlusPlus(in_channels=c, level=k, heads=[k]).to(dev).eval()
             params = sum(p.numel() for p in net.parameters())
             with torch.no_grad():
                 t = median_seconds(lambda: net(x), a.runs)
             print(f"L{k}     {params:>10}  {t:8.3f}")
     if a.train:
-        net = PaperUNetPlusPlus(in_channels=c).train()
+        net = PaperUNetPlusPlus(in_channels=c).to(dev).train()
         opt = torch.optim.AdamW(net.parameters())
         target = (x[:, :1] > 0).float()
 

@@ -74,7 +74,9 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     same_shape(logits, targets)?;
     let targets = targets.to_dtype(logits.dtype())?;
     let softplus_neg_abs = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    let loss = ((logits.relu()? - (logits * &targets)?)? + softplus_neg_abs)?;
+    // candle's relu and abs both pass a gradient of 1 at 0, so at a zero logit the terms give
+    // 1 − y − ½ = σ(0) − y, PyTorch's gradient. (`ops::relu` would need abs's −1 there.)
+    let loss = ((logits.relu()? - (logits * &targets)?)? + softplus_neg_abs)?; // candle-relu-ok
     Ok(loss.mean_all()?)
 }
 

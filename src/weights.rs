@@ -110,6 +110,13 @@ pub fn record<'a, T>(
 /// or detached from its variables. The tensors are shared, not copied.
 pub(crate) fn var_builder_over(tensors: &[NamedTensor]) -> VarBuilder<'static> {
     let dtype = tensors.first().map_or(DType::F32, |t| t.tensor.dtype());
+    var_builder_over_in(tensors, dtype)
+}
+
+/// [`var_builder_over`] in `dtype`: each floating-point tensor is converted as a layer asks
+/// for it, and the conversion is recorded by autograd (gradients of the converted tensors
+/// reach the originals).
+pub(crate) fn var_builder_over_in(tensors: &[NamedTensor], dtype: DType) -> VarBuilder<'static> {
     let device = tensors
         .first()
         .map_or(Device::Cpu, |t| t.tensor.device().clone());

@@ -7,7 +7,7 @@ pub(crate) mod resnet;
 
 use std::sync::Arc;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::nn::NamedTensor;
 use crate::Result;
@@ -34,6 +34,15 @@ pub trait Encoder: std::fmt::Debug + Send + Sync {
 
     /// Every tensor under its name, relative to the encoder.
     fn named_tensors(&self) -> Vec<NamedTensor>;
+
+    /// The same encoder in `dtype`, its conversion recorded by autograd (see
+    /// [`UNetPlusPlus::to_dtype`](crate::nested::UNetPlusPlus::to_dtype)). The default
+    /// refuses: an encoder that can convert overrides it.
+    fn to_dtype(&self, dtype: DType) -> Result<Arc<dyn Encoder>> {
+        Err(crate::Error::Input(format!(
+            "this encoder cannot convert itself to {dtype:?} (implement Encoder::to_dtype)"
+        )))
+    }
 }
 
 impl Encoder for ResNet {
@@ -55,5 +64,9 @@ impl Encoder for ResNet {
 
     fn named_tensors(&self) -> Vec<NamedTensor> {
         ResNet::named_tensors(self)
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Arc<dyn Encoder>> {
+        Ok(Arc::new(ResNet::to_dtype(self, dtype)?))
     }
 }

@@ -333,6 +333,15 @@ impl ResNet {
         )
     }
 
+    /// The encoder in `dtype`, its conversion recorded by autograd (gradients reach the
+    /// original variables); `self` is untouched.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Self::new(
+            &self.cfg,
+            weights::var_builder_over_in(&self.tensors, dtype),
+        )
+    }
+
     /// The feature taps of `x (N, C, H, W)`: the stem after its ReLU (stride 2), then the
     /// outputs of layers 1–4 (strides 4, 8, 16, 32), with the channels of
     /// [`ResNetConfig::out_channels`]. `train` switches batch-norm to batch statistics (never

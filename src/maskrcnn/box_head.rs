@@ -77,8 +77,8 @@ impl TwoMlpHead {
                 x.device(),
             )?);
         }
-        let x = self.fc6.forward(&x)?.relu()?;
-        Ok(self.fc7.forward(&x)?.relu()?)
+        let x = crate::ops::relu(&self.fc6.forward(&x)?)?;
+        crate::ops::relu(&self.fc7.forward(&x)?)
     }
 }
 

@@ -484,6 +484,51 @@ impl UNetPlusPlus {
         )
     }
 
+    /// The network in `dtype` (`F16` or `BF16` for half-precision inference on devices that
+    /// have it); `self` is untouched.
+    ///
+    /// The conversion is part of the autograd graph: converting a trainable network at each
+    /// step, running the converted one, and computing the loss in `f32` (convert the logits
+    /// back) trains in mixed precision, the gradients landing on the `f32` variables (master
+    /// weights). For `F16` scale the loss up (and the gradients down) if small gradients
+    /// underflow; `BF16` has `f32`'s range. Batch normalisation computes its batch statistics
+    /// in `f32` whatever the dtype.
+    ///
+    /// A network on an [`Encoder`] converts if its encoder does ([`Encoder::to_dtype`]).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use candle_nn::{VarBuilder, VarMap};
+    /// use unetpp::prelude::*;
+    ///
+    /// let cfg = UNetPlusPlusConfig::paper().widths([4, 8, 16]).depth(2).build()?;
+    /// let varmap = VarMap::new();
+    /// let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    /// let half = net.detach()?.to_dtype(DType::F16)?; // candle's CPU lacks bf16 matmuls
+    /// let x = Tensor::randn(0f32, 1., (1, 1, 16, 16), &Device::Cpu)?.to_dtype(DType::F16)?;
+    /// assert_eq!(half.forward(&x)?.dtype(), DType::F16);
+    /// # Ok::<(), unetpp::Error>(())
+    /// ```
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::Input(format!(
+                "UNetPlusPlus::to_dtype needs a floating-point dtype, got {dtype:?}"
+            )));
+        }
+        let encoder = self
+            .encoder
+            .as_ref()
+            .map(|e| e.to_dtype(dtype))
+            .transpose()?;
+        Self::build(
+            &self.cfg,
+            self.grid.clone(),
+            &self.head_cols(),
+            encoder,
+            weights::var_builder_over_in(&self.tensors, dtype),
+        )
+    }
+
     /// Writes the network's tensors to a safetensors file, atomically, with its configuration
     /// (and, for a pruned network, its level) in the file's metadata, so that [`Self::load`]
     /// rebuilds it from the file alone.
@@ -540,8 +585,19 @@ impl UNetPlusPlus {
     /// # Ok::<(), unetpp::Error>(())
     /// ```
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_as(path, device, DType::F32)
+    }
+
+    /// [`Self::load`] in `dtype`: the weights are converted as they are read (`F16` or `BF16`
+    /// for half-precision inference; see [`Self::to_dtype`]).
+    pub fn load_as(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::Input(format!(
+                "UNetPlusPlus::load_as needs a floating-point dtype, got {dtype:?}"
+            )));
+        }
         let (stored, tensors) = read_stored(path.as_ref(), NETWORK_UNETPP, device)?;
-        weights::build_checked(tensors, DType::F32, device, |vb| {
+        weights::build_checked(tensors, dtype, device, |vb| {
             if stored.level == stored.cfg.depth && stored.heads == stored.cfg.heads {
                 Self::new(&stored.cfg, vb)
             } else {

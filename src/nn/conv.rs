@@ -372,7 +372,7 @@ impl Conv<2> {
             let y = x.conv2d(w, c.padding, c.stride, c.dilation, c.groups)?;
             add_bias(y, b)?
         };
-        Ok(if relu { y.relu()? } else { y })
+        Ok(if relu { crate::ops::relu(&y)? } else { y })
     }
 }
 

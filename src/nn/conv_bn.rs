@@ -83,7 +83,7 @@ impl ConvBn {
             return self.conv.fold_batch_norm(&self.bn)?.forward_fused(x, relu);
         }
         let y = crate::nn::batch_norm_forward(&self.bn, &self.conv.forward(x)?, true)?;
-        Ok(if relu { y.relu()? } else { y })
+        Ok(if relu { crate::ops::relu(&y)? } else { y })
     }
 }
 

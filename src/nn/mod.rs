@@ -48,7 +48,7 @@ impl Activation {
     /// Applies the activation.
     pub fn apply(&self, x: &Tensor) -> crate::Result<Tensor> {
         Ok(match *self {
-            Activation::Relu => x.relu()?,
+            Activation::Relu => crate::ops::relu(x)?,
             Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope)?,
         })
     }

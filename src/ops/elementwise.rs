@@ -7,11 +7,36 @@
 //! the gradient over dimensions 0, 2 and 3, which candle's CPU backend does element by
 //! element with an index division each; here it is a contiguous sum per channel plane.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernel::{contiguous, map2};
 use crate::{Error, Result};
+
+/// `max(x, 0)`, whose gradient is 0 where `x ≤ 0` and 1 where `x > 0`: PyTorch's. candle's
+/// `Tensor::relu` passes the gradient at exactly 0 as well, so a zero pre-activation (a
+/// padded border, a dead unit, a tie in `a + b`) would train differently; the crate calls
+/// this instead (a test greps `src/` for candle's).
+///
+/// Untracked tensors (inference) take candle's `relu`; tracked ones multiply by the mask
+/// `x > 0`, on any device.
+///
+/// ```
+/// use candle_core::{Device, Var};
+///
+/// let x = Var::new(&[-1f32, 0., 2.], &Device::Cpu)?;
+/// let y = unetpp::ops::relu(x.as_tensor())?;
+/// let g = y.sum_all()?.backward()?;
+/// assert_eq!(g.get(x.as_tensor()).unwrap().to_vec1::<f32>()?, [0., 0., 1.]);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(x.relu()?); // candle-relu-ok: no gradient is taken
+    }
+    let mask = x.gt(0.0)?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
 
 /// `y[n, c, h, w] + b[c]` for `y` of shape `(N, C, H, W)` and `b` of shape `(C)`.
 /// Differentiable in both.
@@ -23,11 +48,15 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         )));
     }
-    if super::path::cpu_kernels(y.device())
-        && y.dtype() == candle_core::DType::F32
-        && b.dtype() == y.dtype()
-    {
+    if super::path::cpu_kernels(y.device()) && y.dtype() == DType::F32 && b.dtype() == y.dtype() {
         Ok(y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)?)
+    } else if b.track_op() && matches!(y.dtype(), DType::F16 | DType::BF16) {
+        // The bias's gradient sums the whole map: in half precision candle would sum in half
+        // precision (5% off over 2048 pixels in f16); add in f32 so that it sums in f32.
+        let b32 = b.to_dtype(DType::F32)?.reshape((1, c, 1, 1))?;
+        Ok(y.to_dtype(DType::F32)?
+            .broadcast_add(&b32)?
+            .to_dtype(y.dtype())?)
     } else {
         Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)
     }
@@ -36,7 +65,7 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `Σ_{n,h,w} g[n, c, h, w]` for every channel `c`: the gradient of a per-channel bias.
 pub(crate) fn channel_sums(g: &Tensor) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = g.dims4()?;
-    if super::path::cpu_kernels(g.device()) && g.dtype() == candle_core::DType::F32 {
+    if super::path::cpu_kernels(g.device()) && g.dtype() == DType::F32 {
         g.contiguous()?.apply_op1_no_bwd(&ChannelSum)
     } else {
         g.reshape((n, c, h * w))?.sum(2)?.sum(0)
@@ -125,13 +154,12 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         )));
     }
-    let fast = super::path::cpu_kernels(a.device())
-        && a.dtype() == candle_core::DType::F32
-        && b.dtype() == a.dtype();
+    let fast =
+        super::path::cpu_kernels(a.device()) && a.dtype() == DType::F32 && b.dtype() == a.dtype();
     if fast {
         Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
     } else {
-        Ok((a + b)?.relu()?)
+        relu(&(a + b)?)
     }
 }
 

@@ -114,7 +114,7 @@ pub use detection::{
     batched_nms, box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, nms,
     remove_small_boxes, rois_from_boxes, BoxFormat, MultiScaleRoiAlign, RoiAlign,
 };
-pub use elementwise::{add_relu, bias_add};
+pub use elementwise::{add_relu, bias_add, relu};
 pub use norm::{batch_norm_train, BatchNormOutput};
 pub use path::{device_generic, set_device_generic};
 pub(crate) use path::{host_f64, host_tensor};

@@ -344,14 +344,25 @@ fn max_pool2d_composed(x: &Tensor, g: PoolGeom) -> Result<Tensor> {
             views.push(v);
         }
     }
-    let mut max = views[0].detach();
-    for v in &views[1..] {
-        max = max.maximum(&v.detach())?;
+    // Candidates compare by a key in which NaN is +∞, so that a NaN wins its window (and
+    // gets its gradient) as in PyTorch; candle's `maximum` would skip it.
+    let inf = super::path::host_tensor(vec![f32::INFINITY], (), x.dtype(), x.device())?
+        .broadcast_as(views[0].shape())?;
+    let keys = views
+        .iter()
+        .map(|v| {
+            let v = v.detach();
+            Ok(v.ne(&v)?.where_cond(&inf, &v)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut max = keys[0].clone();
+    for key in &keys[1..] {
+        max = max.maximum(key)?;
     }
     // Walk the candidates from last to first, so that the first maximum is chosen last.
-    let mut out = max.clone();
-    for v in views.iter().rev() {
-        out = v.detach().eq(&max)?.where_cond(v, &out)?;
+    let mut out = views[0].clone();
+    for (v, key) in views.iter().zip(&keys).rev() {
+        out = key.eq(&max)?.where_cond(v, &out)?;
     }
     Ok(out)
 }
@@ -464,10 +475,11 @@ fn pad_neg_inf(x: &Tensor, dim: usize, before: usize, after: usize) -> Result<Te
     let neg = |len: usize| -> Result<Tensor> {
         let mut shape = x.dims().to_vec();
         shape[dim] = len;
-        Ok(Tensor::new(f64::NEG_INFINITY, x.device())?
-            .to_dtype(x.dtype())?
-            .broadcast_as(shape)?
-            .contiguous()?)
+        Ok(
+            super::path::host_tensor(vec![f32::NEG_INFINITY], (), x.dtype(), x.device())?
+                .broadcast_as(shape)?
+                .contiguous()?,
+        )
     };
     let mut parts = Vec::with_capacity(3);
     if before > 0 {

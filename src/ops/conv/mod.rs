@@ -67,7 +67,7 @@ pub fn conv3x3_fused(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, relu: bool) 
             .apply_op3(&w.contiguous()?, &b, Conv3x3 { relu })?);
     }
     let y = add_bias(x.conv2d(w, 1, 1, 1, 1)?, bias)?;
-    Ok(if relu { y.relu()? } else { y })
+    Ok(if relu { crate::ops::relu(&y)? } else { y })
 }
 
 /// [`conv3x3_fused`] of the channel-wise concatenation of `parts` (each `(N, C_k, H, W)`).

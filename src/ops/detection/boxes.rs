@@ -128,7 +128,7 @@ pub fn box_iou(boxes1: &Tensor, boxes2: &Tensor) -> Result<Tensor> {
     let b2 = boxes2.unsqueeze(0)?.broadcast_as((m, n, 4))?;
     let lt = b1.narrow(2, 0, 2)?.maximum(&b2.narrow(2, 0, 2)?)?;
     let rb = b1.narrow(2, 2, 2)?.minimum(&b2.narrow(2, 2, 2)?)?;
-    let wh = (rb - lt)?.relu()?;
+    let wh = (rb - lt)?.relu()?; // candle-relu-ok: torchvision clamps at 0, gradient 1 there
     let inter = (wh.narrow(2, 0, 1)?.squeeze(2)? * wh.narrow(2, 1, 1)?.squeeze(2)?)?;
     let union = area1
         .unsqueeze(1)?
