@@ -227,3 +227,53 @@ fn half_precision_inference_and_mixed_precision_training() {
         );
     }
 }
+
+/// The conversions to `f64` in the library: each must come after a copy to the host
+/// (`to_device(&Device::Cpu)`, in the same expression, at most three lines above), so that
+/// the `f64` tensor is made there and not on the device. Helper tables (`Vec<f64>` made into
+/// tensors) go through `ops::host_tensor`, which converts on the host; the graph walks above
+/// catch what this textual check cannot.
+#[test]
+fn every_conversion_to_f64_in_the_library_happens_on_the_host() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    let mut offenders = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        // Unit tests (at the end of a file) run on the CPU only.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let lines: Vec<&str> = code.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let converts = line.contains("to_dtype(DType::F64)")
+                || line.contains("to_dtype(candle_core::DType::F64)");
+            if !converts || line.trim_start().starts_with("//") {
+                continue;
+            }
+            let above = lines[i.saturating_sub(3)..=i].join("\n");
+            if !above.contains("to_device(&Device::Cpu)")
+                && !above.contains("to_device(&candle_core::Device::Cpu)")
+            {
+                offenders.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "conversions to f64 that may run on a device (copy to the host first, or use \
+         ops::host_f64):\n{}",
+        offenders.join("\n")
+    );
+}

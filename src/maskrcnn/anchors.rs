@@ -8,7 +8,9 @@
 //! ratios each ([`AnchorGenerator::fpn`]).
 //!
 //! The anchors depend only on sizes, not on the images' values, so they are computed on the
-//! host and copied to the device.
+//! host (in f32, as torchvision computes them), converted there and copied to the device;
+//! the generator keeps those of the last few image sizes, so that a training loop over
+//! images of a few sizes builds and uploads them once per size.
 //!
 //! ```
 //! use candle_core::Device;
@@ -23,9 +25,16 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 
-use candle_core::{Device, Tensor};
+use std::sync::{Arc, Mutex};
 
+use candle_core::{DType, Device, Tensor};
+
+use crate::ops::host_tensor;
 use crate::{Error, Result};
+
+/// How many sets of anchors (image size, grid sizes, dtype, device) a generator keeps: a
+/// multi-scale training loop pads its batches to a handful of sizes.
+const CACHED_SETS: usize = 8;
 
 /// Generates anchors for a set of feature maps: torchvision's
 /// `torchvision.models.detection.anchor_utils.AnchorGenerator`.
@@ -46,6 +55,9 @@ pub struct AnchorGenerator {
     aspect_ratios: Vec<Vec<f64>>,
     /// Per level, the zero-centred cell anchors `x1, y1, x2, y2`, ratio-major, size-minor.
     cell_anchors: Vec<Vec<[f32; 4]>>,
+    /// The anchors of the last image sizes asked for, shared by clones (the settings above
+    /// never change).
+    cache: AnchorCache,
 }
 
 impl AnchorGenerator {
@@ -107,6 +119,7 @@ impl AnchorGenerator {
             sizes,
             aspect_ratios,
             cell_anchors,
+            cache: AnchorCache::default(),
         }
     }
 
@@ -138,7 +151,13 @@ impl AnchorGenerator {
     pub fn cell_anchors(&self, device: &Device) -> Result<Vec<Tensor>> {
         self.cell_anchors
             .iter()
-            .map(|cells| boxes_tensor(cells.iter().flatten().copied().collect(), device))
+            .map(|cells| {
+                boxes_tensor(
+                    cells.iter().flatten().copied().collect(),
+                    DType::F32,
+                    device,
+                )
+            })
             .collect()
     }
 
@@ -156,6 +175,56 @@ impl AnchorGenerator {
         grid_sizes: &[(usize, usize)],
         device: &Device,
     ) -> Result<Vec<Tensor>> {
+        self.check_sizes(image_size, grid_sizes)?;
+        self.level_data(image_size, grid_sizes)
+            .into_iter()
+            .map(|data| boxes_tensor(data, DType::F32, device))
+            .collect()
+    }
+
+    /// The anchors of every level concatenated in level order, `(Σ gh · gw · A_l, 4)` f32:
+    /// what torchvision's `AnchorGenerator.forward` returns for each image of a batch.
+    /// See [`AnchorGenerator::anchors_per_level`].
+    ///
+    /// The generator keeps the anchors of the last few sizes asked for (and their clones
+    /// share them): asking again for the same sizes on the same device returns the same
+    /// tensor without building it.
+    pub fn anchors(
+        &self,
+        image_size: (usize, usize),
+        grid_sizes: &[(usize, usize)],
+        device: &Device,
+    ) -> Result<Tensor> {
+        self.anchors_as(image_size, grid_sizes, DType::F32, device)
+    }
+
+    /// [`Self::anchors`] in `dtype`, converted from f32 on the host (never an f64 tensor on
+    /// the device); kept per dtype as well.
+    pub(crate) fn anchors_as(
+        &self,
+        image_size: (usize, usize),
+        grid_sizes: &[(usize, usize)],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        self.check_sizes(image_size, grid_sizes)?;
+        let key = AnchorKey {
+            image_size,
+            grid_sizes: grid_sizes.to_vec(),
+            dtype,
+        };
+        if let Some(found) = self.cache.get(&key, device) {
+            return Ok(found);
+        }
+        let data = self.level_data(image_size, grid_sizes).concat();
+        let anchors = boxes_tensor(data, dtype, device)?;
+        self.cache.insert(key, device, &anchors);
+        Ok(anchors)
+    }
+
+    /// An `Error::Shape` unless there is one non-empty grid per level and the image is not
+    /// empty.
+    fn check_sizes(&self, image_size: (usize, usize), grid_sizes: &[(usize, usize)]) -> Result<()> {
         if grid_sizes.len() != self.num_levels() {
             return Err(Error::Shape(format!(
                 "AnchorGenerator has {} feature levels, got {} grid sizes",
@@ -178,6 +247,17 @@ impl AnchorGenerator {
                 "AnchorGenerator needs non-empty feature maps, level {level} is {gh}x{gw}"
             )));
         }
+        Ok(())
+    }
+
+    /// Per level, the anchors' `x1, y1, x2, y2` in f32, for sizes [`Self::check_sizes`]
+    /// accepts.
+    fn level_data(
+        &self,
+        image_size: (usize, usize),
+        grid_sizes: &[(usize, usize)],
+    ) -> Vec<Vec<f32>> {
+        let (img_h, img_w) = image_size;
         grid_sizes
             .iter()
             .zip(&self.cell_anchors)
@@ -193,22 +273,65 @@ impl AnchorGenerator {
                         }
                     }
                 }
-                boxes_tensor(data, device)
+                data
             })
             .collect()
     }
+}
 
-    /// The anchors of every level concatenated in level order, `(Σ gh · gw · A_l, 4)` f32:
-    /// what torchvision's `AnchorGenerator.forward` returns for each image of a batch.
-    /// See [`AnchorGenerator::anchors_per_level`].
-    pub fn anchors(
-        &self,
-        image_size: (usize, usize),
-        grid_sizes: &[(usize, usize)],
-        device: &Device,
-    ) -> Result<Tensor> {
-        let levels = self.anchors_per_level(image_size, grid_sizes, device)?;
-        Ok(Tensor::cat(&levels, 0)?)
+/// What a set of anchors depends on, besides the generator's settings and the device.
+#[derive(Debug, Clone, PartialEq)]
+struct AnchorKey {
+    image_size: (usize, usize),
+    grid_sizes: Vec<(usize, usize)>,
+    dtype: DType,
+}
+
+/// The last [`CACHED_SETS`] sets of anchors built, least recently used first. Devices are
+/// compared with `same_device` (two CUDA devices on one GPU are distinct in candle).
+#[derive(Clone, Default)]
+struct AnchorCache(Arc<Mutex<Vec<(AnchorKey, Device, Tensor)>>>);
+
+impl AnchorCache {
+    fn get(&self, key: &AnchorKey, device: &Device) -> Option<Tensor> {
+        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = sets
+            .iter()
+            .position(|(k, d, _)| k == key && d.same_device(device))?;
+        let hit = sets.remove(at);
+        let anchors = hit.2.clone();
+        sets.push(hit);
+        Some(anchors)
+    }
+
+    fn insert(&self, key: AnchorKey, device: &Device, anchors: &Tensor) {
+        let mut sets = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Another thread may have built the same set meanwhile.
+        if sets
+            .iter()
+            .any(|(k, d, _)| *k == key && d.same_device(device))
+        {
+            return;
+        }
+        if sets.len() >= CACHED_SETS {
+            sets.remove(0);
+        }
+        sets.push((key, device.clone(), anchors.clone()));
+    }
+}
+
+impl std::fmt::Debug for AnchorCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sets = self.0.lock().map_or(0, |s| s.len());
+        write!(f, "AnchorCache({sets} sets)")
+    }
+}
+
+/// Anchors are a function of the settings: generators with equal settings are equal,
+/// whatever they have cached.
+impl PartialEq for AnchorCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }
 
@@ -253,7 +376,8 @@ fn cell_anchors(sizes: &[f64], aspect_ratios: &[f64]) -> Vec<[f32; 4]> {
     cells
 }
 
-fn boxes_tensor(data: Vec<f32>, device: &Device) -> Result<Tensor> {
+/// `(K, 4)` boxes from their f32 coordinates, in `dtype` on `device` (converted on the host).
+fn boxes_tensor(data: Vec<f32>, dtype: DType, device: &Device) -> Result<Tensor> {
     let n = data.len() / 4;
-    Ok(Tensor::from_vec(data, (n, 4), device)?)
+    Ok(host_tensor(data, (n, 4), dtype, device)?)
 }

@@ -7,7 +7,8 @@
 //! So that every ground truth gets some anchor, the RPN also keeps the matches of each
 //! ground truth's best predictions, however low their quality.
 //!
-//! The matrix is read to the host: matching is a few comparisons per entry.
+//! Matching runs with tensor ops on the matrix's device: only whether it holds a NaN is read
+//! back to the host.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -23,8 +24,9 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use crate::ops::host_tensor;
 use crate::{Error, Result};
 
 /// Assigns each prediction a ground-truth index or a negative label:
@@ -117,6 +119,9 @@ impl Matcher {
     /// overlaps nothing has a row maximum of 0, so every prediction of quality 0 with it
     /// gets its candidate back: torchvision behaves the same.
     ///
+    /// It runs as tensor ops on the matrix's device, in its dtype (no f64 on a device):
+    /// only whether the matrix holds a NaN is read back, one value.
+    ///
     /// Fails if the matrix is not 2-D, has no ground truth or no prediction (torchvision
     /// raises `ValueError`), is not floating-point, or contains a NaN.
     pub fn matches(&self, quality: &Tensor) -> Result<Tensor> {
@@ -136,73 +141,71 @@ impl Matcher {
                 "Matcher: no proposal boxes available (the quality matrix has 0 columns)".into(),
             ));
         }
-        let in_dtype = |v: f64| -> Result<f64> {
-            Ok(match quality.dtype() {
-                DType::F64 => v,
-                DType::F32 => v as f32 as f64,
-                DType::F16 => half::f16::from_f64(v).to_f64(),
-                DType::BF16 => half::bf16::from_f64(v).to_f64(),
-                dt => {
-                    return Err(Error::Input(format!(
-                        "Matcher expects a floating-point quality matrix, got {dt:?}"
-                    )))
-                }
-            })
-        };
-        let (high, low) = (
-            in_dtype(self.high_threshold)?,
-            in_dtype(self.low_threshold)?,
-        );
-        let q = quality.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-        if let Some((gt, pred)) = q
-            .iter()
-            .enumerate()
-            .find_map(|(i, row)| row.iter().position(|v| v.is_nan()).map(|j| (i, j)))
-        {
+        let dt = quality.dtype();
+        if !matches!(dt, DType::F64 | DType::F32 | DType::F16 | DType::BF16) {
             return Err(Error::Input(format!(
-                "Matcher: the quality matrix has a NaN at (ground truth {gt}, prediction {pred})"
+                "Matcher expects a floating-point quality matrix, got {dt:?}"
             )));
         }
-        let labels = self.match_rows(&q, n, high, low);
-        Ok(Tensor::from_vec(labels, n, quality.device())?)
-    }
+        check_no_nan(quality)?;
+        let dev = quality.device();
 
-    /// The labels of a NaN-free, non-empty `M × N` matrix, thresholds already in its dtype.
-    fn match_rows(&self, q: &[Vec<f64>], n: usize, high: f64, low: f64) -> Vec<i64> {
-        // Best ground truth of each column, the first one on ties.
-        let mut best_gt = vec![0usize; n];
-        let mut best_val = q[0].clone();
-        for (gt, row) in q.iter().enumerate().skip(1) {
-            for (pred, &v) in row.iter().enumerate() {
-                if v > best_val[pred] {
-                    best_val[pred] = v;
-                    best_gt[pred] = gt;
-                }
-            }
-        }
-        let mut labels: Vec<i64> = best_gt
-            .iter()
-            .zip(&best_val)
-            .map(|(&gt, &v)| {
-                if v < low {
-                    Self::BELOW_LOW_THRESHOLD
-                } else if v < high {
-                    Self::BETWEEN_THRESHOLDS
-                } else {
-                    gt as i64
-                }
-            })
-            .collect();
+        // Best ground truth of each column, the first one on ties: the least row index
+        // where the column reaches its maximum (argmax's tie order differs between
+        // backends). Row indices in u8 while they fit, `m` standing for "not this row".
+        let best = quality.max_keepdim(0)?;
+        let index_dtype = if m < usize::from(u8::MAX) {
+            DType::U8
+        } else {
+            DType::U32
+        };
+        let rows = host_tensor((0..m as u32).collect::<Vec<_>>(), (m, 1), index_dtype, dev)?;
+        let none = host_tensor(vec![m as u32], (1, 1), index_dtype, dev)?;
+        let best_gt = quality
+            .broadcast_eq(&best)?
+            .where_cond(&rows.broadcast_as((m, n))?, &none.broadcast_as((m, n))?)?
+            .min(0)?
+            .to_dtype(DType::I64)?;
+
+        // The scalar thresholds become tensors of the matrix's dtype on the host (candle
+        // converts a scalar before moving it), so that 0.7 means 0.7f32 for an f32 matrix.
+        let best = best.squeeze(0)?;
+        let label = |v: i64| -> Result<Tensor> { Ok(Tensor::new(&[v], dev)?.broadcast_as(n)?) };
+        let mut matches = best.lt(self.low_threshold)?.where_cond(
+            &label(Self::BELOW_LOW_THRESHOLD)?,
+            &best
+                .lt(self.high_threshold)?
+                .where_cond(&label(Self::BETWEEN_THRESHOLDS)?, &best_gt)?,
+        )?;
         if self.allow_low_quality_matches {
-            for row in q {
-                let highest = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                for (pred, &v) in row.iter().enumerate() {
-                    if v == highest {
-                        labels[pred] = best_gt[pred] as i64;
-                    }
-                }
-            }
+            // Predictions that reach some row's maximum exactly get their candidate back.
+            let at_row_max = quality.broadcast_eq(&quality.max_keepdim(1)?)?.max(0)?;
+            matches = at_row_max.where_cond(&best_gt, &matches)?;
         }
-        labels
+        Ok(matches)
+    }
+}
+
+/// An `Error::Input` naming the first NaN of `quality` (row-major). A NaN makes its row's
+/// sum NaN: only the `M` row sums are compared, one scalar is read back, and the matrix
+/// itself only when a sum is NaN (a NaN, or `+∞` and `−∞` in one row).
+fn check_no_nan(quality: &Tensor) -> Result<()> {
+    let sums = quality.sum_keepdim(1)?;
+    if sums.ne(&sums)?.flatten_all()?.max(0)?.to_scalar::<u8>()? == 0 {
+        return Ok(());
+    }
+    let n = quality.dim(1)?;
+    let nan = quality
+        .ne(quality)?
+        .flatten_all()?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<u8>()?;
+    match nan.iter().position(|&v| v != 0) {
+        Some(at) => Err(Error::Input(format!(
+            "Matcher: the quality matrix has a NaN at (ground truth {}, prediction {})",
+            at / n,
+            at % n
+        ))),
+        None => Ok(()),
     }
 }

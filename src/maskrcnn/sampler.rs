@@ -20,9 +20,10 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rand::Rng;
 
+use crate::ops::host_f64;
 use crate::{Error, Result};
 
 /// Picks, per image, at most `batch_size_per_image` elements, of which at most
@@ -109,41 +110,52 @@ impl BalancedPositiveNegativeSampler {
                     labels.dims()
                 ))
             })?;
-            // f64 holds every label exactly enough: no integer maps to 0 or crosses 1.
-            let values = labels.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            // f64 holds every label exactly enough: no integer maps to 0 or crosses 1. The
+            // labels are copied off the device before they are widened.
+            let values = host_f64(labels)?.to_vec1::<f64>()?;
             let pos: Vec<usize> = (0..len).filter(|&i| values[i] >= 1.0).collect();
             let neg: Vec<usize> = (0..len).filter(|&i| values[i] == 0.0).collect();
-
-            let max_pos = (self.batch_size_per_image as f64 * self.positive_fraction) as usize;
-            let num_pos = pos.len().min(max_pos);
-            let num_neg = neg.len().min(self.batch_size_per_image - num_pos);
-
+            let (pos, neg) = self.draw(&pos, &neg, rng);
             let device = labels.device();
-            positives.push(Tensor::from_vec(
-                choose(&pos, num_pos, len, rng),
-                len,
-                device,
-            )?);
-            negatives.push(Tensor::from_vec(
-                choose(&neg, num_neg, len, rng),
-                len,
-                device,
-            )?);
+            positives.push(Tensor::from_vec(mask(&pos, len), len, device)?);
+            negatives.push(Tensor::from_vec(mask(&neg, len), len, device)?);
         }
         Ok((positives, negatives))
     }
+
+    /// The draw of one image from its candidate positives and negatives (positions in its
+    /// labels): the sampled positives and negatives, each ascending. [`Self::sample`] is
+    /// this per image; callers that hold their labels on the host already use it directly.
+    pub(crate) fn draw<R: Rng + ?Sized>(
+        &self,
+        positives: &[usize],
+        negatives: &[usize],
+        rng: &mut R,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let max_pos = (self.batch_size_per_image as f64 * self.positive_fraction) as usize;
+        let num_pos = positives.len().min(max_pos);
+        let num_neg = negatives.len().min(self.batch_size_per_image - num_pos);
+        let pos = choose(positives, num_pos, rng);
+        let neg = choose(negatives, num_neg, rng);
+        (pos, neg)
+    }
 }
 
-/// A mask of length `len` with `amount` of `candidates` set, chosen uniformly at random.
-fn choose<R: Rng + ?Sized>(
-    candidates: &[usize],
-    amount: usize,
-    len: usize,
-    rng: &mut R,
-) -> Vec<u8> {
+/// `amount` of `candidates`, chosen uniformly at random, in ascending order of position.
+fn choose<R: Rng + ?Sized>(candidates: &[usize], amount: usize, rng: &mut R) -> Vec<usize> {
+    let mut chosen: Vec<usize> = rand::seq::index::sample(rng, candidates.len(), amount)
+        .into_iter()
+        .map(|i| candidates[i])
+        .collect();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// A `u8` mask of length `len` with `positions` set.
+fn mask(positions: &[usize], len: usize) -> Vec<u8> {
     let mut mask = vec![0u8; len];
-    for i in rand::seq::index::sample(rng, candidates.len(), amount) {
-        mask[candidates[i]] = 1;
+    for &i in positions {
+        mask[i] = 1;
     }
     mask
 }

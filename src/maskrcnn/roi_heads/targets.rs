@@ -2,14 +2,14 @@
 //! image trains on (matching to the ground truth, balanced sampling, regression targets):
 //! torchvision's `RoIHeads.select_training_samples`.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::Rng;
 
 use super::inputs::proposal_counts;
 use super::RoiHeads;
 use crate::maskrcnn::box_head::host_labels;
 use crate::maskrcnn::Matcher;
-use crate::ops::box_iou;
+use crate::ops::{box_iou, check_boxes};
 use crate::{Error, Result};
 
 /// The ground truth of one image for training: `boxes` `(G, 4)` (float, `x1, y1, x2, y2` in
@@ -59,6 +59,8 @@ impl RoiHeads {
         self.sample(proposals, targets, &gt_labels, rng)
     }
 
+    /// [`Self::select_training_samples`] for targets whose boxes and labels were checked
+    /// ([`Self::check_target_labels`]); `gt_labels` are their labels.
     pub(super) fn sample<R: Rng + ?Sized>(
         &self,
         proposals: &[Tensor],
@@ -66,17 +68,26 @@ impl RoiHeads {
         gt_labels: &[Vec<i64>],
         rng: &mut R,
     ) -> Result<TrainingSamples> {
-        let mut all_proposals = Vec::with_capacity(proposals.len());
-        let mut matched = Vec::with_capacity(proposals.len());
-        let mut labels = Vec::with_capacity(proposals.len());
-        for ((p, t), gl) in proposals.iter().zip(targets).zip(gt_labels) {
-            let gt = t.boxes.to_dtype(p.dtype())?.to_device(p.device())?;
+        let mut out = TrainingSamples {
+            proposals: Vec::with_capacity(proposals.len()),
+            matched_idxs: Vec::with_capacity(proposals.len()),
+            labels: Vec::with_capacity(proposals.len()),
+            regression_targets: Vec::with_capacity(proposals.len()),
+        };
+        for (i, ((p, t), gl)) in proposals.iter().zip(targets).zip(gt_labels).enumerate() {
+            check_boxes(p, &format!("RoiHeads: the proposals of image {i}"))?;
+            let dev = p.device().clone();
+            let gt = t.boxes.to_dtype(p.dtype())?.to_device(&dev)?;
             let p = Tensor::cat(&[p, &gt], 0)?;
             let len = p.dim(0)?;
             let (m, l) = if gl.is_empty() {
                 (vec![0i64; len], vec![0i64; len])
             } else {
-                let found = self.matcher.matches(&box_iou(&gt, &p)?)?.to_vec1::<i64>()?;
+                // Both sets are checked: the IoU does not read them again.
+                let found = self
+                    .matcher
+                    .matches(&box_iou::unchecked(&gt, &p)?)?
+                    .to_vec1::<i64>()?;
                 let mut m = Vec::with_capacity(len);
                 let mut l = Vec::with_capacity(len);
                 for f in found {
@@ -90,24 +101,13 @@ impl RoiHeads {
                 }
                 (m, l)
             };
-            all_proposals.push((p, gt));
-            matched.push(m);
-            labels.push(Tensor::from_vec(l, len, &Device::Cpu)?);
-        }
-        let (pos, neg) = self.sampler.sample(&labels, rng)?;
-
-        let mut out = TrainingSamples {
-            proposals: Vec::with_capacity(proposals.len()),
-            matched_idxs: Vec::with_capacity(proposals.len()),
-            labels: Vec::with_capacity(proposals.len()),
-            regression_targets: Vec::with_capacity(proposals.len()),
-        };
-        for (i, ((p, gt), m)) in all_proposals.into_iter().zip(matched).enumerate() {
-            let dev = p.device().clone();
-            let (pi, ni) = (pos[i].to_vec1::<u8>()?, neg[i].to_vec1::<u8>()?);
-            let sampled: Vec<usize> = (0..pi.len()).filter(|&j| pi[j] | ni[j] != 0).collect();
+            // Classes `>= 1` are positives, the background negatives, `-1` ignored.
+            let positives: Vec<usize> = (0..len).filter(|&j| l[j] >= 1).collect();
+            let negatives: Vec<usize> = (0..len).filter(|&j| l[j] == 0).collect();
+            let (pos, neg) = self.sampler.draw(&positives, &negatives, rng);
+            let mut sampled = [pos, neg].concat();
+            sampled.sort_unstable();
             let s = sampled.len();
-            let l = labels[i].to_vec1::<i64>()?;
             let idx = Tensor::from_vec(
                 sampled.iter().map(|&j| j as u32).collect::<Vec<_>>(),
                 s,
@@ -152,7 +152,8 @@ impl RoiHeads {
         Ok(labels)
     }
 
-    /// Checks the boxes and labels of one target per image; returns the labels.
+    /// Checks the boxes and labels of one target per image, once per call (the matching
+    /// reads the boxes unchecked); returns the labels.
     fn check_target_labels(
         &self,
         targets: &[RoiHeadsTarget],
@@ -179,6 +180,7 @@ impl RoiHeads {
                         )))
                     }
                 };
+                check_boxes(&t.boxes, &format!("RoiHeads: the boxes of target {i}"))?;
                 let l = host_labels(&t.labels, &format!("RoiHeads: the labels of target {i}"))?;
                 if l.len() != g {
                     return Err(Error::Shape(format!(

@@ -142,10 +142,9 @@ impl Rpn {
         }
         let objectness = Tensor::cat(&obj_flat, 1)?;
         let deltas = Tensor::cat(&delta_flat, 1)?;
-        let anchors = self
-            .anchors
-            .anchors(batch_size, &grids, objectness.device())?
-            .to_dtype(objectness.dtype())?;
+        let anchors =
+            self.anchors
+                .anchors_as(batch_size, &grids, objectness.dtype(), objectness.device())?;
         let total = anchors.dim(0)?;
         let repeated = anchors.repeat((n, 1))?;
         let proposals = self
@@ -256,55 +255,71 @@ impl Rpn {
             )));
         }
         let dev = out.objectness.device();
-        let mut labels = Vec::with_capacity(n);
-        let mut targets = Vec::with_capacity(n);
+        let dtype = out.deltas.dtype();
+        // Positions in the batch's `n · total` anchors, ascending; the regression targets of
+        // the positives, in the same order.
+        let (mut pos, mut neg) = (Vec::new(), Vec::new());
+        let mut pos_targets = Vec::with_capacity(n);
         for (i, gt) in gt_boxes.iter().enumerate() {
             check_boxes(gt, &format!("ground-truth boxes of image {i}"))?;
-            let dtype = out.deltas.dtype();
             let gt = gt.to_dtype(dtype)?.to_device(dev)?;
-            if gt.dim(0)? == 0 {
-                labels.push(Tensor::zeros(total, DType::F32, dev)?);
-                targets.push(Tensor::zeros((total, 4), dtype, dev)?);
-                continue;
-            }
-            let matches = self.matcher.matches(&box_iou(&gt, &out.anchors)?)?;
-            let idx = matches.clamp(0i64, i64::MAX)?;
-            let matched = gt.index_select(&idx, 0)?;
-            // 1 for a match, 0 below the low threshold, -1 between the thresholds.
-            let m = matches.to_dtype(DType::F32)?;
-            let positive = m.ge(0f64)?.to_dtype(DType::F32)?;
-            let between = m.eq(-2f64)?.to_dtype(DType::F32)?;
-            labels.push((positive - between)?);
-            targets.push(
-                self.coder
-                    .encode(&matched, &out.anchors)?
-                    .to_dtype(out.deltas.dtype())?,
-            );
+            let (image_pos, image_neg) = if gt.dim(0)? == 0 {
+                let every: Vec<usize> = (0..total).collect();
+                self.sampler.draw(&[], &every, rng)
+            } else {
+                // The ground truth is checked above and the anchors are the generator's: the
+                // IoU skips checks that would copy every anchor to the host.
+                let iou = box_iou::unchecked(&gt, &out.anchors)?;
+                let matches = self
+                    .matcher
+                    .matches(&iou)?
+                    .to_device(&Device::Cpu)?
+                    .to_vec1::<i64>()?;
+                // A match is a positive, below the low threshold a negative, between the
+                // thresholds ignored.
+                let candidates = |keep: fn(i64) -> bool| -> Vec<usize> {
+                    (0..total).filter(|&j| keep(matches[j])).collect()
+                };
+                let (p, q) = self.sampler.draw(
+                    &candidates(|m| m >= 0),
+                    &candidates(|m| m == Matcher::BELOW_LOW_THRESHOLD),
+                    rng,
+                );
+                if !p.is_empty() {
+                    let gt_index: Vec<u32> = p.iter().map(|&j| matches[j] as u32).collect();
+                    let anchor_index: Vec<u32> = p.iter().map(|&j| j as u32).collect();
+                    let matched = gt.index_select(&Tensor::from_vec(gt_index, p.len(), dev)?, 0)?;
+                    let anchors = out
+                        .anchors
+                        .index_select(&Tensor::from_vec(anchor_index, p.len(), dev)?, 0)?;
+                    pos_targets.push(self.coder.encode(&matched, &anchors)?.to_dtype(dtype)?);
+                }
+                (p, q)
+            };
+            pos.extend(image_pos.iter().map(|&j| (i * total + j) as u32));
+            neg.extend(image_neg.iter().map(|&j| (i * total + j) as u32));
         }
-        let (pos, neg) = self.sampler.sample(&labels, rng)?;
-        let pos = mask_indices(&pos, total)?;
-        let neg = mask_indices(&neg, total)?;
         let sampled = pos.len() + neg.len();
         if sampled == 0 {
             return Err(Error::Input("the RPN sampled no anchors".into()));
         }
-        let labels = Tensor::cat(&labels, 0)?;
-        let targets = Tensor::cat(&targets, 0)?;
         let objectness = out.objectness.flatten_all()?;
         let deltas = out.deltas.reshape((n * total, 4))?;
+        // The sampled anchors' labels: 1 for the positives, 0 for the negatives.
+        let labels: Vec<f32> = (0..sampled)
+            .map(|k| if k < pos.len() { 1.0 } else { 0.0 })
+            .collect();
+        let labels = Tensor::from_vec(labels, sampled, dev)?;
         let all: Vec<u32> = pos.iter().chain(&neg).copied().collect();
         let all = Tensor::from_vec(all, sampled, dev)?;
-        let objectness_loss = bce_with_logits(
-            &objectness.index_select(&all, 0)?,
-            &labels.index_select(&all, 0)?,
-        )?;
+        let objectness_loss = bce_with_logits(&objectness.index_select(&all, 0)?, &labels)?;
         let box_reg = if pos.is_empty() {
             (deltas.sum_all()? * 0.0)?
         } else {
             let p = Tensor::from_vec(pos.clone(), pos.len(), dev)?;
             smooth_l1_sum(
                 &deltas.index_select(&p, 0)?,
-                &targets.index_select(&p, 0)?,
+                &Tensor::cat(&pos_targets, 0)?,
                 1.0 / 9.0,
             )?
         };
@@ -318,22 +333,4 @@ impl Rpn {
     pub fn named_tensors(&self) -> Vec<NamedTensor> {
         self.tensors.clone()
     }
-}
-
-/// The positions set in per-image `u8` masks, as indices into their concatenation.
-fn mask_indices(masks: &[Tensor], per_image: usize) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    for (i, m) in masks.iter().enumerate() {
-        let v = m
-            .to_dtype(DType::U8)?
-            .to_device(&Device::Cpu)?
-            .to_vec1::<u8>()?;
-        out.extend(
-            v.iter()
-                .enumerate()
-                .filter(|(_, &x)| x != 0)
-                .map(|(j, _)| (i * per_image + j) as u32),
-        );
-    }
-    Ok(out)
 }

@@ -1,11 +1,12 @@
 //! Boxes as `(K, 4)` tensors of `x1, y1, x2, y2` corners, with torchvision's conventions.
 //!
 //! Widths are `x2 - x1` (no `+ 1` pixel, unlike the helpers of some older detectors), so
-//! [`box_iou`] and [`box_area`] give what `torchvision.ops.box_iou` / `box_area` give. The
+//! [`box_iou()`] and [`box_area`] give what `torchvision.ops.box_iou` / `box_area` give. The
 //! element-wise functions ([`box_area`], [`clip_boxes_to_image`], [`box_convert`]) are built
 //! from candle tensor ops: they run on any device and carry gradients. Those that read the
-//! boxes on the host anyway ([`box_iou`], [`remove_small_boxes`], and the NMS and RoIAlign
-//! ops) first check them with [`check_boxes`].
+//! boxes on the host anyway ([`remove_small_boxes`], and the NMS and RoIAlign ops) first
+//! check them with [`check_boxes`], and so does [`box_iou()`] (the detector's own callers,
+//! whose boxes are checked once per image, skip that round trip).
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -121,20 +122,40 @@ pub fn box_area(boxes: &Tensor) -> Result<Tensor> {
 pub fn box_iou(boxes1: &Tensor, boxes2: &Tensor) -> Result<Tensor> {
     check_boxes(boxes1, "box_iou, first set")?;
     check_boxes(boxes2, "box_iou, second set")?;
-    let area1 = box_area(boxes1)?;
-    let area2 = box_area(boxes2)?;
-    let (m, n) = (boxes1.dim(0)?, boxes2.dim(0)?);
-    let b1 = boxes1.unsqueeze(1)?.broadcast_as((m, n, 4))?;
-    let b2 = boxes2.unsqueeze(0)?.broadcast_as((m, n, 4))?;
-    let lt = b1.narrow(2, 0, 2)?.maximum(&b2.narrow(2, 0, 2)?)?;
-    let rb = b1.narrow(2, 2, 2)?.minimum(&b2.narrow(2, 2, 2)?)?;
-    let wh = (rb - lt)?.relu()?; // candle-relu-ok: torchvision clamps at 0, gradient 1 there
-    let inter = (wh.narrow(2, 0, 1)?.squeeze(2)? * wh.narrow(2, 1, 1)?.squeeze(2)?)?;
-    let union = area1
-        .unsqueeze(1)?
-        .broadcast_add(&area2.unsqueeze(0)?)?
-        .sub(&inter)?;
-    Ok((inter / union)?)
+    box_iou::unchecked(boxes1, boxes2)
+}
+
+/// [`box_iou()`] without the value checks. The module shares the function's name so that
+/// the re-exports of `box_iou` carry it to `crate::ops::box_iou` (as `nms` carries its host
+/// helpers).
+pub(crate) mod box_iou {
+    use candle_core::Tensor;
+
+    use super::{box_area, check_rank};
+    use crate::Result;
+
+    /// [`box_iou()`](fn@super::box_iou) without reading the boxes, only their shapes checked:
+    /// for boxes that are valid by construction or were checked once already (the
+    /// detector's ground truth, once per image; its anchors), so that a large set such as
+    /// an image's 200 000 anchors is not copied to the host on every call.
+    pub(crate) fn unchecked(boxes1: &Tensor, boxes2: &Tensor) -> Result<Tensor> {
+        check_rank(boxes1, "box_iou, first set")?;
+        check_rank(boxes2, "box_iou, second set")?;
+        let area1 = box_area(boxes1)?;
+        let area2 = box_area(boxes2)?;
+        let (m, n) = (boxes1.dim(0)?, boxes2.dim(0)?);
+        let b1 = boxes1.unsqueeze(1)?.broadcast_as((m, n, 4))?;
+        let b2 = boxes2.unsqueeze(0)?.broadcast_as((m, n, 4))?;
+        let lt = b1.narrow(2, 0, 2)?.maximum(&b2.narrow(2, 0, 2)?)?;
+        let rb = b1.narrow(2, 2, 2)?.minimum(&b2.narrow(2, 2, 2)?)?;
+        let wh = (rb - lt)?.relu()?; // candle-relu-ok: torchvision clamps at 0, gradient 1 there
+        let inter = (wh.narrow(2, 0, 1)?.squeeze(2)? * wh.narrow(2, 1, 1)?.squeeze(2)?)?;
+        let union = area1
+            .unsqueeze(1)?
+            .broadcast_add(&area2.unsqueeze(0)?)?
+            .sub(&inter)?;
+        Ok((inter / union)?)
+    }
 }
 
 /// Clamps x coordinates to `[0, width]` and y coordinates to `[0, height]`
