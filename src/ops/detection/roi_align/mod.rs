@@ -10,22 +10,28 @@
 //!
 //! On the CPU, [`RoiAlign::forward`] runs a custom op that repeats torchvision's arithmetic in
 //! the input's precision (so results agree to the last bits) and a second op for the gradient
-//! of the input. Elsewhere it runs [`RoiAlign::forward_composed`]: the same interpolation built
-//! from `index_select` and `index_add`, which every candle device runs and differentiates. The
-//! boxes get no gradient in either, as in torchvision.
+//! of the input. Elsewhere (and on the CPU under [`crate::ops::set_device_generic`]) it runs
+//! [`RoiAlign::forward_composed`]: the same interpolation from candle ops, which every device
+//! runs and differentiates. Each bin is a weighted sum of `4 · samples` taps (a pixel and its
+//! bilinear weight); the taps are gathered with one `index_select` of the map's pixel rows and
+//! summed with a batched product. With a fixed sampling ratio (Mask R-CNN's 2) the tap table is
+//! built on the device from the rois tensor; with an adaptive one, whose sample counts vary per
+//! roi, it is built on the host and uploaded in the working dtype. Half-precision inputs are
+//! pooled in f32, as on the CPU. The boxes get no gradient in either path, as in torchvision.
 
 mod cpu;
 mod sampling;
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::boxes::{check_corners, host_rows};
 use super::real::Real;
+use crate::ops::host_tensor;
 use crate::{Error, Result};
 use cpu::RoiAlignOp;
-use sampling::{Geometry, Sampling};
+use sampling::{AxisTaps, Geometry, Sampling};
 
 /// Settings of a RoIAlign: output size, the scale from image to feature-map coordinates, the
 /// sampling ratio and the half-pixel alignment.
@@ -114,7 +120,7 @@ impl RoiAlign {
         self.forward(input, &rois_from_boxes(boxes)?)
     }
 
-    /// The same pooling composed from candle tensor ops (`index_select`, `index_add`), as
+    /// The same pooling composed from candle tensor ops (a gather and a weighted sum), as
     /// [`RoiAlign::forward`] runs it on non-CPU devices; exposed so that the two can be
     /// compared and timed.
     pub fn forward_composed(&self, input: &Tensor, rois: &Tensor) -> Result<Tensor> {
@@ -185,63 +191,204 @@ impl RoiAlign {
                         .to_dtype(dt)?),
                 }
             }
-            (false, Rois::F64(r)) => self.composed(input, &r),
-            (false, Rois::F32(r)) => self.composed(input, &r),
+            (false, _) if self.sampling_ratio > 0 => {
+                self.composed_fixed(input, rois, GATHER_BUDGET)
+            }
+            (false, Rois::F64(r)) => self.composed_adaptive(input, &r, GATHER_BUDGET),
+            (false, Rois::F32(r)) => self.composed_adaptive(input, &r, GATHER_BUDGET),
         }
     }
 
-    fn composed<T: Real>(&self, input: &Tensor, rois: &[[T; 5]]) -> Result<Tensor> {
-        let (n, c, h, w) = input.dims4()?;
+    /// The composed path with a fixed sampling ratio: the sample table is built on the device
+    /// from the rois tensor ([`AxisTaps`]), then one gather and one weighted sum per chunk of
+    /// at most `budget` gathered elements (or one roi).
+    fn composed_fixed(&self, input: &Tensor, rois: &Tensor, budget: usize) -> Result<Tensor> {
+        let (_, _, h, w) = input.dims4()?;
         let (oh, ow) = self.output_size;
+        let work = working_dtype(input.dtype());
         let dev = input.device();
-        // Rows are pixels, columns channels, so each gather moves a whole channel vector.
-        let pixels = input.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?;
-        // Bounds the gathered (samples × 4, C) intermediate to about 64 MiB of f32.
-        let budget = (1usize << 24) / c.max(1);
-        let sampling = self.sampling();
+        // Converted where they are, so that no f64 tensor reaches a device without f64.
+        let rois = rois.detach().to_dtype(work)?.to_device(dev)?;
+        let k = rois.dim(0)?;
+        let col = |i: usize| rois.narrow(1, i, 1)?.squeeze(1);
+        let cfg = self.sampling();
+        let rows = AxisTaps::new(&col(2)?, &col(4)?, oh, h, &cfg)?;
+        let cols = AxisTaps::new(&col(1)?, &col(3)?, ow, w, &cfg)?;
+        let t = rows.index.dim(2)?;
+        let image = col(0)?.to_dtype(DType::U32)?.affine((h * w) as f64, 0.0)?;
+        let row_pixel = rows.index.affine(w as f64, 0.0)?;
+        let count = host_tensor(vec![(t * t / 4) as f64], (1, 1), work, dev)?;
+        let pixels = pixel_rows(input, work)?;
+        let per_chunk = (budget / (oh * ow * t * t * pixels.dim(1)?).max(1)).max(1);
         let mut outputs = Vec::new();
+        for start in (0..k).step_by(per_chunk) {
+            let len = per_chunk.min(k - start);
+            let bins = len * oh * ow;
+            // Tap `(y tap, x tap)` of bin `(ph, pw)` reads pixel `image · H·W + y · W + x`
+            // with the product of the row and column weights (torchvision's `hy·hx`, ...).
+            let index = image
+                .narrow(0, start, len)?
+                .reshape((len, 1, 1, 1, 1))?
+                .broadcast_add(
+                    &row_pixel
+                        .narrow(0, start, len)?
+                        .reshape((len, oh, 1, t, 1))?,
+                )?
+                .broadcast_add(
+                    &cols
+                        .index
+                        .narrow(0, start, len)?
+                        .reshape((len, 1, ow, 1, t))?,
+                )?
+                .reshape((bins, t * t))?;
+            let weight = rows
+                .weight
+                .narrow(0, start, len)?
+                .reshape((len, oh, 1, t, 1))?
+                .broadcast_mul(
+                    &cols
+                        .weight
+                        .narrow(0, start, len)?
+                        .reshape((len, 1, ow, 1, t))?,
+                )?
+                .reshape((bins, t * t))?;
+            outputs.push(weighted_gather(&pixels, &index, &weight)?.broadcast_div(&count)?);
+        }
+        self.assemble(&outputs, k, input.dtype())
+    }
+
+    /// The composed path with an adaptive sampling ratio, whose sample count varies per roi:
+    /// the table is built on the host from the checked rois and uploaded in the working dtype.
+    /// Rois are taken in increasing order of samples per bin, and each chunk pads its bins to
+    /// its largest tap count (at most twice its smallest) with zero-weight taps, so that a
+    /// chunk is again one gather and one weighted sum (of at most `budget` gathered elements,
+    /// or one roi).
+    fn composed_adaptive<T: Real>(
+        &self,
+        input: &Tensor,
+        rois: &[[T; 5]],
+        budget: usize,
+    ) -> Result<Tensor> {
+        let (_, c, h, w) = input.dims4()?;
+        let (oh, ow) = self.output_size;
+        let bins = oh * ow;
+        let work = working_dtype(input.dtype());
+        let dev = input.device();
+        let pixels = pixel_rows(input, work)?;
+        let cfg = self.sampling();
+        let geometry: Vec<Geometry<T>> = rois
+            .iter()
+            .map(|r| Geometry::new(r, &cfg, (oh, ow)))
+            .collect();
+        let taps = |i: usize| 4 * geometry[i].samples_per_bin();
+        let mut order: Vec<usize> = (0..rois.len()).collect();
+        order.sort_by_key(|&i| taps(i));
+        let mut outputs = Vec::new();
+        let mut table = Vec::new();
         let mut start = 0;
-        while start < rois.len() {
-            let (mut idx, mut wts, mut bins) = (Vec::new(), Vec::new(), Vec::new());
-            let mut table = Vec::new();
-            let mut end = start;
-            while end < rois.len() && (end == start || idx.len() < budget) {
-                let g = Geometry::new(&rois[end], &sampling, (oh, ow));
-                g.fill_table(h, w, &mut table);
-                let per_bin = g.samples_per_bin();
-                for (s, sample) in table.iter().enumerate() {
-                    if !sample.inside {
-                        continue;
-                    }
-                    let bin = ((end - start) * oh * ow + s / per_bin.max(1)) as u32;
-                    for corner in 0..4 {
-                        idx.push((g.batch * h * w + sample.pos[corner]) as u32);
-                        wts.push((sample.w[corner] / g.count).as_f64());
-                        bins.push(bin);
-                    }
-                }
+        while start < order.len() {
+            let limit = 2 * taps(order[start]).max(4);
+            let mut end = start + 1;
+            while end < order.len()
+                && taps(order[end]) <= limit
+                && (end + 1 - start) * bins * taps(order[end]) * c <= budget
+            {
                 end += 1;
             }
-            let rows = (end - start) * oh * ow;
-            let out = if idx.is_empty() {
-                Tensor::zeros((rows, c), input.dtype(), dev)?
-            } else {
-                let len = idx.len();
-                let idx = Tensor::from_vec(idx, len, dev)?;
-                let bins = Tensor::from_vec(bins, len, dev)?;
-                let wts = Tensor::from_vec(wts, (len, 1), dev)?.to_dtype(input.dtype())?;
-                let gathered = pixels.index_select(&idx, 0)?.broadcast_mul(&wts)?;
-                Tensor::zeros((rows, c), input.dtype(), dev)?.index_add(&bins, &gathered, 0)?
-            };
-            outputs.push(out);
+            let width = taps(order[end - 1]);
+            let n_rows = (end - start) * bins;
+            if width == 0 {
+                outputs.push(Tensor::zeros((n_rows, c), work, dev)?);
+                start = end;
+                continue;
+            }
+            let mut idx = vec![0u32; n_rows * width];
+            let mut wts = vec![T::zero(); n_rows * width];
+            let mut count = Vec::with_capacity(n_rows);
+            for (j, &r) in order[start..end].iter().enumerate() {
+                let g = &geometry[r];
+                g.fill_table(h, w, &mut table);
+                let per_bin = g.samples_per_bin();
+                for bin in 0..bins {
+                    let row = (j * bins + bin) * width;
+                    count.push(g.count);
+                    let samples = &table[bin * per_bin..(bin + 1) * per_bin];
+                    for (s, sample) in samples.iter().enumerate().filter(|(_, s)| s.inside) {
+                        for corner in 0..4 {
+                            idx[row + 4 * s + corner] =
+                                (g.batch * h * w + sample.pos[corner]) as u32;
+                            wts[row + 4 * s + corner] = sample.w[corner];
+                        }
+                    }
+                }
+            }
+            let index = Tensor::from_vec(idx, (n_rows, width), dev)?;
+            let weight = host_tensor(wts, (n_rows, width), work, dev)?;
+            let count = host_tensor(count, (n_rows, 1), work, dev)?;
+            outputs.push(weighted_gather(&pixels, &index, &weight)?.broadcast_div(&count)?);
             start = end;
         }
-        let out = Tensor::cat(&outputs, 0)?;
-        Ok(out
-            .reshape((rois.len(), oh, ow, c))?
-            .permute((0, 3, 1, 2))?
-            .contiguous()?)
+        let out = self.assemble(&outputs, rois.len(), input.dtype())?;
+        if order.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(out);
+        }
+        // Row `j` holds roi `order[j]`: invert the permutation.
+        let mut inverse = vec![0u32; order.len()];
+        for (j, &r) in order.iter().enumerate() {
+            inverse[r] = j as u32;
+        }
+        let inverse = Tensor::from_vec(inverse, order.len(), dev)?;
+        Ok(out.index_select(&inverse, 0)?)
     }
+
+    /// `(K · bins, C)` chunk outputs to `(K, C, out_h, out_w)` in `dtype`.
+    fn assemble(&self, chunks: &[Tensor], k: usize, dtype: DType) -> Result<Tensor> {
+        let (oh, ow) = self.output_size;
+        let out = Tensor::cat(chunks, 0)?;
+        let c = out.dim(1)?;
+        Ok(out
+            .reshape((k, oh, ow, c))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?
+            .to_dtype(dtype)?)
+    }
+}
+
+/// Elements of the gathered `(taps, C)` intermediate of one chunk: 64 MiB of f32.
+const GATHER_BUDGET: usize = 1 << 24;
+
+/// The dtype the composed path computes in: the input's, or f32 for half precision (sample
+/// coordinates in f16 would be off by pixels on large maps), as the CPU kernel does.
+fn working_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    }
+}
+
+/// `input (N, C, H, W)` as `(N·H·W, C)` rows in `dtype`: each gathered tap moves a whole
+/// channel vector.
+fn pixel_rows(input: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (n, c, h, w) = input.dims4()?;
+    Ok(input
+        .to_dtype(dtype)?
+        .permute((0, 2, 3, 1))?
+        .reshape((n * h * w, c))?)
+}
+
+/// Row `r` of the result is `Σ_t weight[r, t] · pixels[index[r, t]]`: one `index_select` and
+/// a batched `(1, T) × (T, C)` product, differentiable in `pixels` (the gradient goes back
+/// through the product and the gather).
+fn weighted_gather(pixels: &Tensor, index: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (rows, taps) = index.dims2()?;
+    let c = pixels.dim(1)?;
+    let gathered = pixels
+        .index_select(&index.flatten_all()?, 0)?
+        .reshape((rows, taps, c))?;
+    Ok(weight
+        .reshape((rows, 1, taps))?
+        .matmul(&gathered)?
+        .reshape((rows, c))?)
 }
 
 /// Stacks per-image `(K_i, 4)` boxes into `(ΣK_i, 5)` rois whose first column is the image
@@ -261,7 +408,12 @@ pub fn rois_from_boxes(boxes: &[Tensor]) -> Result<Tensor> {
                 )))
             }
         };
-        let ids = Tensor::full(i as f64, (k, 1), dev)?.to_dtype(dtype)?;
+        // In the target dtype directly: no f64 tensor on a device unless the boxes are f64.
+        let ids = match dtype {
+            DType::F64 => Tensor::full(i as f64, (k, 1), dev)?,
+            DType::F32 => Tensor::full(i as f32, (k, 1), dev)?,
+            dt => Tensor::full(i as f32, (k, 1), dev)?.to_dtype(dt)?,
+        };
         parts.push(Tensor::cat(
             &[&ids, &b.to_dtype(dtype)?.to_device(dev)?],
             1,
@@ -297,6 +449,10 @@ impl Rois {
                 ))),
             }
         };
+        if cfg.sampling_ratio > 0 {
+            let ratio = usize::try_from(cfg.sampling_ratio).unwrap_or(usize::MAX);
+            return too_many(0, ratio.saturating_mul(ratio));
+        }
         match self {
             Rois::F32(r) => r.iter().enumerate().try_for_each(|(k, roi)| {
                 too_many(k, Geometry::new(roi, cfg, out).samples_per_bin())
@@ -317,8 +473,11 @@ impl Rois {
 
 /// The rois on the host in precision `T`, checked: batch index an integer in `0..n`, finite
 /// coordinates, `x1 <= x2`, `y1 <= y2`.
+///
+/// One download of the rois (a synchronisation on a GPU), converted to `T` after it, on the
+/// host. The fixed-ratio composed path needs the values only for these checks.
 fn checked_rois<T: Real>(rois: &Tensor, n: usize) -> Result<Vec<[T; 5]>> {
-    let rows = host_rows::<T, 5>(rois, "roi_align rois")?;
+    let rows = host_rows::<T, 5>(&rois.to_device(&Device::Cpu)?, "roi_align rois")?;
     for (k, r) in rows.iter().enumerate() {
         let b = r[0].as_f64();
         if !(b >= 0.0 && b < n as f64 && b.fract() == 0.0) {
@@ -332,4 +491,77 @@ fn checked_rois<T: Real>(rois: &Tensor, n: usize) -> Result<Vec<[T; 5]>> {
         )?;
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// Chunks of one roi give the forward bits of one chunk for all (each bin is its own
+    /// product); the input gradient sums the same terms in another order (chunk by chunk), so
+    /// it agrees within `2 (M + 1) eps Σ|terms|` for `M` terms per element at most (here, all
+    /// the taps). Fixed and adaptive ratios (the latter reorders rois by tap count).
+    #[test]
+    fn chunking_keeps_the_forward_bits_and_the_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 6, 7), &dev).unwrap()).unwrap();
+        let rois = Tensor::new(
+            &[
+                [0f32, 0.5, 1.0, 4.0, 5.5],
+                [1., -2., -1., 9., 3.],
+                [0., 3.0, 3.0, 3.2, 3.1],
+                [1., 1., 2., 30., 20.],
+                [0., 8., 9., 12., 14.],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let host = checked_rois::<f32>(&rois, 2).unwrap();
+        for ratio in [2, -1] {
+            let cfg = RoiAlign::new((3, 2)).with_sampling_ratio(ratio);
+            let taps: usize = host
+                .iter()
+                .map(|r| 4 * Geometry::new(r, &cfg.sampling(), (3, 2)).samples_per_bin() * 6)
+                .sum();
+            // Output, gradient of Σ y², and Σ|terms| per input element (the gradient for the
+            // upstream |2y|: the weights are non-negative).
+            let run = |budget: usize| {
+                let pool = || {
+                    if ratio > 0 {
+                        cfg.composed_fixed(x.as_tensor(), &rois, budget)
+                    } else {
+                        cfg.composed_adaptive(x.as_tensor(), &host, budget)
+                    }
+                    .unwrap()
+                };
+                let y = pool();
+                let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+                let up = y.affine(2.0, 0.0).unwrap().abs().unwrap().detach();
+                let g = (pool() * up)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let mag = g.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+                let y = y.flatten_all().unwrap();
+                (
+                    y.to_vec1::<f32>().unwrap(),
+                    gx.to_vec1::<f32>().unwrap(),
+                    mag.to_vec1::<f32>().unwrap(),
+                )
+            };
+            let (one, whole) = (run(1), run(GATHER_BUDGET));
+            assert_eq!(one.0, whole.0, "ratio {ratio}: forward");
+            for (i, ((a, b), m)) in one.1.iter().zip(&whole.1).zip(&whole.2).enumerate() {
+                let bound = 2.0 * (taps as f32 + 1.0) * f32::EPSILON * m;
+                assert!(
+                    (a - b).abs() <= bound,
+                    "ratio {ratio}: gradient {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
 }
