@@ -3,8 +3,8 @@
 # machine that has no Rust (docs/GPU.md): nvcc from NVIDIA's PyPI wheels in a virtualenv,
 # link stubs for the CUDA libraries candle links (scripts/cuda_stubs.py), then a stripped
 # binary in target/gpu/ to carry there and run with scripts/gpu_run.sh.
-# The first run takes 20-40 minutes on 2 cores (candle's kernels through nvcc, then candle);
-# a rerun with nothing changed takes seconds.
+# The first run takes about 20 minutes on 2 cores (candle's kernels through nvcc, then candle);
+# a rerun with nothing changed takes about 10 seconds.
 #   bash scripts/cuda_build.sh --example quickstart [--compute-cap 90] [--cudnn]
 set -euo pipefail
 
@@ -17,7 +17,8 @@ built into target/gpu/<name>, ready to carry to the GPU machine (scripts/gpu_run
 
 Options:
   --example NAME      build examples/NAME.rs (repeatable; default: gpu_check)
-  --tests             build every test binary (the library's and tests/*.rs)
+  --tests             build every test binary (the library's and tests/*.rs; about 450 MiB
+                      gzipped, too much for one GPU call: prefer a few --test NAME)
   --test NAME         build the test binary tests/NAME.rs (repeatable)
   --compute-cap N     CUDA_COMPUTE_CAP for candle's kernels (default: 90, the H100/H200)
   --cudnn             build with --features cudnn (cuDNN convolutions) instead of cuda
@@ -27,14 +28,14 @@ Options:
 
 Compute capability: candle-kernels compiles its kernels to PTX for exactly one target,
 `nvcc --ptx -gencode=arch=compute_<N>,code=sm_<N>`, where N >= 90 gets NVIDIA's 'a' suffix
-(90 -> sm_90a). The driver compiles that PTX for the GPU at load time. PTX for sm_90a
-(Hopper's arch-specific features) loads on compute capability 9.0 only: an H100/H200, not
-a Blackwell or older GPU. PTX for a plain lower target (e.g. 80) loads on that capability
-and every newer one, at the cost of a JIT compile at first use and of the kernels the value
-leaves out: below 80 no bf16 kernels, below 89 no fp8 kernels. So `--compute-cap 80` makes
-a binary for any GPU from the A100 on; 90 (the default) one for the H100/H200 only. The
-value also selects the SASS of candle's statically linked MoE/GGUF kernels (libmoe.a,
-sm_<N> only), which unetpp does not call.
+(90 -> sm_90a); the driver compiles that PTX for the GPU when a module first loads. PTX for
+sm_90a (Hopper's arch-specific features) loads on compute capability 9.0 only: an
+H100/H200, not a Blackwell or an older GPU. PTX for a plain lower target (e.g. 80) loads on
+that capability and every newer one, less the kernels the value leaves out: below 80 no
+bf16 kernels, below 89 no fp8 kernels. So `--compute-cap 80` makes a binary for any GPU from
+the A100 on; 90 (the default) one for the H100/H200 only. The value also selects the SASS of
+candle's statically linked MoE/GGUF kernels (libmoe.a, sm_<N> only), which unetpp does not
+call. Any value needs a driver for CUDA 13.0 (nvcc 13.0 writes PTX ISA 9.0).
 
 Environment:
   UNETPP_CUDA_VENV    virtualenv for the CUDA wheels (default: ~/.cache/unetpp/cuda-venv;
