@@ -23,5 +23,5 @@ cat <<EOF
      run(carry=["target/gpu"], command="bash scripts/gpu_run.sh", timeout_s=300)
    Same machine while it is warm: call 2 right after 1, then give_back.
 Carried: target/gpu ($(du -sh target/gpu | cut -f1), $(head -2 target/gpu/BUILD.txt |
-    tr '\n' ';' | sed 's/;$//'))
+    tr '\n' ';' | sed 's/;$//; s/;/; /g'))
 EOF
