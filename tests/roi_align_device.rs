@@ -5,6 +5,7 @@
 //! several images, in f32, f64 and f16. Tolerances follow from the rounding of sums of
 //! products (see [`sum_bound`]). Also: no f64 tensor for an f32 input, the box-list helper in
 //! the boxes' dtype, and (ignored) a timing of the composed path.
+#![cfg(feature = "detection")]
 
 use std::time::Instant;
 

@@ -116,7 +116,9 @@ pub use detection::{
 };
 pub use elementwise::{add_relu, bias_add, relu};
 pub use norm::{batch_norm_train, BatchNormOutput};
+#[cfg(feature = "detection")]
+pub(crate) use path::host_f64;
+pub(crate) use path::host_tensor;
 pub use path::{device_generic, set_device_generic};
-pub(crate) use path::{host_f64, host_tensor};
 pub use pool::{max_pool2d, max_pool2d_generic, upsample_nearest2d, upsample_nearest2d_generic};
 pub use resize::{resize_bilinear, resize_bilinear_composed};

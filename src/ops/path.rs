@@ -93,6 +93,7 @@ pub(crate) fn host_tensor<T: candle_core::WithDType, S: Into<candle_core::Shape>
 
 /// The values of `t` as `f64` on the host: copied off the device first, then widened, so
 /// that no `f64` tensor is made on the device.
+#[cfg(feature = "detection")]
 pub(crate) fn host_f64(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
     t.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F64)
 }
