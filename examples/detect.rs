@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clap::Parser;
 use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
 use unetpp::encoders::ResNetConfig;
@@ -106,7 +106,7 @@ fn main() -> Result<(), AnyError> {
     let scores = d.scores.to_vec1::<f32>()?;
     let labels = d.labels.to_vec1::<i64>()?;
     let boxes = d.boxes.to_vec2::<f32>()?;
-    let masks = d.masks.ge(0.5)?.to_dtype(DType::U8)?;
+    let masks = d.binary_masks(0.5)?;
     let mut canvas: Vec<u8> = (0..h * w)
         .flat_map(|p| (0..3).map(move |ch| (ch.min(c - 1), p)))
         .map(|(ch, p)| (pixels[ch * h * w + p] * 255.0) as u8)

@@ -97,7 +97,7 @@ fn ground_truth(s: &InstanceSample) -> GroundTruth {
 fn prediction(d: &ImageDetections) -> unetpp::Result<Prediction> {
     let k = d.boxes.dim(0)?;
     let boxes = d.boxes.to_vec2::<f32>()?;
-    let masks = d.masks.ge(0.5)?.to_dtype(DType::U8)?.flatten_from(1)?;
+    let masks = d.binary_masks(0.5)?.flatten_from(1)?;
     Ok(Prediction {
         boxes: boxes
             .into_iter()

@@ -179,6 +179,15 @@ fn detections_match_torchvision() {
             images[i].dims()[1..],
             "pasted into the image"
         );
+        assert!(d.masks.device().is_cpu(), "pasted masks stay on the host");
+        let binary = d.binary_masks(0.5).unwrap();
+        assert_eq!(binary.dtype(), DType::U8);
+        let want = d.masks.ge(0.5).unwrap().to_dtype(DType::U8).unwrap();
+        assert_eq!(
+            binary.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<u8>().unwrap()
+        );
+        assert!(d.binary_masks(1.5).is_err());
     }
 }
 
