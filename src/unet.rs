@@ -98,6 +98,14 @@ impl UNet {
         })
     }
 
+    /// The network in `dtype`, its conversion recorded by autograd (see
+    /// [`UNetPlusPlus::to_dtype`]: half-precision inference, mixed-precision training).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            net: self.net.to_dtype(dtype)?,
+        })
+    }
+
     /// Writes the tensors to a safetensors file, atomically, with the configuration in its
     /// metadata (see [`Self::load`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {

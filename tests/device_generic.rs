@@ -117,6 +117,20 @@ fn smp_unetplusplus_has_no_f64_in_the_generic_mode() {
     let x = Var::from_tensor(&input(&[1, 3, 64, 64])).unwrap();
     let y = net.forward_t(x.as_tensor(), true).unwrap();
     assert_no_f64("smp UnetPlusPlus", &y.sqr().unwrap().mean_all().unwrap());
+    // Half-precision inference, against f32 (units of f16's last place, 2⁻¹¹, as below; the
+    // network is 25 convolutions deep).
+    let want = net.forward(x.as_tensor()).unwrap();
+    let half = net.to_dtype(DType::F16).unwrap();
+    let got = half
+        .forward(&x.as_tensor().to_dtype(DType::F16).unwrap())
+        .unwrap();
+    assert_eq!(got.dtype(), DType::F16);
+    let e = rel(&got, &want);
+    eprintln!("smp UnetPlusPlus in f16: relative error {e:.2e}");
+    assert!(
+        e < 32.0 * 2f64.powi(-11),
+        "smp in f16: relative error {e:.2e}"
+    );
 }
 
 /// `max |a − b| / max |b|`, in f64.

@@ -393,6 +393,22 @@ impl SmpUnetPlusPlus {
         weights::build_checked(kept, DType::F32, device, |vb| Self::new(cfg, vb))
     }
 
+    /// The network in `dtype` (`F16` or `BF16` for half-precision inference on devices that
+    /// have it), its conversion recorded by autograd, as
+    /// [`UNetPlusPlus::to_dtype`](crate::nested::UNetPlusPlus::to_dtype) does; `self` is
+    /// untouched.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::Input(format!(
+                "SmpUnetPlusPlus::to_dtype needs a floating-point dtype, got {dtype:?}"
+            )));
+        }
+        Self::new(
+            &self.cfg,
+            weights::var_builder_over_in(&self.tensors, dtype),
+        )
+    }
+
     /// [`Self::from_smp`] from a safetensors file.
     pub fn load_smp(cfg: &SmpConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::from_smp(cfg, weights::load_tensors(path, device)?, device)
