@@ -19,8 +19,9 @@ cat <<EOF
 1. First, a short call that only looks (seconds; shows the GPU, the CUDA libraries found and
    whether target/gpu/gpu_check resolves them all):
      run(carry=["target/gpu"], command="bash scripts/gpu_run.sh --probe", timeout_s=120)
-2. Then the check itself (its arguments after the script's name):
-     run(carry=["target/gpu"], command="bash scripts/gpu_run.sh", timeout_s=300)
+2. Then the check itself (gpu_check's arguments after the script's name) and PyTorch's
+   timings of the same sizes on the same GPU:
+     run(carry=["target/gpu"], command="bash scripts/gpu_run.sh --with-pytorch", timeout_s=420)
    Same machine while it is warm: call 2 right after 1, then give_back.
 Carried: target/gpu ($(du -sh target/gpu | cut -f1), $(head -2 target/gpu/BUILD.txt |
     tr '\n' ';' | sed 's/;$//; s/;/; /g'))

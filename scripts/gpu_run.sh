@@ -19,6 +19,9 @@ that target/gpu/NAME resolves all its libraries, then runs `target/gpu/NAME ARGS
   --probe      print the GPUs, the libraries found and each binary's ldd check, run nothing
   --bin NAME   the binary to run (default: gpu_check); a test binary takes cargo test's
                arguments, e.g. --bin conv_layer -- --test-threads 1
+  --with-pytorch  afterwards, time PyTorch on the same GPU with the sizes gpu_check times
+               (scripts/bench_pytorch.py --device cuda: 1x1x256² and 8x3x512², L1-L4 and a
+               training step)
   -h, --help   print this help
 EOF
 }
@@ -27,11 +30,13 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 probe=0
+pytorch=0
 bin=gpu_check
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --probe) probe=1; shift ;;
+        --with-pytorch) pytorch=1; shift ;;
         --bin) [ $# -ge 2 ] || { echo "gpu_run: --bin needs a NAME" >&2; exit 2; }
             bin="$2"; shift 2 ;;
         --) shift; break ;;
@@ -189,4 +194,14 @@ fi
 echo "== ldd $exe"
 check_binary "$exe" || exit 127
 echo "== $exe $*"
-exec "$exe" "$@"
+if [ "$pytorch" = 0 ]; then
+    exec "$exe" "$@"
+fi
+status=0
+"$exe" "$@" || status=$?
+echo "== PyTorch on the same GPU (scripts/bench_pytorch.py --device cuda)"
+for size in "--size 256 --batch 1 --in-channels 1" "--size 512 --batch 8 --in-channels 3"; do
+    # shellcheck disable=SC2086 # the sizes are separate words
+    python3 scripts/bench_pytorch.py --device cuda --runs 5 --train $size || status=$?
+done
+exit "$status"
