@@ -298,6 +298,11 @@ fn check_ops(dut: &Dut, report: &mut Report) -> Result<()> {
             Box::new(|t| unetpp::ops::bias_add(&t[0], &t[1])),
         ),
         (
+            "relu",
+            vec![r(&[2, 6, 5, 5], 31)?],
+            Box::new(|t| unetpp::ops::relu(&t[0])),
+        ),
+        (
             "add_relu",
             vec![r(&[2, 6, 5, 5], 28)?, r(&[2, 6, 5, 5], 29)?],
             Box::new(|t| unetpp::ops::add_relu(&t[0], &t[1])),
