@@ -14,38 +14,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
 use unetpp::loss::bce_with_logits;
 use unetpp::maskrcnn::{
     smooth_l1_sum, AnchorGenerator, BalancedPositiveNegativeSampler, BoxCoder, MaskRcnn,
-    MaskRcnnConfig, Matcher, Rpn, RpnOutput, Target,
+    MaskRcnnConfig, Matcher, Rpn, RpnOutput,
 };
 use unetpp::ops::box_iou;
 
-/// `n` synthetic nuclei images of `size × size` with their boxes, labels and masks.
-fn nuclei(n: usize, size: usize) -> (Vec<Tensor>, Vec<Target>) {
-    let cfg = NucleiConfig::builder()
-        .samples(n)
-        .seed(21)
-        .size(size, size)
-        .objects(2, 5)
-        .radius(4.0, 12.0)
-        .build()
-        .unwrap();
-    let set = SyntheticNuclei::new(cfg).unwrap();
-    let dev = Device::Cpu;
-    (0..n)
-        .map(|i| {
-            let s = set.get(i).unwrap();
-            let t = Target::new(
-                s.boxes_tensor(&dev).unwrap(),
-                s.labels_tensor(&dev).unwrap(),
-            )
-            .with_masks(s.masks_tensor(&dev).unwrap());
-            (s.image_tensor(&dev).unwrap(), t)
-        })
-        .unzip()
-}
+mod common;
+use common::nuclei;
 
 /// The small detector of the training tests (`MaskRcnnConfig::compact`), seeded weights.
 fn compact_model(size: usize) -> MaskRcnn {

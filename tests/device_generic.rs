@@ -10,6 +10,9 @@ use candle_nn::VarMap;
 use unetpp::loss::DeepSupervisionLoss;
 use unetpp::prelude::*;
 
+mod common;
+use common::max_rel_diff;
+
 fn generic() {
     unetpp::ops::set_device_generic(true);
 }
@@ -125,30 +128,12 @@ fn smp_unetplusplus_has_no_f64_in_the_generic_mode() {
         .forward(&x.as_tensor().to_dtype(DType::F16).unwrap())
         .unwrap();
     assert_eq!(got.dtype(), DType::F16);
-    let e = rel(&got, &want);
+    let e = max_rel_diff(&got, &want);
     eprintln!("smp UnetPlusPlus in f16: relative error {e:.2e}");
     assert!(
         e < 32.0 * 2f64.powi(-11),
         "smp in f16: relative error {e:.2e}"
     );
-}
-
-/// `max |a − b| / max |b|`, in f64.
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let v = |t: &Tensor| {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-    };
-    let (a, b) = (v(a), v(b));
-    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 /// Half-precision inference and a mixed-precision training step (f32 master weights, f32
@@ -215,7 +200,7 @@ fn half_precision_inference_and_mixed_precision_training() {
         let half = net.detach().unwrap().to_dtype(dt).unwrap();
         let y = half.forward(&x.to_dtype(dt).unwrap()).unwrap();
         assert_eq!(y.dtype(), dt);
-        let e = rel(&y, &want);
+        let e = max_rel_diff(&y, &want);
         assert!(e < 16.0 * ulp, "{dt:?} inference: relative error {e:.2e}");
         // Mixed precision: the gradients land on the f32 variables.
         let grads = loss_of(Some(dt));

@@ -5,32 +5,13 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use rand::SeedableRng;
-use unetpp::data::instances::{NucleiConfig, SyntheticNuclei};
 use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, PyramidKind, RoiHeadsTarget, Target};
 use unetpp::Error;
 
+mod common;
+
 fn data(n: usize) -> (Vec<Tensor>, Vec<Target>) {
-    let cfg = NucleiConfig::builder()
-        .samples(n)
-        .seed(21)
-        .size(64, 64)
-        .objects(2, 5)
-        .radius(4.0, 12.0)
-        .build()
-        .unwrap();
-    let set = SyntheticNuclei::new(cfg).unwrap();
-    let dev = Device::Cpu;
-    (0..n)
-        .map(|i| {
-            let s = set.get(i).unwrap();
-            let t = Target::new(
-                s.boxes_tensor(&dev).unwrap(),
-                s.labels_tensor(&dev).unwrap(),
-            )
-            .with_masks(s.masks_tensor(&dev).unwrap());
-            (s.image_tensor(&dev).unwrap(), t)
-        })
-        .unzip()
+    common::nuclei(n, 64)
 }
 
 fn model(kind: PyramidKind) -> (VarMap, MaskRcnn) {

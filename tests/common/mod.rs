@@ -308,3 +308,29 @@ pub fn seeded_uniform(shape: &[usize], rng: &mut rand::rngs::StdRng, scale: f64)
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
+
+#[cfg(feature = "detection")]
+/// `n` synthetic nuclei images of `size × size` with their boxes, labels and masks.
+pub fn nuclei(n: usize, size: usize) -> (Vec<Tensor>, Vec<unetpp::maskrcnn::Target>) {
+    let cfg = unetpp::data::instances::NucleiConfig::builder()
+        .samples(n)
+        .seed(21)
+        .size(size, size)
+        .objects(2, 5)
+        .radius(4.0, 12.0)
+        .build()
+        .unwrap();
+    let set = unetpp::data::instances::SyntheticNuclei::new(cfg).unwrap();
+    let dev = Device::Cpu;
+    (0..n)
+        .map(|i| {
+            let s = set.get(i).unwrap();
+            let t = unetpp::maskrcnn::Target::new(
+                s.boxes_tensor(&dev).unwrap(),
+                s.labels_tensor(&dev).unwrap(),
+            )
+            .with_masks(s.masks_tensor(&dev).unwrap());
+            (s.image_tensor(&dev).unwrap(), t)
+        })
+        .unzip()
+}
