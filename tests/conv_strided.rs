@@ -314,3 +314,19 @@ fn add_relu_matches_pytorch_and_central_differences() {
     .unwrap();
     assert!(max_rel_diff(&y64, &t("y")) < 1e-7);
 }
+
+/// `ops::relu` as PyTorch's `torch.relu`: gradient 0 at exactly 0 (candle's `relu` passes
+/// it), NaN stays NaN, and untracked inputs give the same values.
+#[test]
+fn relu_has_pytorchs_gradient_at_zero_and_keeps_nan() {
+    let x = Var::new(&[-2f32, -0.0, 0.0, 1e-30, 3.0, f32::NAN], &Device::Cpu).unwrap();
+    let y = unetpp::ops::relu(x.as_tensor()).unwrap();
+    let v = y.to_vec1::<f32>().unwrap();
+    assert_eq!(&v[..5], &[0.0, 0.0, 0.0, 1e-30, 3.0]);
+    assert!(v[5].is_nan());
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let g = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(&g[..5], &[0.0, 0.0, 0.0, 1.0, 1.0]);
+    let untracked = unetpp::ops::relu(&x.as_tensor().detach()).unwrap();
+    assert_eq!(&untracked.to_vec1::<f32>().unwrap()[..5], &v[..5]);
+}

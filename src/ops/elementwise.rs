@@ -18,8 +18,9 @@ use crate::{Error, Result};
 /// padded border, a dead unit, a tie in `a + b`) would train differently; the crate calls
 /// this instead (a test greps `src/` for candle's).
 ///
-/// Untracked tensors (inference) take candle's `relu`; tracked ones multiply by the mask
-/// `x > 0`, on any device.
+/// Untracked tensors (inference) take candle's `relu`; tracked ones select `x` or 0 by the
+/// `u8` mask `x ≤ 0` (kept for the backward pass: a quarter of an `f32` map), on any device.
+/// NaN stays NaN, as in PyTorch.
 ///
 /// ```
 /// use candle_core::{Device, Var};
@@ -34,8 +35,8 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         return Ok(x.relu()?); // candle-relu-ok: no gradient is taken
     }
-    let mask = x.gt(0.0)?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
+    let zero = Tensor::zeros((), x.dtype(), x.device())?.broadcast_as(x.shape())?;
+    Ok(x.le(0.0)?.where_cond(&zero, x)?)
 }
 
 /// `y[n, c, h, w] + b[c]` for `y` of shape `(N, C, H, W)` and `b` of shape `(C)`.
