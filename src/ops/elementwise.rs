@@ -18,9 +18,10 @@ use crate::{Error, Result};
 /// padded border, a dead unit, a tie in `a + b`) would train differently; the crate calls
 /// this instead (a test greps `src/` for candle's).
 ///
-/// Untracked tensors (inference) take candle's `relu`; tracked ones select `x` or 0 by the
-/// `u8` mask `x ≤ 0` (kept for the backward pass: a quarter of an `f32` map), on any device.
-/// NaN stays NaN, as in PyTorch.
+/// Untracked tensors (inference) take candle's `relu`. Tracked ones take one kernel forward
+/// and one backward on the CPU for `f32`; elsewhere they select `x` or 0 by the `u8` mask
+/// `x ≤ 0` (kept for the backward pass: a quarter of an `f32` map). NaN stays NaN, as in
+/// PyTorch.
 ///
 /// ```
 /// use candle_core::{Device, Var};
@@ -34,6 +35,9 @@ use crate::{Error, Result};
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         return Ok(x.relu()?); // candle-relu-ok: no gradient is taken
+    }
+    if super::path::cpu_kernels(x.device()) && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(Relu)?);
     }
     let zero = Tensor::zeros((), x.dtype(), x.device())?.broadcast_as(x.shape())?;
     Ok(x.le(0.0)?.where_cond(&zero, x)?)
@@ -161,6 +165,29 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
     } else {
         relu(&(a + b)?)
+    }
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "unetpp-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(s, l)?;
+        // `x ≤ 0` is false for NaN, which stays.
+        let out = map2(x, x, |v, _| if v <= 0.0 { 0.0 } else { v });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // The gradient where the output is positive (or NaN): none at exactly 0.
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?,
+        ))
     }
 }
 
