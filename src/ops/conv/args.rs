@@ -59,10 +59,12 @@ pub(super) fn kernel_bias(
     })
 }
 
-/// `y + bias` per output channel, through [`bias_add`] on the fast path.
+/// `y + bias` per output channel, through [`bias_add`] on the fast path, and in half
+/// precision (where it sums a trainable bias's gradient in `f32`).
 pub(super) fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let half = matches!(y.dtype(), DType::F16 | DType::BF16);
     match bias {
-        Some(b) if own_kernels() => bias_add(&y, b),
+        Some(b) if own_kernels() || half => bias_add(&y, b),
         Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
         None => Ok(y),
     }
