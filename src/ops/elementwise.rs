@@ -178,7 +178,10 @@ impl CustomOp1 for Relu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(s, l)?;
         // `x ≤ 0` is false for NaN, which stays.
-        let out = map2(x, x, |v, _| if v <= 0.0 { 0.0 } else { v });
+        let out: Vec<f32> = x
+            .par_iter()
+            .map(|&v| if v <= 0.0 { 0.0 } else { v })
+            .collect();
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
