@@ -117,30 +117,13 @@ impl Report {
     /// on the host, against `bound`.
     fn compare(&mut self, what: &str, got: &Tensor, want: &Tensor, bound: f64) -> Result<()> {
         self.checks += 1;
-        let host = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.to_device(&Device::Cpu)?
-                .to_dtype(DType::F64)?
-                .flatten_all()?
-                .to_vec1::<f64>()?)
-        };
         if got.dims() != want.dims() {
             let msg = format!("{what}: shape {:?}, expected {:?}", got.dims(), want.dims());
             println!("FAIL {msg}");
             self.failures.push(msg);
             return Ok(());
         }
-        let (g, w) = (host(got)?, host(want)?);
-        let scale = w.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-        let mut err = 0f64;
-        for (a, b) in g.iter().zip(&w) {
-            let e = if a.is_finite() {
-                (a - b).abs()
-            } else {
-                f64::INFINITY
-            };
-            err = err.max(e);
-        }
-        let rel = err / scale;
+        let rel = abs_error(got, want)? / max_abs(want)?.max(1e-12);
         let ok = rel <= bound;
         println!(
             "{} {what}: relative error {rel:.2e} (bound {bound:.0e})",
@@ -457,13 +440,6 @@ fn check_unetpp_training(dut: &Dut, report: &mut Report) -> Result<()> {
         // relative to its own largest value, floored at 1e-3 of the largest of its kind: the
         // biases ahead of batch norm have a zero gradient in exact arithmetic, so theirs are
         // rounding noise on both sides.
-        let max_abs = |t: &Tensor| -> Result<f64> {
-            Ok(t.abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?)
-        };
         let mut kind_scale: BTreeMap<&str, f64> = BTreeMap::new();
         let kind_of = |name: &str| {
             if name.starts_with('∂') {
@@ -516,13 +492,7 @@ fn check_unetpp_training(dut: &Dut, report: &mut Report) -> Result<()> {
 
 /// `max |got − want|`, in f64 on the host (infinite for a non-finite value of `got`).
 fn abs_error(got: &Tensor, want: &Tensor) -> Result<f64> {
-    let host = |t: &Tensor| -> Result<Vec<f64>> {
-        Ok(t.to_device(&Device::Cpu)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?)
-    };
-    let (g, w) = (host(got)?, host(want)?);
+    let (g, w) = (host_values(got)?, host_values(want)?);
     if g.len() != w.len() {
         return Ok(f64::INFINITY);
     }
@@ -533,6 +503,19 @@ fn abs_error(got: &Tensor, want: &Tensor) -> Result<f64> {
             f64::INFINITY
         })
     }))
+}
+
+/// `max |t|`, in f64 on the host.
+fn max_abs(t: &Tensor) -> Result<f64> {
+    Ok(host_values(t)?.iter().fold(0f64, |m, v| m.max(v.abs())))
+}
+
+/// The values of `t` (any device) as f64 on the host.
+fn host_values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?)
 }
 
 /// smp's UnetPlusPlus (ResNet-18 encoder) in inference.
