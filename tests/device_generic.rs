@@ -234,23 +234,8 @@ fn half_precision_inference_and_mixed_precision_training() {
 /// catch what this textual check cannot.
 #[test]
 fn every_conversion_to_f64_in_the_library_happens_on_the_host() {
-    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
     let mut offenders = Vec::new();
-    for file in files {
+    for file in common::src_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         // Unit tests (at the end of a file) run on the CPU only.
         let code = text.split("#[cfg(test)]").next().unwrap_or("");

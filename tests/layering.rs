@@ -3,7 +3,9 @@
 //! dependency either fits the table here and in the document, or the design changes both.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
 
 /// Each top-level module and the modules it may use (the crate's `Error` and `Result` are
 /// open to all).
@@ -32,17 +34,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["data", "encoders", "loss", "nested", "nn", "ops", "weights"],
     ),
 ];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// The first path segments named after `crate::` in `code` (`crate::{a, b::c}` names `a`
 /// and `b`).
@@ -93,10 +84,8 @@ fn modules_use_only_the_layers_below_them() {
         .iter()
         .map(|(m, deps)| (*m, deps.iter().copied().collect()))
         .collect();
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut violations = Vec::new();
-    for file in files {
+    for file in common::src_files() {
         let rel = file.strip_prefix(&src).unwrap();
         let first = rel
             .components()

@@ -334,3 +334,23 @@ pub fn nuclei(n: usize, size: usize) -> (Vec<Tensor>, Vec<unetpp::maskrcnn::Targ
         })
         .unzip()
 }
+
+/// Every `.rs` file under the crate's `src/`, for the tests that read the library's source.
+pub fn src_files() -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    files
+}
