@@ -10,7 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, map2};
+use super::kernel::{contiguous, map1, map2};
+use super::simd::simd_fn;
 use crate::{Error, Result};
 
 /// `max(x, 0)`, whose gradient is 0 where `x ≤ 0` and 1 where `x > 0`: PyTorch's. candle's
@@ -95,10 +96,9 @@ impl CustomOp2 for BiasAdd {
         let (y, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
         let plane = (h * w).max(1);
         let mut out = y.to_vec();
-        out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
-            let bias = b[i % c];
-            p.iter_mut().for_each(|v| *v += bias);
-        });
+        out.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, p)| add_scalar(p, b[i % c]));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -130,16 +130,7 @@ impl CustomOp1 for ChannelSum {
                 (0..n)
                     .map(|ni| {
                         let start = (ni * c + ci) * plane;
-                        // Pairwise-friendly chunked sum: 8 partial sums vectorise.
-                        let mut acc = [0f32; 8];
-                        let chunk = &g[start..start + plane];
-                        let mut it = chunk.chunks_exact(8);
-                        for v in &mut it {
-                            for k in 0..8 {
-                                acc[k] += v[k];
-                            }
-                        }
-                        acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
+                        lane_sum(&g[start..start + plane])
                     })
                     .sum()
             })
@@ -178,10 +169,7 @@ impl CustomOp1 for Relu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(s, l)?;
         // `x ≤ 0` is false for NaN, which stays.
-        let out: Vec<f32> = x
-            .par_iter()
-            .map(|&v| if v <= 0.0 { 0.0 } else { v })
-            .collect();
+        let out = map1(x, relu_chunk);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -209,7 +197,7 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
-        let out = map2(a, b, |a, b| (a + b).max(0.0));
+        let out = map2(a, b, add_relu_chunk);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -245,7 +233,55 @@ impl CustomOp2 for ReluMask {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = contiguous::<f32>(s1, l1)?;
         let y = contiguous::<f32>(s2, l2)?;
-        let out = map2(g, y, |g, y| if y <= 0.0 { 0.0 } else { g });
+        let out = map2(g, y, relu_mask_chunk);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+simd_fn! {
+    /// `o = max(x, 0)`, NaN kept (`x ≤ 0` is false for NaN).
+    fn relu_chunk(o: &mut [f32], x: &[f32]) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = if v <= 0.0 { 0.0 } else { v };
+        }
+    }
+}
+
+simd_fn! {
+    /// `o = max(a + b, 0)`.
+    fn add_relu_chunk(o: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = (a + b).max(0.0);
+        }
+    }
+}
+
+simd_fn! {
+    /// `o = g · [y > 0]` (NaN in `y` lets the gradient through).
+    fn relu_mask_chunk(o: &mut [f32], g: &[f32], y: &[f32]) {
+        for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+            *o = if y <= 0.0 { 0.0 } else { g };
+        }
+    }
+}
+
+simd_fn! {
+    /// `p += v`.
+    fn add_scalar(p: &mut [f32], v: f32) {
+        p.iter_mut().for_each(|x| *x += v);
+    }
+}
+
+simd_fn! {
+    /// `Σ p`, as 8 partial sums added at the end (the same order at every level).
+    fn lane_sum(p: &[f32]) -> f32 {
+        let mut acc = [0f32; 8];
+        let mut it = p.chunks_exact(8);
+        for v in &mut it {
+            for k in 0..8 {
+                acc[k] += v[k];
+            }
+        }
+        acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
     }
 }

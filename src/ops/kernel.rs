@@ -3,8 +3,8 @@
 //! disjoint writes ([`SendPtr`], [`map_channels`]), per-thread scratch buffers
 //! ([`with_scratch`]), sums of partial results in a fixed order ([`fold_sum`], [`map2`]), the
 //! `gemm` crate's matrix product on raw pointers ([`matmul`]), the banded unfold-and-multiply
-//! loops of the convolutions ([`bands`], [`banded_forward`], [`banded_weight_grad`]), and the
-//! CPU feature check of the hand-vectorised paths ([`avx2_fma`]).
+//! loops of the convolutions ([`bands`], [`banded_forward`], [`banded_weight_grad`]). (The
+//! choice of instruction set is `ops::simd`'s.)
 //!
 //! # The invariants every `unsafe` block relies on
 //!
@@ -29,40 +29,14 @@
 //!    one, each given by a pointer and strides that keep it inside its buffer (1). The
 //!    destination is a scratch buffer or accumulator owned by the task, or the task's region of
 //!    the output (2), never one of the operands.
-//! 5. **CPU features.** A function compiled with `#[target_feature(enable = "avx2,fma")]` is
-//!    called only after [`avx2_fma`] has returned `true`, which asks the CPU.
+//! 5. **CPU features.** No function here is compiled with `#[target_feature]`; the kernels
+//!    run at a higher instruction-set level only through `ops::simd`'s `simd!`, whose module
+//!    doc states its own invariant.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 use candle_core::{CpuStorage, Layout, WithDType};
-
-/// Whether the hand-written kernels may use AVX2 and FMA: the CPU has them and the
-/// environment variable `UNETPP_SIMD` does not say `scalar` (it is read once). Forcing the
-/// portable path lets one machine test what a CPU without AVX2 computes. (The `gemm`
-/// crate's matrix kernels choose their own instructions.)
-pub(super) fn avx2_fma() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let level = std::env::var("UNETPP_SIMD").unwrap_or_default();
-        let forced_scalar = match level.to_ascii_lowercase().as_str() {
-            "scalar" => true,
-            "" | "native" | "avx2" => false,
-            other => {
-                eprintln!(
-                    "unetpp: UNETPP_SIMD={other:?} is not one of native, avx2, scalar; using native"
-                );
-                false
-            }
-        };
-        #[cfg(target_arch = "x86_64")]
-        let detected = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma");
-        #[cfg(not(target_arch = "x86_64"))]
-        let detected = false;
-        detected && !forced_scalar
-    })
-}
 
 /// The elements of a contiguous tensor's CPU storage.
 pub(super) fn contiguous<'a, T: WithDType>(
@@ -96,16 +70,22 @@ pub(super) fn map_channels<W: Fn(usize, &mut [f32])>(
     out
 }
 
-/// `f(a[i], b[i])` for every element of two equally long buffers, in parallel chunks.
-pub(super) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+/// `out[i] = f(a[i], b[i])` for two equally long buffers, computed by `f(out, a, b)` on
+/// chunks in parallel (`f` is a chunk kernel, so that it may be a `simd_fn!`).
+pub(super) fn map2(a: &[f32], b: &[f32], f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; a.len()];
     out.par_chunks_mut(1 << 14)
         .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
-        .for_each(|(o, (a, b))| {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                *o = f(a, b);
-            }
-        });
+        .for_each(|(o, (a, b))| f(o, a, b));
+    out
+}
+
+/// `out[i] = f(x[i])`, computed by `f(out, x)` on chunks in parallel (as [`map2`]).
+pub(super) fn map1(x: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| f(o, x));
     out
 }
 

@@ -101,6 +101,9 @@ mod norm;
 mod path;
 mod pool;
 mod resize;
+// The run-time choice of instruction set; its module doc states the invariant of its `unsafe`.
+#[allow(unsafe_code)]
+pub(crate) mod simd;
 
 pub use conv::{
     conv1x1, conv2d, conv3x3, conv3x3_concat, conv3x3_fused, conv_transpose2x2, cpu_conv_algo,
@@ -122,3 +125,4 @@ pub(crate) use path::host_tensor;
 pub use path::{device_generic, set_device_generic};
 pub use pool::{max_pool2d, max_pool2d_generic, upsample_nearest2d, upsample_nearest2d_generic};
 pub use resize::{resize_bilinear, resize_bilinear_composed};
+pub use simd::{set_simd_level, simd_level, supported_simd_levels, SimdLevel};

@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::kernel::{contiguous, map_channels};
+use super::simd::simd_fn;
 use crate::{Error, Result};
 
 /// Per-channel statistics of one batch: mean and `1 / √(var + ε)` (biased variance).
@@ -37,21 +38,101 @@ fn planes(
     (0..n).map(move |ni| &data[(ni * c + ci) * plane..(ni * c + ci + 1) * plane])
 }
 
+/// Lanes of the `f64` sums below: independent partial sums, so that the loops vectorise (a
+/// single running sum is a chain of dependent additions), added in a fixed order at the end.
+const LANES: usize = 8;
+
+/// Adds the lanes in a fixed order.
+#[inline(always)]
+fn total(acc: [f64; LANES]) -> f64 {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+simd_fn! {
+    /// `Σ v` in `f64`.
+    fn sum(p: &[f32]) -> f64 {
+        let mut acc = [0f64; LANES];
+        let mut chunks = p.chunks_exact(LANES);
+        for v in &mut chunks {
+            for k in 0..LANES {
+                acc[k] += f64::from(v[k]);
+            }
+        }
+        total(acc) + chunks.remainder().iter().map(|&v| f64::from(v)).sum::<f64>()
+    }
+}
+
+simd_fn! {
+    /// `Σ (v − mean)²` in `f64`.
+    fn sum_sq_dev(p: &[f32], mean: f64) -> f64 {
+        let mut acc = [0f64; LANES];
+        let mut chunks = p.chunks_exact(LANES);
+        for v in &mut chunks {
+            for k in 0..LANES {
+                let d = f64::from(v[k]) - mean;
+                acc[k] += d * d;
+            }
+        }
+        let rest: f64 = chunks
+            .remainder()
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum();
+        total(acc) + rest
+    }
+}
+
+simd_fn! {
+    /// `(Σ g, Σ g·(x − mean)·inv)` in `f64`.
+    fn sums_g_gx(x: &[f32], g: &[f32], mean: f64, inv: f64) -> (f64, f64) {
+        let len = x.len().min(g.len());
+        let (x, g) = (&x[..len], &g[..len]);
+        let (mut sg, mut sgx) = ([0f64; LANES], [0f64; LANES]);
+        let (mut xc, mut gc) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
+        for (xv, gv) in (&mut xc).zip(&mut gc) {
+            for k in 0..LANES {
+                let gk = f64::from(gv[k]);
+                sg[k] += gk;
+                sgx[k] += gk * (f64::from(xv[k]) - mean);
+            }
+        }
+        let (mut a, mut b) = (total(sg), total(sgx));
+        for (&xv, &gv) in xc.remainder().iter().zip(gc.remainder()) {
+            a += f64::from(gv);
+            b += f64::from(gv) * (f64::from(xv) - mean);
+        }
+        (a, b * inv)
+    }
+}
+
+simd_fn! {
+    /// `o = v·scale + shift`.
+    fn affine(o: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = v * scale + shift;
+        }
+    }
+}
+
+simd_fn! {
+    /// `o = a·g + b·x + d`.
+    fn affine2(o: &mut [f32], x: &[f32], g: &[f32], abd: (f32, f32, f32)) {
+        let (a, b, d) = abd;
+        for ((o, &xv), &gv) in o.iter_mut().zip(x).zip(g) {
+            *o = a * gv + b * xv + d;
+        }
+    }
+}
+
 fn statistics(x: &[f32], n: usize, c: usize, plane: usize, eps: f64) -> Stats {
     let count = (n * plane) as f64;
     let per_channel: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ci| {
-            let sum: f64 = planes(x, n, c, plane, ci)
-                .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>())
-                .sum();
-            let mean = sum / count;
+            let s: f64 = planes(x, n, c, plane, ci).map(sum).sum();
+            let mean = s / count;
             let sq: f64 = planes(x, n, c, plane, ci)
-                .map(|p| {
-                    p.iter()
-                        .map(|&v| (f64::from(v) - mean).powi(2))
-                        .sum::<f64>()
-                })
+                .map(|p| sum_sq_dev(p, mean))
                 .sum();
             (mean, sq / count)
         })
@@ -97,11 +178,7 @@ impl CustomOp3 for BatchNormTrain {
             let scale = f64::from(gamma[ci]) * st.inv_std[ci];
             let shift = f64::from(beta[ci]) - st.mean[ci] * scale;
             let (scale, shift) = (scale as f32, shift as f32);
-            move |off: usize, o: &mut [f32]| {
-                for (o, &v) in o.iter_mut().zip(&x[off..off + plane]) {
-                    *o = v * scale + shift;
-                }
-            }
+            move |off: usize, o: &mut [f32]| affine(o, &x[off..off + plane], scale, shift)
         });
         match self.stats.lock() {
             Ok(mut s) => *s = st,
@@ -183,10 +260,7 @@ impl CustomOp2 for Sums {
                 planes(x, n, c, plane, ci)
                     .zip(planes(g, n, c, plane, ci))
                     .fold((0.0, 0.0), |(sg, sgx), (xp, gp)| {
-                        let (a, b) = xp.iter().zip(gp).fold((0.0, 0.0), |(a, b), (&xv, &gv)| {
-                            let gv = f64::from(gv);
-                            (a + gv, b + gv * (f64::from(xv) - mean) * inv)
-                        });
+                        let (a, b) = sums_g_gx(xp, gp, mean, inv);
                         (sg + a, sgx + b)
                     })
             })
@@ -232,13 +306,7 @@ impl CustomOp2 for InputGrad {
             let b = (-k * mean_gx * inv) as f32;
             let d = (-k * mean_g + k * mean_gx * inv * st.mean[ci]) as f32;
             move |off: usize, o: &mut [f32]| {
-                for ((o, &xv), &gv) in o
-                    .iter_mut()
-                    .zip(&x[off..off + plane])
-                    .zip(&g[off..off + plane])
-                {
-                    *o = a * gv + b * xv + d;
-                }
+                affine2(o, &x[off..off + plane], &g[off..off + plane], (a, b, d))
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -18,6 +18,7 @@ use crate::ops::kernel::{
     banded_forward, banded_weight_grad, bands_at_least, contiguous, matmul, with_scratch, Mat,
     OutGeom, SendPtr,
 };
+use crate::ops::simd::simd_fn;
 
 /// The shape of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,34 +84,36 @@ impl Geom {
     }
 }
 
-/// Unfolds output rows `y0..y1` of image `x` (`c` planes of `h × w`) into `cols`, a `k × t`
-/// row-major matrix (`t = (y1 − y0)·ow`): row `(c·kh + ky)·kw + kx` holds, for every output
-/// pixel of the band, the input pixel under kernel tap `(ky, kx)`, or 0 outside the image.
-fn unfold(x: &[f32], g: &Geom, y0: usize, y1: usize, cols: &mut [f32]) {
-    let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
-    for ci in 0..g.c {
-        let plane = &x[ci * hw..(ci + 1) * hw];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * t..][..t];
-                let (lo, hi) = g.cols_inside(kx);
-                for (dst, oy) in row.chunks_exact_mut(g.ow).zip(y0..y1) {
-                    let Some(iy) = g.row_inside(oy, ky) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    if lo == hi {
-                        continue;
-                    }
-                    if g.stride == 1 {
-                        let x0 = lo + kx - g.pad;
-                        dst[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
-                    } else {
-                        for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
-                            *d = src[ox * g.stride + kx - g.pad];
+simd_fn! {
+    /// Unfolds output rows `y0..y1` of image `x` (`c` planes of `h × w`) into `cols`, a `k × t`
+    /// row-major matrix (`t = (y1 − y0)·ow`): row `(c·kh + ky)·kw + kx` holds, for every output
+    /// pixel of the band, the input pixel under kernel tap `(ky, kx)`, or 0 outside the image.
+    fn unfold(x: &[f32], g: &Geom, y0: usize, y1: usize, cols: &mut [f32]) {
+        let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
+        for ci in 0..g.c {
+            let plane = &x[ci * hw..(ci + 1) * hw];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * t..][..t];
+                    let (lo, hi) = g.cols_inside(kx);
+                    for (dst, oy) in row.chunks_exact_mut(g.ow).zip(y0..y1) {
+                        let Some(iy) = g.row_inside(oy, ky) else {
+                            dst.fill(0.0);
+                            continue;
+                        };
+                        let src = &plane[iy * g.w..(iy + 1) * g.w];
+                        dst[..lo].fill(0.0);
+                        dst[hi..].fill(0.0);
+                        if lo == hi {
+                            continue;
+                        }
+                        if g.stride == 1 {
+                            let x0 = lo + kx - g.pad;
+                            dst[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
+                        } else {
+                            for (ox, d) in (lo..hi).zip(&mut dst[lo..hi]) {
+                                *d = src[ox * g.stride + kx - g.pad];
+                            }
                         }
                     }
                 }
@@ -119,30 +122,32 @@ fn unfold(x: &[f32], g: &Geom, y0: usize, y1: usize, cols: &mut [f32]) {
     }
 }
 
-/// The inverse of [`unfold`] for gradients: adds every entry of `cols` onto the input pixel it
-/// was read from (entries read from outside the image are dropped).
-///
-/// # Safety
-/// `dx` must point to an `(n, c, h, w)` buffer of `g`'s dimensions, and while this runs no
-/// other thread may touch the input rows that output rows `y0..y1` of image `img` read.
-unsafe fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usize) {
-    let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
-    for ci in 0..g.c {
-        let plane = (img * g.c + ci) * hw;
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = &cols[((ci * g.kh + ky) * g.kw + kx) * t..][..t];
-                let (lo, hi) = g.cols_inside(kx);
-                for (src, oy) in row.chunks_exact(g.ow).zip(y0..y1) {
-                    let Some(iy) = g.row_inside(oy, ky) else {
-                        continue;
-                    };
-                    // SAFETY: row iy of plane (img, ci) lies inside the (n, c, h, w)
-                    // buffer, and it is one of the rows the caller promised to no other
-                    // thread, so no other live slice covers it.
-                    let dst = unsafe { dx.slice(plane + iy * g.w, g.w) };
-                    for (ox, &v) in (lo..hi).zip(&src[lo..hi]) {
-                        dst[ox * g.stride + kx - g.pad] += v;
+simd_fn! {
+    /// The inverse of [`unfold`] for gradients: adds every entry of `cols` onto the input pixel it
+    /// was read from (entries read from outside the image are dropped).
+    ///
+    /// # Safety
+    /// `dx` must point to an `(n, c, h, w)` buffer of `g`'s dimensions, and while this runs no
+    /// other thread may touch the input rows that output rows `y0..y1` of image `img` read.
+    unsafe fn fold_into(cols: &[f32], g: &Geom, y0: usize, y1: usize, dx: SendPtr, img: usize) {
+        let (hw, t) = (g.h * g.w, (y1 - y0) * g.ow);
+        for ci in 0..g.c {
+            let plane = (img * g.c + ci) * hw;
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = &cols[((ci * g.kh + ky) * g.kw + kx) * t..][..t];
+                    let (lo, hi) = g.cols_inside(kx);
+                    for (src, oy) in row.chunks_exact(g.ow).zip(y0..y1) {
+                        let Some(iy) = g.row_inside(oy, ky) else {
+                            continue;
+                        };
+                        // SAFETY: row iy of plane (img, ci) lies inside the (n, c, h, w)
+                        // buffer, and it is one of the rows the caller promised to no other
+                        // thread, so no other live slice covers it.
+                        let dst = unsafe { dx.slice(plane + iy * g.w, g.w) };
+                        for (ox, &v) in (lo..hi).zip(&src[lo..hi]) {
+                            dst[ox * g.stride + kx - g.pad] += v;
+                        }
                     }
                 }
             }

@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::ops::kernel::{bands, contiguous, matmul, with_scratch, Bands, Mat, SendPtr};
+use crate::ops::simd::simd_fn;
 
 /// `(x, w, b) ↦ conv_transpose2d(x, w, stride 2) + b` for `x` `(N, C, H, W)`, `w`
 /// `(C, O, 2, 2)`, `b` `(O)`.
@@ -88,11 +89,7 @@ impl CustomOp3 for ConvTranspose2x2 {
                         for y in 0..y1 - y0 {
                             let row = &mut rows_out[(2 * y + ky) * 2 * w..(2 * y + ky + 1) * 2 * w];
                             let (a, bb) = (&t0[y * w..(y + 1) * w], &t1[y * w..(y + 1) * w]);
-                            for (pair, (&v0, &v1)) in row.chunks_exact_mut(2).zip(a.iter().zip(bb))
-                            {
-                                pair[0] = v0 + bias;
-                                pair[1] = v1 + bias;
-                            }
+                            interleave(row, a, bb, bias);
                         }
                     }
                 }
@@ -130,5 +127,15 @@ impl CustomOp3 for ConvTranspose2x2 {
             .reshape((c, o, 2, 2))?;
         let db = crate::ops::elementwise::channel_sums(grad)?;
         Ok((dx, Some(dw), Some(db)))
+    }
+}
+
+simd_fn! {
+    /// `row[2i] = a[i] + bias`, `row[2i + 1] = b[i] + bias`: two output columns per input one.
+    fn interleave(row: &mut [f32], a: &[f32], b: &[f32], bias: f32) {
+        for (pair, (&v0, &v1)) in row.chunks_exact_mut(2).zip(a.iter().zip(b)) {
+            pair[0] = v0 + bias;
+            pair[1] = v1 + bias;
+        }
     }
 }

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::shape::{Dims, Planes};
 use crate::ops::kernel::{bands, matmul, with_scratch, Bands, Mat, SendPtr};
+use crate::ops::simd::simd_fn;
 
 /// Output tile side.
 const M: usize = 4;
@@ -119,79 +120,80 @@ fn bt_rows(inp: [&[f32]; A], out: [&mut [f32]; A]) {
     }
 }
 
-/// Writes `V = Bᵀ d B` of every tile of tile rows `ty0..ty1` of one image into `v`, laid
-/// out as 36 matrices `C × T` (T = tiles in the band), where `d` is the 6×6 input patch at
-/// `(4·ty − 1, 4·tx − 1)` with zeros outside the image.
-#[inline(always)]
-fn transform_inputs(
-    x: &Planes,
-    img: usize,
-    d: &Dims,
-    ty0: usize,
-    ty1: usize,
-    tw: usize,
-    v: &mut [f32],
-) {
-    let (h, w) = (d.h, d.w);
-    let t_count = (ty1 - ty0) * tw;
-    let stride = d.c * t_count;
-    let zero_row = vec![0f32; w];
-    // q: the vertical pass, A rows of w. phase: each row split by the phase of its padded
-    // column (padded column i = input column i − 1): phase[r][k][j] = padded[4j + k].
-    let mut q = vec![0f32; A * w];
-    let mut phase = vec![0f32; A * M * (tw + 1)];
-    let mut hv = vec![0f32; A * tw];
-    for (ci, plane) in x.image(img).take(d.c).enumerate() {
-        for ty in ty0..ty1 {
-            let rows: [&[f32]; A] = std::array::from_fn(|r| {
-                let y = M * ty + r;
-                if y == 0 || y > h {
-                    &zero_row[..w]
-                } else {
-                    &plane[(y - 1) * w..y * w]
-                }
-            });
-            bt_rows(rows, split_rows(&mut q, w));
-            let base = ci * t_count + (ty - ty0) * tw;
-            for r in 0..A {
-                let qr = &q[r * w..(r + 1) * w];
-                let [p0, p1, p2, p3]: [&mut [f32]; M] =
-                    split_rows(&mut phase[r * M * (tw + 1)..(r + 1) * M * (tw + 1)], tw + 1);
-                p0[0] = 0.0;
-                let full = w / M;
-                for (j, chunk) in qr.chunks_exact(M).enumerate() {
-                    p1[j] = chunk[0];
-                    p2[j] = chunk[1];
-                    p3[j] = chunk[2];
-                    p0[j + 1] = chunk[3];
-                }
-                // The last, partial group of columns, then zeros to the end.
-                let tail = &qr[full * M..];
-                let slots: [&mut f32; 3] = [&mut p1[full], &mut p2[full], &mut p3[full]];
-                for (k, slot) in slots.into_iter().enumerate() {
-                    *slot = tail.get(k).copied().unwrap_or(0.0);
-                }
-                p0[full + 1..].fill(0.0);
-                p1[full + 1..].fill(0.0);
-                p2[full + 1..].fill(0.0);
-                p3[full + 1..].fill(0.0);
-                // Horizontal pass: tile tx reads padded columns 4tx .. 4tx + 5, i.e. phases
-                // 0, 1, 2, 3 at j = tx and phases 0, 1 at j = tx + 1.
-                let hs: [&mut [f32]; A] = split_rows(&mut hv, tw);
-                bt_rows(
-                    [
-                        &p0[..tw],
-                        &p1[..tw],
-                        &p2[..tw],
-                        &p3[..tw],
-                        &p0[1..=tw],
-                        &p1[1..=tw],
-                    ],
-                    hs,
-                );
-                for col in 0..A {
-                    let at = (r * A + col) * stride + base;
-                    v[at..at + tw].copy_from_slice(&hv[col * tw..(col + 1) * tw]);
+simd_fn! {
+    /// Writes `V = Bᵀ d B` of every tile of tile rows `ty0..ty1` of one image into `v`, laid
+    /// out as 36 matrices `C × T` (T = tiles in the band), where `d` is the 6×6 input patch at
+    /// `(4·ty − 1, 4·tx − 1)` with zeros outside the image.
+    fn transform_inputs(
+        x: &Planes,
+        img: usize,
+        d: &Dims,
+        ty0: usize,
+        ty1: usize,
+        tw: usize,
+        v: &mut [f32],
+    ) {
+        let (h, w) = (d.h, d.w);
+        let t_count = (ty1 - ty0) * tw;
+        let stride = d.c * t_count;
+        let zero_row = vec![0f32; w];
+        // q: the vertical pass, A rows of w. phase: each row split by the phase of its padded
+        // column (padded column i = input column i − 1): phase[r][k][j] = padded[4j + k].
+        let mut q = vec![0f32; A * w];
+        let mut phase = vec![0f32; A * M * (tw + 1)];
+        let mut hv = vec![0f32; A * tw];
+        for (ci, plane) in x.image(img).take(d.c).enumerate() {
+            for ty in ty0..ty1 {
+                let rows: [&[f32]; A] = std::array::from_fn(|r| {
+                    let y = M * ty + r;
+                    if y == 0 || y > h {
+                        &zero_row[..w]
+                    } else {
+                        &plane[(y - 1) * w..y * w]
+                    }
+                });
+                bt_rows(rows, split_rows(&mut q, w));
+                let base = ci * t_count + (ty - ty0) * tw;
+                for r in 0..A {
+                    let qr = &q[r * w..(r + 1) * w];
+                    let [p0, p1, p2, p3]: [&mut [f32]; M] =
+                        split_rows(&mut phase[r * M * (tw + 1)..(r + 1) * M * (tw + 1)], tw + 1);
+                    p0[0] = 0.0;
+                    let full = w / M;
+                    for (j, chunk) in qr.chunks_exact(M).enumerate() {
+                        p1[j] = chunk[0];
+                        p2[j] = chunk[1];
+                        p3[j] = chunk[2];
+                        p0[j + 1] = chunk[3];
+                    }
+                    // The last, partial group of columns, then zeros to the end.
+                    let tail = &qr[full * M..];
+                    let slots: [&mut f32; 3] = [&mut p1[full], &mut p2[full], &mut p3[full]];
+                    for (k, slot) in slots.into_iter().enumerate() {
+                        *slot = tail.get(k).copied().unwrap_or(0.0);
+                    }
+                    p0[full + 1..].fill(0.0);
+                    p1[full + 1..].fill(0.0);
+                    p2[full + 1..].fill(0.0);
+                    p3[full + 1..].fill(0.0);
+                    // Horizontal pass: tile tx reads padded columns 4tx .. 4tx + 5, i.e. phases
+                    // 0, 1, 2, 3 at j = tx and phases 0, 1 at j = tx + 1.
+                    let hs: [&mut [f32]; A] = split_rows(&mut hv, tw);
+                    bt_rows(
+                        [
+                            &p0[..tw],
+                            &p1[..tw],
+                            &p2[..tw],
+                            &p3[..tw],
+                            &p0[1..=tw],
+                            &p1[1..=tw],
+                        ],
+                        hs,
+                    );
+                    for col in 0..A {
+                        let at = (r * A + col) * stride + base;
+                        v[at..at + tw].copy_from_slice(&hv[col * tw..(col + 1) * tw]);
+                    }
                 }
             }
         }
@@ -213,7 +215,7 @@ pub(super) fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims)
             let t = (ty1 - ty0) * tw;
             v.resize(XI * d.c * t, 0.0);
             m.resize(XI * d.o * t, 0.0);
-            dispatch_inputs(x, img, &d, ty0, ty1, tw, v);
+            transform_inputs(x, img, &d, ty0, ty1, tw, v);
             for xi in 0..XI {
                 // SAFETY: `u` holds 36 matrices O × C (interleaved, column stride 36), `v` 36
                 // matrices C × t and `m` 36 matrices O × t, all row-major; matrix ξ of each is
@@ -248,7 +250,7 @@ pub(super) fn forward(x: &Planes, wt: &[f32], bias: &[f32], relu: bool, d: Dims)
             };
             // SAFETY: this task is the only one to write rows 4·ty0 .. 4·ty1 of image img of
             // `out`, which has n·o·p elements and outlives the loop.
-            unsafe { dispatch_outputs(m, r, bias, relu, &d, &band, dst) };
+            unsafe { transform_outputs(m, r, bias, relu, &d, &band, dst) };
         })
     });
     out
@@ -263,162 +265,86 @@ struct Band {
     t: usize,
 }
 
-/// `Y = Aᵀ m A` for every tile of a band, plus bias, then ReLU, written into `dst`.
-///
-/// # Safety
-/// `dst` must point to the output buffer (`n·o·h·w` elements), and no other thread may touch
-/// rows `4·ty0 .. 4·ty1` of image `img` while this runs.
-#[inline(always)]
-unsafe fn transform_outputs(
-    m: &[f32],
-    r: &mut Vec<f32>,
-    bias: &[f32],
-    relu: bool,
-    d: &Dims,
-    band: &Band,
-    dst: SendPtr,
-) {
-    let Band {
-        img,
-        ty0,
-        ty1,
-        tw,
-        t,
-    } = *band;
-    let p = d.h * d.w;
-    let (y_start, y_end) = (M * ty0, (M * ty1).min(d.h));
-    r.resize(M * A * tw, 0.0);
-    for (o, &b) in bias.iter().enumerate() {
-        // SAFETY: rows y_start..y_end of channel o of image img lie inside `out`
-        // (n·o·p elements); this task is the only one to touch them.
-        let rows_out =
-            unsafe { dst.slice((img * d.o + o) * p + y_start * d.w, (y_end - y_start) * d.w) };
-        for ty in ty0..ty1 {
-            let at0 = o * t + (ty - ty0) * tw;
-            // Vertical pass: r[col][dy][tx] = (Aᵀ m)[dy][col] of tile tx.
-            for col in 0..A {
-                let mrow = |row: usize| {
-                    let start = (row * A + col) * d.o * t + at0;
-                    &m[start..start + tw]
-                };
-                let (m0, m1, m2, m3, m4, m5) =
-                    (mrow(0), mrow(1), mrow(2), mrow(3), mrow(4), mrow(5));
-                let ys: [&mut [f32]; M] = split_rows(&mut r[col * M * tw..(col + 1) * M * tw], tw);
-                let [y0, y1, y2, y3] = ys.map(|y| &mut y[..tw]);
-                for tx in 0..tw {
-                    let vals = at([m0[tx], m1[tx], m2[tx], m3[tx], m4[tx], m5[tx]]);
-                    y0[tx] = vals[0];
-                    y1[tx] = vals[1];
-                    y2[tx] = vals[2];
-                    y3[tx] = vals[3];
-                }
-            }
-            // Horizontal pass, then write the 4×4 block row by row.
-            for dy in 0..M {
-                let y = M * ty + dy;
-                if y >= d.h {
-                    break;
-                }
-                let rr = |col: usize| &r[(col * M + dy) * tw..(col * M + dy + 1) * tw];
-                let (c0, c1, c2, c3, c4, c5) = (rr(0), rr(1), rr(2), rr(3), rr(4), rr(5));
-                let out_row = &mut rows_out[(y - y_start) * d.w..(y - y_start + 1) * d.w];
-                let mut blocks = out_row.chunks_exact_mut(M);
-                for (tx, block) in (&mut blocks).enumerate() {
-                    let vals = at([c0[tx], c1[tx], c2[tx], c3[tx], c4[tx], c5[tx]]);
-                    for (slot, val) in block.iter_mut().zip(vals) {
-                        let val = val + b;
-                        *slot = if relu { val.max(0.0) } else { val };
+simd_fn! {
+    /// `Y = Aᵀ m A` for every tile of a band, plus bias, then ReLU, written into `dst`.
+    ///
+    /// # Safety
+    /// `dst` must point to the output buffer (`n·o·h·w` elements), and no other thread may touch
+    /// rows `4·ty0 .. 4·ty1` of image `img` while this runs.
+    unsafe fn transform_outputs(
+        m: &[f32],
+        r: &mut Vec<f32>,
+        bias: &[f32],
+        relu: bool,
+        d: &Dims,
+        band: &Band,
+        dst: SendPtr,
+    ) {
+        let Band {
+            img,
+            ty0,
+            ty1,
+            tw,
+            t,
+        } = *band;
+        let p = d.h * d.w;
+        let (y_start, y_end) = (M * ty0, (M * ty1).min(d.h));
+        r.resize(M * A * tw, 0.0);
+        for (o, &b) in bias.iter().enumerate() {
+            // SAFETY: rows y_start..y_end of channel o of image img lie inside `out`
+            // (n·o·p elements); this task is the only one to touch them.
+            let rows_out =
+                unsafe { dst.slice((img * d.o + o) * p + y_start * d.w, (y_end - y_start) * d.w) };
+            for ty in ty0..ty1 {
+                let at0 = o * t + (ty - ty0) * tw;
+                // Vertical pass: r[col][dy][tx] = (Aᵀ m)[dy][col] of tile tx.
+                for col in 0..A {
+                    let mrow = |row: usize| {
+                        let start = (row * A + col) * d.o * t + at0;
+                        &m[start..start + tw]
+                    };
+                    let (m0, m1, m2, m3, m4, m5) =
+                        (mrow(0), mrow(1), mrow(2), mrow(3), mrow(4), mrow(5));
+                    let ys: [&mut [f32]; M] = split_rows(&mut r[col * M * tw..(col + 1) * M * tw], tw);
+                    let [y0, y1, y2, y3] = ys.map(|y| &mut y[..tw]);
+                    for tx in 0..tw {
+                        let vals = at([m0[tx], m1[tx], m2[tx], m3[tx], m4[tx], m5[tx]]);
+                        y0[tx] = vals[0];
+                        y1[tx] = vals[1];
+                        y2[tx] = vals[2];
+                        y3[tx] = vals[3];
                     }
                 }
-                let rem = blocks.into_remainder();
-                if !rem.is_empty() {
-                    let tx = tw - 1;
-                    let vals = at([c0[tx], c1[tx], c2[tx], c3[tx], c4[tx], c5[tx]]);
-                    for (slot, val) in rem.iter_mut().zip(vals) {
-                        let val = val + b;
-                        *slot = if relu { val.max(0.0) } else { val };
+                // Horizontal pass, then write the 4×4 block row by row.
+                for dy in 0..M {
+                    let y = M * ty + dy;
+                    if y >= d.h {
+                        break;
+                    }
+                    let rr = |col: usize| &r[(col * M + dy) * tw..(col * M + dy + 1) * tw];
+                    let (c0, c1, c2, c3, c4, c5) = (rr(0), rr(1), rr(2), rr(3), rr(4), rr(5));
+                    let out_row = &mut rows_out[(y - y_start) * d.w..(y - y_start + 1) * d.w];
+                    let mut blocks = out_row.chunks_exact_mut(M);
+                    for (tx, block) in (&mut blocks).enumerate() {
+                        let vals = at([c0[tx], c1[tx], c2[tx], c3[tx], c4[tx], c5[tx]]);
+                        for (slot, val) in block.iter_mut().zip(vals) {
+                            let val = val + b;
+                            *slot = if relu { val.max(0.0) } else { val };
+                        }
+                    }
+                    let rem = blocks.into_remainder();
+                    if !rem.is_empty() {
+                        let tx = tw - 1;
+                        let vals = at([c0[tx], c1[tx], c2[tx], c3[tx], c4[tx], c5[tx]]);
+                        for (slot, val) in rem.iter_mut().zip(vals) {
+                            let val = val + b;
+                            *slot = if relu { val.max(0.0) } else { val };
+                        }
                     }
                 }
             }
         }
     }
-}
-
-/// [`transform_outputs`] compiled for AVX2 and FMA.
-///
-/// # Safety
-/// As [`transform_outputs`], and the CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transform_outputs_avx2(
-    m: &[f32],
-    r: &mut Vec<f32>,
-    bias: &[f32],
-    relu: bool,
-    d: &Dims,
-    band: &Band,
-    dst: SendPtr,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe { transform_outputs(m, r, bias, relu, d, band, dst) }
-}
-
-/// Runs [`transform_outputs`] with the widest vectors the CPU has.
-///
-/// # Safety
-/// As [`transform_outputs`].
-unsafe fn dispatch_outputs(
-    m: &[f32],
-    r: &mut Vec<f32>,
-    bias: &[f32],
-    relu: bool,
-    d: &Dims,
-    band: &Band,
-    dst: SendPtr,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::ops::kernel::avx2_fma() {
-        // SAFETY: avx2_fma() detected the features; the rest is the caller's promise.
-        return unsafe { transform_outputs_avx2(m, r, bias, relu, d, band, dst) };
-    }
-    // SAFETY: the caller's promise.
-    unsafe { transform_outputs(m, r, bias, relu, d, band, dst) }
-}
-
-/// [`transform_inputs`] compiled for AVX2 and FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transform_inputs_avx2(
-    x: &Planes,
-    img: usize,
-    d: &Dims,
-    ty0: usize,
-    ty1: usize,
-    tw: usize,
-    v: &mut [f32],
-) {
-    transform_inputs(x, img, d, ty0, ty1, tw, v)
-}
-
-/// Runs [`transform_inputs`] with the widest vectors the CPU has.
-fn dispatch_inputs(
-    x: &Planes,
-    img: usize,
-    d: &Dims,
-    ty0: usize,
-    ty1: usize,
-    tw: usize,
-    v: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::ops::kernel::avx2_fma() {
-        // SAFETY: avx2_fma() detected the features.
-        return unsafe { transform_inputs_avx2(x, img, d, ty0, ty1, tw, v) };
-    }
-    transform_inputs(x, img, d, ty0, ty1, tw, v)
 }
 
 #[cfg(test)]
