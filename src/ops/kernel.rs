@@ -72,7 +72,11 @@ pub(super) fn map_channels<W: Fn(usize, &mut [f32])>(
 
 /// `out[i] = f(a[i], b[i])` for two equally long buffers, computed by `f(out, a, b)` on
 /// chunks in parallel (`f` is a chunk kernel, so that it may be a `simd_fn!`).
-pub(super) fn map2(a: &[f32], b: &[f32], f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync) -> Vec<f32> {
+pub(super) fn map2(
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
     let mut out = vec![0f32; a.len()];
     out.par_chunks_mut(1 << 14)
         .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))

@@ -101,11 +101,8 @@ fn detected() -> (bool, bool) {
         {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma") && has!("f16c") && has!("bmi1") && has!("bmi2");
-            let avx512 = avx2
-                && has!("avx512f")
-                && has!("avx512bw")
-                && has!("avx512dq")
-                && has!("avx512vl");
+            let avx512 =
+                avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl");
             (avx2, avx512)
         }
         #[cfg(not(target_arch = "x86_64"))]
