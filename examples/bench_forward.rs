@@ -9,16 +9,20 @@
 //! Prints, for each level, the median seconds of a forward pass over `--runs` runs (after one
 //! warm-up), the FLOPs of the pass (counted from the grid: multiply-adds ×2 of the
 //! convolutions) and the throughput. `--train` adds the median time of one training step of
-//! the full network (four heads, deep-supervision BCE + Dice, AdamW); `--no-forward` skips the
+//! the full network (four heads, deep-supervision BCE + Dice, unetpp's AdamW), with its forward,
+//! backward and optimizer phases; `--no-forward` skips the
 //! forward table. `--stock` runs candle's own convolutions instead of ours. `--memory` runs one
 //! L4 inference and prints the process's peak resident memory (Linux). `scripts/bench_pytorch.py`
 //! takes the same flags; `scripts/bench_compare.sh` runs both and `docs/PERFORMANCE.md` has
 //! the results.
 
 use candle_core::{DType, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use std::time::Instant;
+
+use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 use clap::Parser;
 use unetpp::prelude::*;
+use unetpp::train::AdamW;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -54,6 +58,9 @@ struct Args {
     /// Only print the peak resident memory of one L4 inference (Linux)
     #[arg(long)]
     memory: bool,
+    /// Call `unetpp::device::keep_freed_memory` first (glibc keeps freed memory for reuse)
+    #[arg(long)]
+    keep_freed_memory: bool,
     /// Passed by `cargo bench` to the bench target that includes this file
     #[arg(long = "bench", hide = true)]
     _bench: bool,
@@ -95,6 +102,10 @@ pub fn main() -> Result<()> {
     if args.stock {
         unetpp::ops::set_cpu_conv_algo(unetpp::ops::CpuConvAlgo::Stock);
     }
+    let kept = args.keep_freed_memory && unetpp::device::keep_freed_memory(8 << 30);
+    if args.keep_freed_memory && !kept {
+        eprintln!("keep_freed_memory: not applied (the allocator is not glibc)");
+    }
     let device = unetpp::device::best_device(0)?;
     let cfg = UNetPlusPlusConfig::paper()
         .in_channels(args.in_channels)
@@ -107,8 +118,11 @@ pub fn main() -> Result<()> {
         "unetpp convolutions"
     };
     println!(
-        "UNet++ paper configuration, input {b}x{c}x{s}x{s}, f32, {device:?}, {kernels}, {} thread(s)",
-        rayon::current_num_threads()
+        "UNet++ paper configuration, input {b}x{c}x{s}x{s}, f32, {device:?}, {kernels}, {} thread(s), \
+         SIMD level {}{}",
+        rayon::current_num_threads(),
+        unetpp::ops::simd_level(),
+        if kept { ", freed memory kept" } else { "" }
     );
     if args.memory {
         let net =
@@ -138,17 +152,33 @@ pub fn main() -> Result<()> {
     }
     if args.train {
         let target = x.narrow(1, 0, 1)?.gt(0.0)?.to_dtype(DType::F32)?;
-        let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW::default())?;
-        let t = median_seconds(
-            || {
-                let out = net.forward_heads(&x, true)?;
-                let loss = unetpp::loss::deep_supervision_bce_dice(out.logits(), &target)?;
-                Ok::<(), Error>(opt.backward_step(&loss)?)
-            },
-            args.runs,
-        )?;
+        let mut opt = AdamW::new(&varmap, ParamsAdamW::default())?;
+        // One warm-up step, then each phase timed separately within each step.
+        let mut phases: [Vec<f64>; 4] = Default::default();
+        for run in 0..=args.runs.max(1) {
+            let t0 = Instant::now();
+            let out = net.forward_heads(&x, true)?;
+            let loss = unetpp::loss::deep_supervision_bce_dice(out.logits(), &target)?;
+            let t1 = Instant::now();
+            let grads = loss.backward()?;
+            let t2 = Instant::now();
+            opt.step(&grads)?;
+            let t3 = Instant::now();
+            drop((grads, loss, out));
+            if run > 0 {
+                let times = [t1 - t0, t2 - t1, t3 - t2, t3 - t0];
+                for (phase, t) in phases.iter_mut().zip(times) {
+                    phase.push(t.as_secs_f64());
+                }
+            }
+        }
+        let [fwd, bwd, step, total] = phases.map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        });
         println!(
-            "training step (L4, 4 heads, AdamW, batch {b}): median of {} runs {t:.3} s",
+            "training step (L4, 4 heads, AdamW, batch {b}): median of {} runs {total:.3} s \
+             (forward + loss {fwd:.3} s, backward {bwd:.3} s, optimizer {step:.3} s)",
             args.runs
         );
     }

@@ -93,15 +93,29 @@ def main():
         opt = torch.optim.AdamW(net.parameters())
         target = (x[:, :1] > 0).float()
 
-        def step():
+        phases = [[], [], [], []]
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        for run in range(a.runs + 1):
+            sync()
+            t0 = time.perf_counter()
             opt.zero_grad()
             loss = sum(bce_dice(y, target) for y in net(x)) / 4
+            sync()
+            t1 = time.perf_counter()
             loss.backward()
+            sync()
+            t2 = time.perf_counter()
             opt.step()
-
-        t = median_seconds(step, a.runs)
-        print(f"training step (L4, 4 heads, AdamW, batch {b}): median of {a.runs} runs {t:.3f} s")
-
+            sync()
+            t3 = time.perf_counter()
+            if run > 0:
+                for p, t in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                    p.append(t)
+        fwd, bwd, stp, t = (statistics.median(p) for p in phases)
+        print(
+            f"training step (L4, 4 heads, AdamW, batch {b}): median of {a.runs} runs {t:.3f} s "
+            f"(forward + loss {fwd:.3f} s, backward {bwd:.3f} s, optimizer {stp:.3f} s)"
+        )
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-//! Picking a device.
+//! Picking a device, and the C allocator's treatment of the CPU's large buffers.
 
 use candle_core::Device;
 
@@ -34,4 +34,53 @@ pub fn best_device(ordinal: usize) -> Result<Device> {
     }
     let _ = ordinal;
     Ok(Device::Cpu)
+}
+
+/// Asks the C allocator to keep up to `bytes` of freed memory for reuse instead of returning
+/// it to the operating system; returns whether it could (glibc on Linux: yes; elsewhere nothing
+/// is changed and the answer is `false`). Process-wide, and never called by unetpp itself.
+///
+/// A training step on the CPU allocates and frees hundreds of megabytes of activations and
+/// gradients. glibc hands blocks above a size threshold back to the kernel at once, and trims
+/// the top of its heap when more than a few tens of megabytes there are free; the next step
+/// then takes a page fault for every 4 KiB it touches again (with calloc's zero pages,
+/// two). This call raises both limits (blocks up to 32 MiB, or 64 MiB where glibc accepts it,
+/// come from the heap, and up to `bytes` of free heap is kept), which is what
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…:glibc.malloc.trim_threshold=…` does from
+/// outside the program. docs/PERFORMANCE.md has its effect on unetpp and on PyTorch (which
+/// gains as much from the variable). The cost: the process keeps its peak memory.
+///
+/// ```
+/// // Keep up to 4 GiB of freed memory (a no-op where the allocator is not glibc).
+/// let kept = unetpp::device::keep_freed_memory(4 << 30);
+/// # let _ = kept;
+/// ```
+pub fn keep_freed_memory(bytes: usize) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let trim = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `mallopt` only changes glibc's tuning parameters (it takes the arena lock);
+        // any value is allowed, an out-of-range one is refused with 0.
+        #[allow(unsafe_code)]
+        let (mmap, trimmed) = unsafe {
+            let mmap = libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20) == 1
+                || libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1;
+            (mmap, libc::mallopt(libc::M_TRIM_THRESHOLD, trim) == 1)
+        };
+        mmap && trimmed
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = bytes;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glibc_accepts_the_settings() {
+        let kept = super::keep_freed_memory(1 << 30);
+        assert_eq!(kept, cfg!(all(target_os = "linux", target_env = "gnu")));
+    }
 }

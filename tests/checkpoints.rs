@@ -87,6 +87,38 @@ fn adamw_takes_the_same_steps_as_candles() {
     assert_eq!(ours.step_count(), 3);
 }
 
+/// The CPU path updates the moments in place: a state taken earlier, and the state a run was
+/// loaded from, must not change with later steps.
+#[test]
+fn a_saved_state_does_not_change_with_later_steps() {
+    let cfg = small().depth(2).widths([4, 6, 8]).build().unwrap();
+    let (varmap, net) = seeded_net(&cfg, 3);
+    let mut opt = AdamW::new(&varmap, params()).unwrap();
+    train_steps(&net, &mut opt, 0..2);
+    let values = |state: &unetpp::train::AdamWState| -> Vec<(String, Vec<f32>)> {
+        let mut all: Vec<(String, Vec<f32>)> = state
+            .m
+            .iter()
+            .chain(&state.v)
+            .map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.partial_cmp(&b.1).unwrap()));
+        all
+    };
+    let state = opt.state();
+    let before = values(&state);
+    assert!(!before.is_empty());
+    train_steps(&net, &mut opt, 2..4);
+    assert_eq!(values(&state), before, "a state taken earlier changed");
+
+    let (varmap2, net2) = seeded_net(&cfg, 3);
+    let mut opt2 = AdamW::new(&varmap2, params()).unwrap();
+    opt2.load_state(&state).unwrap();
+    train_steps(&net2, &mut opt2, 2..4);
+    assert_eq!(values(&state), before, "the state loaded from changed");
+    assert_ne!(values(&opt2.state()), before, "the moments did not move");
+}
+
 #[test]
 fn resuming_from_a_checkpoint_takes_the_same_steps() {
     let cfg = small().norm(Norm::Batch).build().unwrap();

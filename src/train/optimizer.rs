@@ -1,10 +1,12 @@
 //! AdamW whose state (moments and step count) can be saved and restored.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Storage, Tensor, Var};
 use candle_nn::{ParamsAdamW, VarMap};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -33,6 +35,8 @@ pub struct AdamW {
     /// First and second moments of each variable, created at its first gradient.
     moments: Vec<Option<(Tensor, Tensor)>>,
     step: usize,
+    /// Whether [`state`](Self::state) has handed out the moments since the last step.
+    exported: AtomicBool,
 }
 
 /// The saved state of an [`AdamW`]: step count and the moments `m`, `v` by variable name.
@@ -70,6 +74,7 @@ impl AdamW {
             vars,
             moments,
             step: 0,
+            exported: AtomicBool::new(false),
         })
     }
 
@@ -107,15 +112,29 @@ impl AdamW {
         let t = self.step as i32;
         let scale_m = 1.0 / (1.0 - p.beta1.powi(t));
         let scale_v = 1.0 / (1.0 - p.beta2.powi(t));
+        let coefficients = Coefficients::new(p, scale_m, scale_v);
+        let exported = self.exported.swap(false, Ordering::Relaxed);
         for ((_, var), moments) in self.vars.iter().zip(self.moments.iter_mut()) {
             let theta = var.as_tensor();
             let Some(g) = grads.get(theta) else {
                 continue;
             };
-            let (m, v) = match moments {
+            let (mut m, mut v) = match moments {
                 Some((m, v)) => (m.clone(), v.clone()),
                 None => (g.zeros_like()?, g.zeros_like()?),
             };
+            if in_place(theta, g, &m, &v) {
+                if exported {
+                    (m, v) = (m.copy()?, v.copy()?);
+                }
+                // The CPU's `f32` kernels: the same arithmetic in three passes that allocate
+                // nothing (the composed path below allocates a tensor per operation).
+                m.inplace_op2(g, &MomentUpdate::first(&coefficients))?;
+                v.inplace_op2(g, &MomentUpdate::second(&coefficients))?;
+                theta.inplace_op3(&m, &v, &coefficients)?;
+                *moments = Some((m, v));
+                continue;
+            }
             let next_m = ((m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             let next_v = ((v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let m_hat = (&next_m * scale_m)?;
@@ -184,6 +203,9 @@ impl AdamW {
 
     /// A copy of the state, for a checkpoint.
     pub fn state(&self) -> AdamWState {
+        // The tensors handed out share storage with the moments; the next step must not
+        // update them in place.
+        self.exported.store(true, Ordering::Relaxed);
         let mut m = HashMap::new();
         let mut v = HashMap::new();
         for ((name, _), moments) in self.vars.iter().zip(&self.moments) {
@@ -237,9 +259,10 @@ impl AdamW {
             }
             let device = var.device();
             let dtype = var.dtype();
+            // Copies, which the CPU path may update in place without touching `state`.
             moments[i] = Some((
-                m.to_device(device)?.to_dtype(dtype)?,
-                v.to_device(device)?.to_dtype(dtype)?,
+                m.to_device(device)?.to_dtype(dtype)?.copy()?,
+                v.to_device(device)?.to_dtype(dtype)?.copy()?,
             ));
         }
         if let Some(name) = state.v.keys().find(|n| !state.m.contains_key(*n)) {
@@ -251,6 +274,167 @@ impl AdamW {
         self.moments = moments;
         self.step = state.step;
         self.params = state.params.clone();
+        Ok(())
+    }
+}
+
+/// Whether the step may update `theta`, `m` and `v` in place with the CPU kernels: all on the
+/// CPU, `f32`, contiguous from their first element, and four distinct storages.
+fn in_place(theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
+    let all = [theta, g, m, v];
+    let simple = |t: &Tensor| {
+        t.device().is_cpu()
+            && t.dtype() == DType::F32
+            && t.is_contiguous()
+            && t.layout().start_offset() == 0
+            && t.dims() == theta.dims()
+    };
+    if !all.iter().all(|t| simple(t)) {
+        return false;
+    }
+    let ptrs: Vec<Option<*const f32>> = all.iter().map(|t| cpu_data(t)).collect();
+    ptrs.iter().all(Option::is_some)
+        && ptrs
+            .iter()
+            .enumerate()
+            .all(|(i, a)| ptrs[i + 1..].iter().all(|b| a != b))
+}
+
+/// The address of a CPU `f32` tensor's storage.
+fn cpu_data(t: &Tensor) -> Option<*const f32> {
+    let (storage, _) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v.as_ptr()),
+        _ => None,
+    }
+}
+
+/// The step's constants in `f32`, rounded as candle's affine ops round them, so that the CPU
+/// kernels give the composed path's bits.
+struct Coefficients {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    scale_m: f32,
+    scale_v: f32,
+    eps: f32,
+    decay: f32,
+    lr: f32,
+}
+
+impl Coefficients {
+    fn new(p: &ParamsAdamW, scale_m: f64, scale_v: f64) -> Self {
+        Self {
+            beta1: p.beta1 as f32,
+            one_minus_beta1: (1.0 - p.beta1) as f32,
+            beta2: p.beta2 as f32,
+            one_minus_beta2: (1.0 - p.beta2) as f32,
+            scale_m: scale_m as f32,
+            scale_v: scale_v as f32,
+            eps: p.eps as f32,
+            decay: (1.0 - p.lr * p.weight_decay) as f32,
+            lr: p.lr as f32,
+        }
+    }
+}
+
+/// A mutable `f32` slice of a CPU storage (the caller checked dtype and layout).
+fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let n = l.shape().elem_count();
+    match s {
+        CpuStorage::F32(v) if v.len() >= n => Ok(&mut v[..n]),
+        _ => candle_core::bail!("AdamW's CPU update needs f32 storage"),
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let n = l.shape().elem_count();
+    match s {
+        CpuStorage::F32(v) if v.len() >= n => Ok(&v[..n]),
+        _ => candle_core::bail!("AdamW's CPU update needs f32 storage"),
+    }
+}
+
+/// Elements per parallel chunk of the updates.
+const CHUNK: usize = 1 << 15;
+
+/// `m ← β₁·m + (1 − β₁)·g`, or `v ← β₂·v + (1 − β₂)·g²`, in place.
+struct MomentUpdate {
+    decay: f32,
+    weight: f32,
+    squared: bool,
+}
+
+impl MomentUpdate {
+    fn first(c: &Coefficients) -> Self {
+        Self {
+            decay: c.beta1,
+            weight: c.one_minus_beta1,
+            squared: false,
+        }
+    }
+
+    fn second(c: &Coefficients) -> Self {
+        Self {
+            decay: c.beta2,
+            weight: c.one_minus_beta2,
+            squared: true,
+        }
+    }
+}
+
+impl InplaceOp2 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "unetpp-adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (m, g) = (slice_mut(s1, l1)?, slice(s2, l2)?);
+        let (decay, weight, squared) = (self.decay, self.weight, self.squared);
+        m.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(m, g)| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    let g = if squared { g * g } else { g };
+                    *m = *m * decay + g * weight;
+                }
+            });
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for Coefficients {
+    fn name(&self) -> &'static str {
+        "unetpp-adamw-update"
+    }
+
+    /// `θ ← θ·(1 − lr·λ) − lr · (m·s_m) / (√(v·s_v) + ε)`.
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (theta, m, v) = (slice_mut(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        theta
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(theta, (m, v))| {
+                for ((t, &m), &v) in theta.iter_mut().zip(m).zip(v) {
+                    let adjusted = (m * self.scale_m) / ((v * self.scale_v).sqrt() + self.eps);
+                    *t = *t * self.decay - adjusted * self.lr;
+                }
+            });
         Ok(())
     }
 }
