@@ -61,6 +61,10 @@ struct Args {
     /// Call `unetpp::device::keep_freed_memory` first (glibc keeps freed memory for reuse)
     #[arg(long)]
     keep_freed_memory: bool,
+    /// Only print the SIMD levels: those this CPU supports, the one the hand-written kernels
+    /// take, and the `gemm` crate's
+    #[arg(long)]
+    levels: bool,
     /// Passed by `cargo bench` to the bench target that includes this file
     #[arg(long = "bench", hide = true)]
     _bench: bool,
@@ -88,6 +92,21 @@ fn forward_flops(net: &UNetPlusPlus, batch: usize, size: usize) -> f64 {
     2.0 * macs * batch as f64
 }
 
+/// The instruction set the `gemm` crate's f32 kernels take: it checks for AVX-512F, then FMA
+/// (with AVX2), at run time, whatever `UNETPP_SIMD` says.
+fn gemm_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "avx2 + fma";
+        }
+    }
+    "portable"
+}
+
 /// Peak resident set size of this process in MiB (Linux), if it can be read.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -99,6 +118,20 @@ fn peak_rss_mib() -> Option<f64> {
 pub fn main() -> Result<()> {
     let mut args = Args::parse();
     args.runs = args.runs.max(1);
+    if args.levels {
+        let supported: Vec<&str> = unetpp::ops::supported_simd_levels()
+            .iter()
+            .map(|l| l.name())
+            .collect();
+        println!("supported levels: {}", supported.join(","));
+        println!(
+            "hand-written kernels (Winograd and weight-gradient transforms, batch norm, ReLU, \
+             bias, transposed and strided convolutions): {}",
+            unetpp::ops::simd_level()
+        );
+        println!("gemm crate's matrix kernels: {}", gemm_level());
+        return Ok(());
+    }
     if args.stock {
         unetpp::ops::set_cpu_conv_algo(unetpp::ops::CpuConvAlgo::Stock);
     }
