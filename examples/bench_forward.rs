@@ -135,7 +135,7 @@ pub fn main() -> Result<()> {
     if args.stock {
         unetpp::ops::set_cpu_conv_algo(unetpp::ops::CpuConvAlgo::Stock);
     }
-    let kept = args.keep_freed_memory && unetpp::device::keep_freed_memory(8 << 30);
+    let kept = args.keep_freed_memory && unetpp::device::keep_freed_memory(usize::MAX);
     if args.keep_freed_memory && !kept {
         eprintln!("keep_freed_memory: not applied (the allocator is not glibc)");
     }

@@ -44,6 +44,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let start = Instant::now();
     let device = unetpp::device::best_device(0)?;
+    // Training allocates and frees large buffers at every step: let glibc keep them instead of
+    // page-faulting them back each time (docs/PERFORMANCE.md; a no-op with other allocators).
+    unetpp::device::keep_freed_memory(usize::MAX);
     let cfg = UNetPlusPlusConfig::paper().deep_supervision(true).build()?;
     let varmap = VarMap::new();
     let net = UNetPlusPlus::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;

@@ -165,6 +165,9 @@ fn main() {
 
 fn run(args: &Args) -> Result<(), AnyError> {
     let device = unetpp::device::best_device(0)?;
+    // Training allocates and frees large buffers at every step: let glibc keep them instead of
+    // page-faulting them back each time (docs/PERFORMANCE.md; a no-op with other allocators).
+    unetpp::device::keep_freed_memory(usize::MAX);
     let data: Arc<dyn Dataset> = match (&args.images, &args.masks) {
         (Some(images), Some(masks)) => {
             let encoding = if args.classes == 2 {

@@ -14,7 +14,7 @@ ours() { ./target/release/examples/bench_forward "$@"; }
 torch() { (cd scripts && "$PYTHON" bench_pytorch.py "$@"); }
 # glibc keeps freed memory: what `--keep-freed-memory` (unetpp::device::keep_freed_memory)
 # does inside the program, from outside it, for PyTorch.
-KEEP="glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=8589934592"
+KEEP="glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647"
 
 model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 flags=$(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2 | tr ' ' '\n' \

@@ -43,29 +43,31 @@ pub fn best_device(ordinal: usize) -> Result<Device> {
 /// A training step on the CPU allocates and frees hundreds of megabytes of activations and
 /// gradients. glibc hands blocks above a size threshold back to the kernel at once, and trims
 /// the top of its heap when more than a few tens of megabytes there are free; the next step
-/// then takes a page fault for every 4 KiB it touches again (with calloc's zero pages,
-/// two). This call raises both limits (blocks up to 32 MiB, or 64 MiB where glibc accepts it,
-/// come from the heap, and up to `bytes` of free heap is kept), which is what
-/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…:glibc.malloc.trim_threshold=…` does from
-/// outside the program. docs/PERFORMANCE.md has its effect on unetpp and on PyTorch (which
+/// then takes a page fault for every 4 KiB it touches again, and the kernel clears each page
+/// (with calloc's zero pages, two faults). This call raises both limits to `bytes` (at most
+/// 2 GiB − 1, what `mallopt` takes): blocks up to that size come from the heap, and up to that
+/// much free heap is kept (glibc before 2.35 takes blocks above 32 MiB from the kernel
+/// still). From outside the program,
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N:glibc.malloc.trim_threshold=N` does the same. docs/PERFORMANCE.md has its effect on unetpp and on PyTorch (which
 /// gains as much from the variable). The cost: the process keeps its peak memory.
 ///
 /// ```
-/// // Keep up to 4 GiB of freed memory (a no-op where the allocator is not glibc).
-/// let kept = unetpp::device::keep_freed_memory(4 << 30);
+/// // Keep up to 2 GiB of freed memory (a no-op where the allocator is not glibc).
+/// let kept = unetpp::device::keep_freed_memory(2 << 30);
 /// # let _ = kept;
 /// ```
 pub fn keep_freed_memory(bytes: usize) -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let trim = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        let limit = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
         // SAFETY: `mallopt` only changes glibc's tuning parameters (it takes the arena lock);
         // any value is allowed, an out-of-range one is refused with 0.
         #[allow(unsafe_code)]
         let (mmap, trimmed) = unsafe {
-            let mmap = libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20) == 1
-                || libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1;
-            (mmap, libc::mallopt(libc::M_TRIM_THRESHOLD, trim) == 1)
+            // glibc before 2.35 refuses a threshold above 32 MiB.
+            let mmap = libc::mallopt(libc::M_MMAP_THRESHOLD, limit) == 1
+                || libc::mallopt(libc::M_MMAP_THRESHOLD, limit.min(32 << 20)) == 1;
+            (mmap, libc::mallopt(libc::M_TRIM_THRESHOLD, limit) == 1)
         };
         mmap && trimmed
     }

@@ -49,21 +49,26 @@
 //!   max pooling and nearest up-sampling. `elementwise.rs`: [`bias_add`], [`add_relu`], and
 //!   the per-channel sums and ReLU mask of the convolutions' backward passes.
 //! - `kernel.rs`: the shared unsafe core of the CPU kernels (raw-pointer helpers, the
-//!   `gemm` call, banded unfolding, the AVX2 check); its module doc states the invariants that
-//!   every `unsafe` block relies on. Only it and the kernel modules of `conv/` (`general`,
-//!   `transposed`, `winograd`, `winograd_wgrad`) may use `unsafe`.
+//!   `gemm` call, banded unfolding); its module doc states the invariants that every `unsafe`
+//!   block relies on. `simd.rs`: the instruction-set level of the hand-written kernels
+//!   ([`simd_level`], [`set_simd_level`], `UNETPP_SIMD`) and `simd_fn!`, which compiles a
+//!   kernel once per level. Only these two and the kernel modules of `conv/` (`general`,
+//!   `transposed`, `winograd`, `winograd_wgrad`) may use `unsafe` (`simd_fn!` expands its
+//!   one `unsafe` call, the level's copy, where it is used).
 //!
 //! # Dependencies
 //!
 //! Which file `use`s which (a DAG; each only imports those listed, and nothing imports
 //! upwards or sideways otherwise):
 //!
-//! - `kernel`, `path` → none
-//! - `elementwise`, `norm`, `resize`, `pool` → `kernel`
+//! - `kernel`, `path`, `simd` → none
+//! - `elementwise`, `norm` → `kernel`, `simd`
+//! - `resize`, `pool` → `kernel`
 //! - `conv/algo`, `conv/shape` → none
 //! - `conv/args` → `conv/algo`, `elementwise`
-//! - `conv/gemm`, `conv/winograd`, `conv/winograd_wgrad` → `conv/shape`, `kernel`
-//! - `conv/general`, `conv/transposed` → `kernel`, `elementwise`
+//! - `conv/gemm` → `conv/shape`, `kernel`
+//! - `conv/winograd`, `conv/winograd_wgrad` → `conv/shape`, `kernel`, `simd`
+//! - `conv/general`, `conv/transposed` → `kernel`, `elementwise`, `simd`
 //! - `conv/op3x3` → `conv/algo`, `conv/shape`, `conv/gemm`, `conv/winograd`,
 //!   `conv/winograd_wgrad`, `kernel`, `elementwise`
 //! - `conv/mod` → `conv/algo`, `conv/args`, `conv/shape`, `conv/op3x3`, `conv/general`,

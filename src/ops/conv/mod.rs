@@ -9,8 +9,8 @@ mod gemm;
 mod op3x3;
 mod shape;
 
-// The kernels that write through raw pointers, call `kernel::matmul` or use AVX2: their
-// `unsafe` blocks keep the invariants stated in `ops::kernel`.
+// The kernels that write through raw pointers or call `kernel::matmul`: their `unsafe`
+// blocks keep the invariants stated in `ops::kernel`.
 #[allow(unsafe_code)]
 mod general;
 #[allow(unsafe_code)]
