@@ -6,7 +6,7 @@
 //! band is still in cache. Composed from candle ops the same computation makes three full-size
 //! tensors (the product, its permuted copy, the biased copy); here there is one.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::ops::kernel::{bands, contiguous, matmul, with_scratch, Bands, Mat, SendPtr};
@@ -108,11 +108,10 @@ impl CustomOp3 for ConvTranspose2x2 {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, wd) = x.dims4()?;
         let (_, o, _, _) = w.dims4()?;
-        // g4[n, o·4 + ky·2 + kx, y·W + x] = grad[n, o, 2y + ky, 2x + kx].
-        let g4 = grad
-            .reshape((n, o, h, 2, wd, 2))?
-            .permute((0, 1, 3, 5, 2, 4))?
-            .reshape((n, o * 4, h * wd))?;
+        // g4[n, o·4 + ky·2 + kx, y·W + x] = grad[n, o, 2y + ky, 2x + kx], in one pass (as
+        // a permuted copy, candle's strided copy over six dimensions took longer than the
+        // products below).
+        let g4 = grad.contiguous()?.apply_op1_no_bwd(&SplitTaps)?;
         let w2 = w.reshape((c, o * 4))?;
         let dx = if x.track_op() {
             Some(w2.broadcast_matmul(&g4)?.reshape((n, c, h, wd))?)
@@ -136,6 +135,53 @@ simd_fn! {
         for (pair, (&v0, &v1)) in row.chunks_exact_mut(2).zip(a.iter().zip(b)) {
             pair[0] = v0 + bias;
             pair[1] = v1 + bias;
+        }
+    }
+}
+
+/// `grad (N, O, 2H, 2W) ↦ g4 (N, 4·O, H·W)` with
+/// `g4[n, o·4 + ky·2 + kx, y·W + x] = grad[n, o, 2y + ky, 2x + kx]`: the four taps of each
+/// output channel as separate maps. Plane `(n, o)` of the gradient becomes the four maps
+/// `4o .. 4o + 4` of image `n`, which lie where the plane lay.
+struct SplitTaps;
+
+impl CustomOp1 for SplitTaps {
+    fn name(&self) -> &'static str {
+        "unetpp-split-taps"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, o, h2, w2) = l.shape().dims4()?;
+        let (h, w) = (h2 / 2, w2 / 2);
+        if (2 * h, 2 * w) != (h2, w2) {
+            candle_core::bail!("split-taps needs even sides, got {h2}×{w2}");
+        }
+        let g = contiguous::<f32>(s, l)?;
+        let plane = h2 * w2;
+        let mut out = vec![0f32; n * o * plane];
+        if plane > 0 {
+            out.par_chunks_mut(plane)
+                .zip(g.par_chunks(plane))
+                .for_each(|(dst, src)| split_taps(dst, src, h, w));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, 4 * o, h * w))))
+    }
+}
+
+simd_fn! {
+    /// One plane of [`SplitTaps`]: `src` is `2h × 2w`, `dst` four maps of `h × w`.
+    fn split_taps(dst: &mut [f32], src: &[f32], h: usize, w: usize) {
+        let hw = h * w;
+        for ky in 0..2 {
+            let (d0, d1) = dst[2 * ky * hw..(2 * ky + 2) * hw].split_at_mut(hw);
+            for y in 0..h {
+                let row = &src[(2 * y + ky) * 2 * w..(2 * y + ky + 1) * 2 * w];
+                let (a, b) = (&mut d0[y * w..(y + 1) * w], &mut d1[y * w..(y + 1) * w]);
+                for ((pair, a), b) in row.chunks_exact(2).zip(a).zip(b) {
+                    *a = pair[0];
+                    *b = pair[1];
+                }
+            }
         }
     }
 }
