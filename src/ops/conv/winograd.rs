@@ -120,6 +120,39 @@ fn bt_rows(inp: [&[f32]; A], out: [&mut [f32]; A]) {
     }
 }
 
+/// `N` slices of `len` elements of `buf`, starting at `first` and `step` apart
+/// (`step ≥ len`).
+fn strided_rows<const N: usize>(
+    buf: &mut [f32],
+    first: usize,
+    step: usize,
+    len: usize,
+) -> [&mut [f32]; N] {
+    let mut rest = &mut buf[first..];
+    std::array::from_fn(|_| {
+        let row = std::mem::take(&mut rest);
+        let (head, tail) = if row.len() > step {
+            row.split_at_mut(step)
+        } else {
+            (row, &mut [][..])
+        };
+        rest = tail;
+        &mut head[..len]
+    })
+}
+
+/// `even[i] = src[2i]`, `odd[i] = src[2i + 1]` (a stride-2 split vectorises where a
+/// stride-4 one does not).
+#[inline(always)]
+fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let n = even.len().min(odd.len()).min(src.len() / 2);
+    let (even, odd) = (&mut even[..n], &mut odd[..n]);
+    for ((pair, e), o) in src[..2 * n].chunks_exact(2).zip(even).zip(odd) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+}
+
 simd_fn! {
     /// Writes `V = Bᵀ d B` of every tile of tile rows `ty0..ty1` of one image into `v`, laid
     /// out as 36 matrices `C × T` (T = tiles in the band), where `d` is the 6×6 input patch at
@@ -137,11 +170,12 @@ simd_fn! {
         let t_count = (ty1 - ty0) * tw;
         let stride = d.c * t_count;
         let zero_row = vec![0f32; w];
-        // q: the vertical pass, A rows of w. phase: each row split by the phase of its padded
-        // column (padded column i = input column i − 1): phase[r][k][j] = padded[4j + k].
-        let mut q = vec![0f32; A * w];
-        let mut phase = vec![0f32; A * M * (tw + 1)];
-        let mut hv = vec![0f32; A * tw];
+        // q: the vertical pass, A padded rows: q[r][i] is padded column i (input column
+        // i − 1); column 0 and the columns past the image stay zero.
+        let pw = M * tw + 2 * M;
+        let mut q = vec![0f32; A * pw];
+        let mut halves = vec![0f32; 4 * (tw + 1)];
+        let mut phases = vec![0f32; M * (tw + 1)];
         for (ci, plane) in x.image(img).take(d.c).enumerate() {
             for ty in ty0..ty1 {
                 let rows: [&[f32]; A] = std::array::from_fn(|r| {
@@ -152,33 +186,22 @@ simd_fn! {
                         &plane[(y - 1) * w..y * w]
                     }
                 });
-                bt_rows(rows, split_rows(&mut q, w));
+                let padded: [&mut [f32]; A] = split_rows(&mut q, pw);
+                bt_rows(rows, padded.map(|row| &mut row[1..=w]));
+                // Horizontal pass: tile tx reads padded columns 4tx .. 4tx + 5, i.e. phases
+                // 0, 1, 2, 3 at j = tx and phases 0, 1 at j = tx + 1 (phase k holds padded
+                // columns 4j + k), split in two stride-2 steps; written straight into the
+                // six matrices of the row.
                 let base = ci * t_count + (ty - ty0) * tw;
+                let n = tw + 1;
                 for r in 0..A {
-                    let qr = &q[r * w..(r + 1) * w];
-                    let [p0, p1, p2, p3]: [&mut [f32]; M] =
-                        split_rows(&mut phase[r * M * (tw + 1)..(r + 1) * M * (tw + 1)], tw + 1);
-                    p0[0] = 0.0;
-                    let full = w / M;
-                    for (j, chunk) in qr.chunks_exact(M).enumerate() {
-                        p1[j] = chunk[0];
-                        p2[j] = chunk[1];
-                        p3[j] = chunk[2];
-                        p0[j + 1] = chunk[3];
-                    }
-                    // The last, partial group of columns, then zeros to the end.
-                    let tail = &qr[full * M..];
-                    let slots: [&mut f32; 3] = [&mut p1[full], &mut p2[full], &mut p3[full]];
-                    for (k, slot) in slots.into_iter().enumerate() {
-                        *slot = tail.get(k).copied().unwrap_or(0.0);
-                    }
-                    p0[full + 1..].fill(0.0);
-                    p1[full + 1..].fill(0.0);
-                    p2[full + 1..].fill(0.0);
-                    p3[full + 1..].fill(0.0);
-                    // Horizontal pass: tile tx reads padded columns 4tx .. 4tx + 5, i.e. phases
-                    // 0, 1, 2, 3 at j = tx and phases 0, 1 at j = tx + 1.
-                    let hs: [&mut [f32]; A] = split_rows(&mut hv, tw);
+                    let row = &q[r * pw..r * pw + M * n];
+                    let [e, o]: [&mut [f32]; 2] = split_rows(&mut halves, 2 * n);
+                    deinterleave(row, e, o);
+                    let [p0, p1, p2, p3]: [&mut [f32]; M] = split_rows(&mut phases, n);
+                    deinterleave(e, p0, p2);
+                    deinterleave(o, p1, p3);
+                    let out = strided_rows(v, (r * A) * stride + base, stride, tw);
                     bt_rows(
                         [
                             &p0[..tw],
@@ -188,12 +211,8 @@ simd_fn! {
                             &p0[1..=tw],
                             &p1[1..=tw],
                         ],
-                        hs,
+                        out,
                     );
-                    for col in 0..A {
-                        let at = (r * A + col) * stride + base;
-                        v[at..at + tw].copy_from_slice(&hv[col * tw..(col + 1) * tw]);
-                    }
                 }
             }
         }
