@@ -246,81 +246,60 @@ pub(crate) fn token() -> Token {
 /// The `unsafe` block it expands to is this module's: a copy with target features runs only
 /// when [`token`] says the CPU has them.
 macro_rules! simd_fn {
-    (
-        $(#[$meta:meta])*
-        $vis:vis fn $name:ident $(<$($lt:lifetime),+>)? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
-    ) => {
-        $(#[$meta])*
-        $vis fn $name $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi1,bmi2")]
-            fn avx512 $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
-                body($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-            fn avx2 $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
-                body($($arg),*)
-            }
-            match $crate::ops::simd::token() {
-                #[cfg(target_arch = "x86_64")]
-                $crate::ops::simd::Token::Avx512 => {
-                    // SAFETY: `token` says Avx512 only when the CPU has these features.
-                    #[allow(unsafe_code)]
-                    let r = unsafe { avx512($($arg),*) };
-                    r
-                }
-                #[cfg(target_arch = "x86_64")]
-                $crate::ops::simd::Token::Avx2 => {
-                    // SAFETY: `token` says Avx2 only when the CPU has these features.
-                    #[allow(unsafe_code)]
-                    let r = unsafe { avx2($($arg),*) };
-                    r
-                }
-                _ => body($($arg),*),
-            }
-        }
+    ($(#[$meta:meta])* $vis:vis fn $name:ident $($rest:tt)*) => {
+        $crate::ops::simd::simd_fn!(@copies [] $(#[$meta])* $vis $name $($rest)*);
+    };
+    // An `unsafe` kernel: its copies are `unsafe fn`s with the caller's promise.
+    ($(#[$meta:meta])* $vis:vis unsafe fn $name:ident $($rest:tt)*) => {
+        $crate::ops::simd::simd_fn!(@copies [unsafe] $(#[$meta])* $vis $name $($rest)*);
     };
     (
+        @copies [$($unsafety:tt)?]
         $(#[$meta:meta])*
-        $vis:vis unsafe fn $name:ident $(<$($lt:lifetime),+>)? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+        $vis:vis $name:ident $(<$($lt:lifetime),+>)? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
     ) => {
         $(#[$meta])*
-        $vis unsafe fn $name $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
+        $vis $($unsafety)? fn $name $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            unsafe fn body $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? $body
+            $($unsafety)? fn body $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi1,bmi2")]
-            unsafe fn avx512 $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
-                // SAFETY: the caller's promise.
-                unsafe { body($($arg),*) }
+            $($unsafety)? fn avx512 $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: for an `unsafe` kernel, the caller's promise (else no unsafe call).
+                #[allow(unused_unsafe, unsafe_code)]
+                let r = unsafe { body($($arg),*) };
+                r
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
-            unsafe fn avx2 $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
-                // SAFETY: the caller's promise.
-                unsafe { body($($arg),*) }
+            $($unsafety)? fn avx2 $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: as in `avx512`.
+                #[allow(unused_unsafe, unsafe_code)]
+                let r = unsafe { body($($arg),*) };
+                r
             }
             match $crate::ops::simd::token() {
                 #[cfg(target_arch = "x86_64")]
                 $crate::ops::simd::Token::Avx512 => {
-                    // SAFETY: the CPU has the features (`token`); the rest is the caller's
-                    // promise.
+                    // SAFETY: `token` says Avx512 only when the CPU has these features; for
+                    // an `unsafe` kernel the rest is the caller's promise.
                     #[allow(unsafe_code)]
                     let r = unsafe { avx512($($arg),*) };
                     r
                 }
                 #[cfg(target_arch = "x86_64")]
                 $crate::ops::simd::Token::Avx2 => {
-                    // SAFETY: as above.
+                    // SAFETY: as above, for Avx2.
                     #[allow(unsafe_code)]
                     let r = unsafe { avx2($($arg),*) };
                     r
                 }
-                // SAFETY: the caller's promise.
-                _ => unsafe { body($($arg),*) },
+                _ => {
+                    // SAFETY: for an `unsafe` kernel, the caller's promise.
+                    #[allow(unused_unsafe, unsafe_code)]
+                    let r = unsafe { body($($arg),*) };
+                    r
+                }
             }
         }
     };
