@@ -167,10 +167,17 @@ struct Args {
     /// Time a maskrcnn_resnet50_fpn training step (losses and backward) instead
     #[arg(long)]
     maskrcnn_train: bool,
+    /// Call `unetpp::device::keep_freed_memory` first (glibc keeps freed memory for reuse)
+    #[arg(long)]
+    keep_freed_memory: bool,
 }
 
 fn main() -> unetpp::Result<()> {
     let args = Args::parse();
+    if args.keep_freed_memory {
+        let kept = unetpp::device::keep_freed_memory(usize::MAX);
+        println!("freed memory kept: {kept}");
+    }
     let (runs, k, n_nms) = (args.runs, args.boxes, args.nms_boxes);
     let dev = Device::Cpu;
     println!("threads: {}", rayon::current_num_threads());
