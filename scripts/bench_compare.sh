@@ -52,3 +52,8 @@ for what in --maskrcnn --maskrcnn-train; do
   ./target/release/examples/bench_detection --runs 3 "$what"
   (cd scripts && "$PYTHON" bench_detection.py --runs 3 "$what")
 done
+echo "== Mask R-CNN, freed memory kept"
+for what in --maskrcnn --maskrcnn-train; do
+  ./target/release/examples/bench_detection --runs 3 "$what" --keep-freed-memory
+  (cd scripts && GLIBC_TUNABLES=$KEEP "$PYTHON" bench_detection.py --runs 3 "$what")
+done
