@@ -48,8 +48,9 @@ pub fn best_device(ordinal: usize) -> Result<Device> {
 /// 2 GiB − 1, what `mallopt` takes): blocks up to that size come from the heap, and up to that
 /// much free heap is kept (glibc before 2.35 takes blocks above 32 MiB from the kernel
 /// still). From outside the program,
-/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N:glibc.malloc.trim_threshold=N` does the same. docs/PERFORMANCE.md has its effect on unetpp and on PyTorch (which
-/// gains as much from the variable). The cost: the process keeps its peak memory.
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N:glibc.malloc.trim_threshold=N` does the same.
+/// docs/PERFORMANCE.md has its effect on unetpp and on PyTorch (which gains as much from the
+/// variable). The cost: the process keeps its peak memory.
 ///
 /// ```
 /// // Keep up to 2 GiB of freed memory (a no-op where the allocator is not glibc).

@@ -30,7 +30,7 @@
 //!    destination is a scratch buffer or accumulator owned by the task, or the task's region of
 //!    the output (2), never one of the operands.
 //! 5. **CPU features.** No function here is compiled with `#[target_feature]`; the kernels
-//!    run at a higher instruction-set level only through `ops::simd`'s `simd!`, whose module
+//!    run at a higher instruction-set level only through `ops::simd`'s `simd_fn!`, whose module
 //!    doc states its own invariant.
 
 use rayon::prelude::*;
@@ -91,6 +91,18 @@ pub(super) fn map1(x: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32>
         .zip(x.par_chunks(1 << 14))
         .for_each(|(o, x)| f(o, x));
     out
+}
+
+/// `even[i] = src[2i]`, `odd[i] = src[2i + 1]` for as many pairs as all three hold: the
+/// stride-2 split of the Winograd transforms, which vectorises inside a `simd_fn!` body.
+#[inline(always)]
+pub(super) fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let n = even.len().min(odd.len()).min(src.len() / 2);
+    let (even, odd) = (&mut even[..n], &mut odd[..n]);
+    for ((pair, e), o) in src[..2 * n].chunks_exact(2).zip(even).zip(odd) {
+        *e = pair[0];
+        *o = pair[1];
+    }
 }
 
 /// A raw pointer that may cross threads: every task writes a disjoint part of the buffer.

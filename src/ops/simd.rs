@@ -256,7 +256,8 @@ macro_rules! simd_fn {
     (
         @copies [$($unsafety:tt)?]
         $(#[$meta:meta])*
-        $vis:vis $name:ident $(<$($lt:lifetime),+>)? ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+        $vis:vis $name:ident $(<$($lt:lifetime),+>)?
+        ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
     ) => {
         $(#[$meta])*
         $vis $($unsafety)? fn $name $(<$($lt),+>)? ($($arg: $ty),*) $(-> $ret)? {
@@ -327,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn every_level_computes_the_same_sum() {
+    fn a_simd_fn_computes_its_body_at_the_current_level() {
         let xs: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5).collect();
         let expected: f32 = (0..1000).map(|i| i as f32).sum();
         assert_eq!(doubled_sum(&xs), expected);

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::shape::{Dims, Planes};
-use crate::ops::kernel::{bands, matmul, with_scratch, Bands, Mat, SendPtr};
+use crate::ops::kernel::{bands, deinterleave, matmul, with_scratch, Bands, Mat, SendPtr};
 use crate::ops::simd::simd_fn;
 
 /// Output tile side.
@@ -141,18 +141,6 @@ fn strided_rows<const N: usize>(
     })
 }
 
-/// `even[i] = src[2i]`, `odd[i] = src[2i + 1]` (a stride-2 split vectorises where a
-/// stride-4 one does not).
-#[inline(always)]
-fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    let n = even.len().min(odd.len()).min(src.len() / 2);
-    let (even, odd) = (&mut even[..n], &mut odd[..n]);
-    for ((pair, e), o) in src[..2 * n].chunks_exact(2).zip(even).zip(odd) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-}
-
 simd_fn! {
     /// Writes `V = Bᵀ d B` of every tile of tile rows `ty0..ty1` of one image into `v`, laid
     /// out as 36 matrices `C × T` (T = tiles in the band), where `d` is the 6×6 input patch at
@@ -190,8 +178,9 @@ simd_fn! {
                 bt_rows(rows, padded.map(|row| &mut row[1..=w]));
                 // Horizontal pass: tile tx reads padded columns 4tx .. 4tx + 5, i.e. phases
                 // 0, 1, 2, 3 at j = tx and phases 0, 1 at j = tx + 1 (phase k holds padded
-                // columns 4j + k), split in two stride-2 steps; written straight into the
-                // six matrices of the row.
+                // columns 4j + k), split in two stride-2 steps (a stride-2 split vectorises
+                // where a stride-4 one does not); written straight into the six matrices of
+                // the row.
                 let base = ci * t_count + (ty - ty0) * tw;
                 let n = tw + 1;
                 for r in 0..A {
@@ -324,7 +313,8 @@ simd_fn! {
                     };
                     let (m0, m1, m2, m3, m4, m5) =
                         (mrow(0), mrow(1), mrow(2), mrow(3), mrow(4), mrow(5));
-                    let ys: [&mut [f32]; M] = split_rows(&mut r[col * M * tw..(col + 1) * M * tw], tw);
+                    let ys: [&mut [f32]; M] =
+                        split_rows(&mut r[col * M * tw..(col + 1) * M * tw], tw);
                     let [y0, y1, y2, y3] = ys.map(|y| &mut y[..tw]);
                     for tx in 0..tw {
                         let vals = at([m0[tx], m1[tx], m2[tx], m3[tx], m4[tx], m5[tx]]);

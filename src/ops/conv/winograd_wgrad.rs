@@ -10,7 +10,7 @@
 //! F(2×2, 3×3) (`Bᵀ` is the same); `G` and `Aᵀ` are the forward's `Aᵀ` and `G` transposed.
 
 use super::shape::Dims;
-use crate::ops::kernel::{bands, fold_sum, matmul, with_scratch, Bands, Mat};
+use crate::ops::kernel::{bands, deinterleave, fold_sum, matmul, with_scratch, Bands, Mat};
 use crate::ops::simd::simd_fn;
 
 /// Whether this beats banded unfolding + GEMM for the weight gradient (measured with a
@@ -21,14 +21,16 @@ pub(super) fn pays(d: &Dims) -> bool {
 }
 
 simd_fn! {
-    /// `V = Bᵀ d B` for the 4×4 input patch at `(2·ty − 1, 2·tx − 1)` of every tile of tile rows
-    /// `ty0..ty1` (zeros outside the image), as 16 matrices `C × T`; row passes over whole tile
-    /// rows so that they vectorise. `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`.
+    /// `V = Bᵀ d B` for the 4×4 input patch at `(2·ty − 1, 2·tx − 1)` of every tile of tile
+    /// rows `ty0..ty1` (zeros outside the image), as 16 matrices `C × T`; row passes over whole
+    /// tile rows so that they vectorise.
+    /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`.
     fn transform_inputs(img: &[f32], d: &Dims, ty0: usize, ty1: usize, tw: usize, v: &mut [f32]) {
         let (h, w) = (d.h, d.w);
         let t_count = (ty1 - ty0) * tw;
         let stride = d.c * t_count;
-        // Padded column i is input column i − 1; even[r][k] = padded[2k], odd[r][k] = padded[2k + 1].
+        // Padded column i is input column i − 1; even[r][k] = padded[2k],
+        // odd[r][k] = padded[2k + 1].
         let mut even = vec![vec![0f32; tw + 1]; 4];
         let mut odd = vec![vec![0f32; tw + 1]; 4];
         let mut q = vec![0f32; 4 * w];
@@ -58,13 +60,7 @@ simd_fn! {
                 let half = w / 2;
                 for r in 0..4 {
                     let (qr, ev, od) = (&q[r * w..(r + 1) * w], &mut even[r], &mut odd[r]);
-                    for (pair, (o, e)) in qr
-                        .chunks_exact(2)
-                        .zip(od[..half].iter_mut().zip(ev[1..=half].iter_mut()))
-                    {
-                        *o = pair[0];
-                        *e = pair[1];
-                    }
+                    deinterleave(qr, &mut od[..half], &mut ev[1..=half]);
                     if w % 2 == 1 {
                         od[half] = qr[w - 1];
                     }
@@ -136,13 +132,7 @@ simd_fn! {
                 let half = w / 2;
                 for r in 0..4 {
                     let (qr, ev, od) = (&q[r * w..(r + 1) * w], &mut even[r], &mut odd[r]);
-                    for (pair, (e, o)) in qr
-                        .chunks_exact(2)
-                        .zip(ev[..half].iter_mut().zip(od[..half].iter_mut()))
-                    {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
+                    deinterleave(qr, &mut ev[..half], &mut od[..half]);
                     if w % 2 == 1 {
                         ev[half] = qr[w - 1];
                         od[half] = 0.0;
