@@ -61,10 +61,12 @@
 //! Which file `use`s which (a DAG; each only imports those listed, and nothing imports
 //! upwards or sideways otherwise):
 //!
-//! - `kernel`, `path`, `simd` → none
+//! - `kernel`, `path` → none
+//! - `simd` → `path`
 //! - `elementwise`, `norm` → `kernel`, `simd`
 //! - `resize`, `pool` → `kernel`
-//! - `conv/algo`, `conv/shape` → none
+//! - `conv/algo` → `path`
+//! - `conv/shape` → none
 //! - `conv/args` → `conv/algo`, `elementwise`
 //! - `conv/gemm` → `conv/shape`, `kernel`
 //! - `conv/winograd`, `conv/winograd_wgrad` → `conv/shape`, `kernel`, `simd`

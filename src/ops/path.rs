@@ -6,8 +6,45 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::Device;
 
-const UNSET: u8 = u8::MAX;
-static GENERIC: AtomicU8 = AtomicU8::new(UNSET);
+/// A process-wide switch holding a `u8`: what its setter stored last, or else what the
+/// environment says, read at the first [`get`](Switch::get) (a setter that runs concurrently
+/// with that first read wins over the environment). The ops' switches are all of this kind:
+/// the device-generic path here, `UNETPP_CPU_CONV` and `UNETPP_SIMD`.
+pub(super) struct Switch(AtomicU8);
+
+impl Switch {
+    /// The value that means "not read yet"; never a switch's value.
+    pub(super) const UNSET: u8 = u8::MAX;
+
+    pub(super) const fn new() -> Self {
+        Self(AtomicU8::new(Self::UNSET))
+    }
+
+    pub(super) fn set(&self, value: u8) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// The value, `from_env()` at the first call unless a setter came first.
+    pub(super) fn get(&self, from_env: impl FnOnce() -> u8) -> u8 {
+        match self.0.load(Ordering::Relaxed) {
+            Self::UNSET => {
+                let value = from_env();
+                match self.0.compare_exchange(
+                    Self::UNSET,
+                    value,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => value,
+                    Err(current) => current,
+                }
+            }
+            value => value,
+        }
+    }
+}
+
+static GENERIC: Switch = Switch::new();
 
 /// Makes every op take its device-generic path on the CPU as well (`true`), or its CPU kernel
 /// there again (`false`), for the whole process.
@@ -30,27 +67,12 @@ static GENERIC: AtomicU8 = AtomicU8::new(UNSET);
 /// set_device_generic(false);
 /// ```
 pub fn set_device_generic(on: bool) {
-    GENERIC.store(u8::from(on), Ordering::Relaxed);
+    GENERIC.set(u8::from(on));
 }
 
 /// Whether the ops take their device-generic path on the CPU (see [`set_device_generic`]).
 pub fn device_generic() -> bool {
-    match GENERIC.load(Ordering::Relaxed) {
-        UNSET => {
-            let from_env = from_env();
-            // A concurrent `set_device_generic` wins over the environment.
-            match GENERIC.compare_exchange(
-                UNSET,
-                u8::from(from_env),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => from_env,
-                Err(current) => current == 1,
-            }
-        }
-        v => v == 1,
-    }
+    GENERIC.get(|| u8::from(from_env())) == 1
 }
 
 /// `UNETPP_DEVICE_GENERIC`'s choice; a value other than `0`, `1` or empty is reported on

@@ -14,9 +14,9 @@
 //! [`supported_simd_levels`] lists: [`set_simd_level`] refuses the others, and the
 //! environment's choice is clamped).
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
+use super::path::Switch;
 use crate::{Error, Result};
 
 /// An instruction-set level of unetpp's hand-written CPU kernels (see [`simd_level`]).
@@ -112,8 +112,7 @@ fn detected() -> (bool, bool) {
     })
 }
 
-const UNSET: u8 = u8::MAX;
-static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
+static LEVEL: Switch = Switch::new();
 
 /// The level the hand-written kernels run at: the highest this CPU supports, or the one the
 /// environment variable `UNETPP_SIMD` names (`native`, `avx512`, `avx2` or `scalar`; read
@@ -127,22 +126,7 @@ static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
 /// UNETPP_SIMD=scalar cargo test --release
 /// ```
 pub fn simd_level() -> SimdLevel {
-    match LEVEL.load(Ordering::Relaxed) {
-        UNSET => {
-            let from_env = level_from_env();
-            // A concurrent `set_simd_level` wins over the environment.
-            match LEVEL.compare_exchange(
-                UNSET,
-                from_env.to_u8(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => from_env,
-                Err(current) => SimdLevel::from_u8(current),
-            }
-        }
-        v => SimdLevel::from_u8(v),
-    }
+    SimdLevel::from_u8(LEVEL.get(|| level_from_env().to_u8()))
 }
 
 /// Runs the hand-written kernels at `level` from now on, for the whole process. A level this
@@ -167,7 +151,7 @@ pub fn set_simd_level(level: SimdLevel) -> Result<()> {
             ),
         ));
     }
-    LEVEL.store(level.to_u8(), Ordering::Relaxed);
+    LEVEL.set(level.to_u8());
     Ok(())
 }
 

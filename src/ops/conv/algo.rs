@@ -1,9 +1,9 @@
 //! Which kernels compute convolutions on the CPU: one process-wide switch
 //! ([`set_cpu_conv_algo`]), read by the API in `conv/mod.rs` and by the 3×3 op when it runs.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use candle_core::{DType, Tensor};
+
+use crate::ops::path::Switch;
 
 /// Which kernels compute 3×3 convolutions on the CPU.
 ///
@@ -35,9 +35,8 @@ impl CpuConvAlgo {
     }
 }
 
-/// The algorithm's discriminant, or [`UNSET`] until the first call reads `UNETPP_CPU_CONV`.
-static CPU_CONV_ALGO: AtomicU8 = AtomicU8::new(UNSET);
-const UNSET: u8 = u8::MAX;
+/// The algorithm's discriminant, or unset until the first call reads `UNETPP_CPU_CONV`.
+static CPU_CONV_ALGO: Switch = Switch::new();
 
 /// Chooses the CPU convolution kernels for the whole process. The default is
 /// [`CpuConvAlgo::Winograd`], or what the environment variable `UNETPP_CPU_CONV` names
@@ -48,25 +47,13 @@ const UNSET: u8 = u8::MAX;
 /// UNETPP_CPU_CONV=stock cargo test --release
 /// ```
 pub fn set_cpu_conv_algo(algo: CpuConvAlgo) {
-    CPU_CONV_ALGO.store(algo as u8, Ordering::Relaxed);
+    CPU_CONV_ALGO.set(algo as u8);
 }
 
 /// The CPU convolution kernels in use (see [`set_cpu_conv_algo`]).
 pub fn cpu_conv_algo() -> CpuConvAlgo {
-    if let Some(algo) = CpuConvAlgo::from_u8(CPU_CONV_ALGO.load(Ordering::Relaxed)) {
-        return algo;
-    }
-    let from_env = algo_from_env();
-    // A concurrent `set_cpu_conv_algo` wins over the environment.
-    match CPU_CONV_ALGO.compare_exchange(
-        UNSET,
-        from_env as u8,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    ) {
-        Ok(_) => from_env,
-        Err(current) => CpuConvAlgo::from_u8(current).unwrap_or(from_env),
-    }
+    // Only discriminants are ever stored; anything else would mean the environment's choice.
+    CpuConvAlgo::from_u8(CPU_CONV_ALGO.get(|| algo_from_env() as u8)).unwrap_or_else(algo_from_env)
 }
 
 /// `UNETPP_CPU_CONV`'s choice; an unknown value is reported on standard error and ignored.
@@ -111,6 +98,6 @@ mod tests {
         for algo in [CpuConvAlgo::Stock, CpuConvAlgo::Gemm, CpuConvAlgo::Winograd] {
             assert_eq!(CpuConvAlgo::from_u8(algo as u8), Some(algo));
         }
-        assert_eq!(CpuConvAlgo::from_u8(UNSET), None);
+        assert_eq!(CpuConvAlgo::from_u8(Switch::UNSET), None);
     }
 }
