@@ -95,6 +95,7 @@ pub mod data;
 pub mod device;
 pub mod encoders;
 mod error;
+pub mod inference;
 pub mod interop;
 pub mod loss;
 #[cfg(feature = "detection")]

@@ -26,7 +26,7 @@
 //! # Ok::<(), unetpp::Error>(())
 //! ```
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 use crate::{Error, Result};
 
@@ -83,15 +83,19 @@ pub fn labels_from_probabilities(probs: &Tensor) -> Result<Tensor> {
     labels_above(probs, "probabilities", 0.5)
 }
 
-/// The arg-max over classes, or for one channel the values above `threshold`.
+/// The arg-max over classes, or for one channel the values above `threshold`; any number of
+/// spatial axes after `(N, C)`.
 fn labels_above(t: &Tensor, what: &str, threshold: f64) -> Result<Tensor> {
-    let (_, c, _, _) = t
-        .dims4()
-        .map_err(|_| Error::Shape(format!("{what} must be (N, C, H, W), got {:?}", t.dims())))?;
-    Ok(if c == 1 {
+    if t.rank() < 3 {
+        return Err(Error::Shape(format!(
+            "{what} must be (N, C, H, W) (or (N, C, spatial…)), got {:?}",
+            t.dims()
+        )));
+    }
+    Ok(if t.dim(1)? == 1 {
         t.squeeze(1)?.gt(threshold)?.to_dtype(DType::U32)?
     } else {
-        t.argmax(D::Minus(3))?.to_dtype(DType::U32)?
+        t.argmax(1)?.to_dtype(DType::U32)?
     })
 }
 

@@ -9,6 +9,43 @@ use crate::nn::NamedTensor;
 use crate::unet::UNet;
 use crate::Result;
 
+/// Which output of a network to use: to score it, to predict with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The mean of every head's probabilities (the paper's accurate mode).
+    Accurate,
+    /// One head, `X^{0,j}` (the paper's fast mode; with a network pruned to `L_j` it is the
+    /// only head).
+    Fast(usize),
+    /// The deepest head the network has.
+    Last,
+}
+
+impl Mode {
+    /// The probabilities of this mode's output (sigmoid for one class, softmax over the
+    /// classes otherwise; accurate mode averages the heads' probabilities).
+    pub fn probabilities(self, out: &Outputs) -> Result<Tensor> {
+        match self {
+            Mode::Accurate => out.accurate(),
+            Mode::Fast(col) => out.fast(col),
+            Mode::Last => out.probabilities(out.last()),
+        }
+    }
+
+    /// The logits of this mode's head; accurate mode has none (it averages probabilities),
+    /// so it is an [`Error::Config`](crate::Error::Config).
+    pub fn logits(self, out: &Outputs) -> Result<Tensor> {
+        match self {
+            Mode::Accurate => Err(crate::Error::config(
+                "mode",
+                "accurate mode averages probabilities; it has no logits (use Fast or Last)",
+            )),
+            Mode::Fast(col) => Ok(out.head(col)?.clone()),
+            Mode::Last => Ok(out.last().clone()),
+        }
+    }
+}
+
 /// A segmentation network with one or more heads (deep supervision): images `(N, C, H, W)`
 /// in, the logits of every head out.
 pub trait MultiHeadSegmenter {

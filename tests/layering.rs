@@ -28,6 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "data", "loss", "metrics", "model", "nested", "nn", "unet", "weights",
         ],
     ),
+    ("inference", &["metrics", "model"]),
     ("interop", &["encoders", "nested", "nn", "ops", "weights"]),
     (
         "maskrcnn",

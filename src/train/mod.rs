@@ -5,8 +5,9 @@ mod checkpoint;
 mod optimizer;
 mod step;
 
+pub use crate::model::Mode;
 pub use checkpoint::{save_checkpoint, Checkpoint};
 pub use optimizer::{AdamW, AdamWState};
-pub use step::{evaluate, predict, train_step, Mode};
+pub use step::{evaluate, predict, train_step};
 
 pub(crate) use crate::weights::lock_vars;

@@ -7,20 +7,8 @@ use crate::data::loader::DataLoader;
 use crate::data::{Batch, Dataset};
 use crate::loss::{DeepSupervisionLoss, SegmentationLoss, Target};
 use crate::metrics::{labels_from_logits, labels_from_probabilities, SegmentationMetrics};
-use crate::model::MultiHeadSegmenter;
+use crate::model::{Mode, MultiHeadSegmenter};
 use crate::Result;
-
-/// Which output of a network to score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The mean of every head's probabilities (the paper's accurate mode).
-    Accurate,
-    /// One head, `X^{0,j}` (the paper's fast mode; with a network pruned to `L_j` it is the
-    /// only head).
-    Fast(usize),
-    /// The deepest head the network has.
-    Last,
-}
 
 /// One step: forward in training mode, the deep-supervision loss over every head, backward,
 /// and an optimizer update. Returns the loss before the update.
