@@ -17,6 +17,8 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::encoders::{ResNet, ResNetConfig, ResNetConfigBuilder};
+use crate::model::MultiHeadSegmenter;
+use crate::nested::Outputs;
 use crate::nn::{Conv, ConvBn, ConvConfig, NamedTensor};
 use crate::{weights, Error, Result};
 
@@ -429,5 +431,28 @@ impl ModuleT for SmpUnetPlusPlus {
     /// The logits; `train` switches batch-norm to batch statistics.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         Ok(SmpUnetPlusPlus::forward_t(self, x, train)?)
+    }
+}
+
+/// smp's network has one head, on the last decoder node: [`Outputs`] of one head (column 4),
+/// so sliding windows, test-time augmentation, training and evaluation take it as they take
+/// UNet++. [`MultiHeadSegmenter::infer`] records no graph of the input; the weights of a
+/// loaded network are plain tensors.
+impl MultiHeadSegmenter for SmpUnetPlusPlus {
+    fn forward_heads(&self, x: &Tensor, train: bool) -> Result<Outputs> {
+        let logits = SmpUnetPlusPlus::forward_t(self, x, train)?;
+        Ok(Outputs::new(vec![DEPTH], vec![logits], self.cfg.classes()))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        SmpUnetPlusPlus::forward(self, &x.detach())
+    }
+
+    fn infer(&self, x: &Tensor) -> Result<Outputs> {
+        self.forward_heads(&x.detach(), false)
+    }
+
+    fn named_tensors(&self) -> Vec<NamedTensor> {
+        SmpUnetPlusPlus::named_tensors(self)
     }
 }
