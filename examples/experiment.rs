@@ -35,7 +35,7 @@ use unetpp::train::{evaluate, predict, train_step, AdamW, Mode};
 mod cli;
 #[path = "support/report.rs"]
 mod report;
-use report::{write_curve_svg, write_overlay};
+use report::{write_curves_svg, write_overlay, Curves};
 
 type AnyError = Box<dyn std::error::Error>;
 
@@ -233,12 +233,14 @@ fn run(args: &Args) -> Result<(), AnyError> {
             let metrics = evaluate(&*model, &test, &device, mode)?;
             println!("seed {seed}, {name}: test IoU {:.4}", metrics.mean_iou());
             if run == 0 {
-                write_curve_svg(
+                write_curves_svg(
                     &args.pictures.join(format!("loss_{slug}.svg")),
-                    &format!("{name}: training loss (seed {seed})"),
-                    &losses,
-                    &[],
-                    "",
+                    &Curves {
+                        title: &format!("{name}: training loss (seed {seed})"),
+                        step_loss: &losses,
+                        steps_per_epoch: train.num_batches(),
+                        scores: &[],
+                    },
                 )?;
                 overlay(args, slug, &one, &predict(&*model, &one.images, mode)?)?;
                 let label = if slug == "unetpp-ds" {

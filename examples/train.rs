@@ -11,9 +11,10 @@
 //! With a progress bar showing loss and throughput, it writes to `--out`: `last.safetensors`
 //! (a checkpoint after every epoch, atomically; `--resume` continues from it),
 //! `model.safetensors` (the final weights), `metrics.csv` (per-epoch training loss and
-//! validation IoU / Dice), `steps.csv` (every step's loss), `loss.svg` (the curves), and
-//! `overlays/val_*.png` (image, ground truth and prediction side by side). `--report` writes
-//! the final metrics as JSON. UNet++ with deep supervision is scored in accurate mode (mean
+//! validation IoU / Dice), `steps.csv` (every step's loss), `loss.svg` (a chart of two panels:
+//! the training loss of every step and its epoch means; validation IoU and Dice per epoch),
+//! and `overlays/val_*.png` (image, ground truth and prediction side by side). `--report`
+//! writes the final metrics as JSON. UNet++ with deep supervision is scored in accurate mode (mean
 //! of the heads); the other networks on their only head.
 //!
 //! Without `--images`, it trains on the seeded synthetic set (`--classes 2`: binary; more:
@@ -43,7 +44,7 @@ use unetpp::train::{evaluate, predict, save_checkpoint, train_step, AdamW, Check
 mod cli;
 #[path = "support/report.rs"]
 mod report;
-use report::{write_curve_svg, write_json, write_overlay, Json};
+use report::{write_curves_svg, write_json, write_overlay, Curves, Json};
 
 type AnyError = Box<dyn std::error::Error>;
 
@@ -286,7 +287,8 @@ fn fit<L: SegmentationLoss, D: Dataset>(
     let ckpt_path = args.out.join("last.safetensors");
     let mut first_epoch = 0;
     let mut step_loss: Vec<f32> = Vec::new();
-    let mut epoch_iou: Vec<(usize, f64)> = Vec::new();
+    let mut epoch_iou: Vec<f64> = Vec::new();
+    let mut epoch_dice: Vec<f64> = Vec::new();
     if args.resume && ckpt_path.exists() {
         let ckpt = Checkpoint::load(&ckpt_path, device)?;
         if ckpt.extra.get("model").map(String::as_str) != Some(args.model.name()) {
@@ -304,12 +306,8 @@ fn fit<L: SegmentationLoss, D: Dataset>(
             .into_iter()
             .map(|v| v as f32)
             .collect();
-        let ious = read_column(&args.out.join("metrics.csv"), 2)?;
-        epoch_iou = ious
-            .into_iter()
-            .enumerate()
-            .map(|(e, iou)| ((e + 1) * train.num_batches(), iou))
-            .collect();
+        epoch_iou = read_column(&args.out.join("metrics.csv"), 2)?;
+        epoch_dice = read_column(&args.out.join("metrics.csv"), 3)?;
         println!(
             "resumed from {} after epoch {first_epoch}",
             ckpt_path.display()
@@ -372,22 +370,25 @@ fn fit<L: SegmentationLoss, D: Dataset>(
                 metrics.mean_image_iou()
             ),
         )?;
-        epoch_iou.push((step_loss.len(), metrics.mean_iou()));
+        epoch_iou.push(metrics.mean_iou());
+        epoch_dice.push(metrics.mean_dice());
         save_checkpoint(&ckpt_path, varmap, opt, epoch + 1, &extra)?;
-        write_curve_svg(
+        write_curves_svg(
             &args.out.join("loss.svg"),
-            &format!(
-                "{} on {}",
-                args.model.name(),
-                if args.images.is_some() {
-                    "PNG folder"
-                } else {
-                    "synthetic data"
-                }
-            ),
-            &step_loss,
-            &epoch_iou,
-            "IoU",
+            &Curves {
+                title: &format!(
+                    "{} on {}",
+                    args.model.name(),
+                    if args.images.is_some() {
+                        "a PNG folder"
+                    } else {
+                        "synthetic data"
+                    }
+                ),
+                step_loss: &step_loss,
+                steps_per_epoch: train.num_batches(),
+                scores: &[("IoU", &epoch_iou), ("Dice", &epoch_dice)],
+            },
         )?;
         last = Some((train_loss, metrics));
     }
