@@ -392,7 +392,8 @@ fn fit<L: SegmentationLoss, D: Dataset>(
         )?;
         last = Some((train_loss, metrics));
     }
-    unetpp::weights::save_tensors(&model.named_tensors(), args.out.join("model.safetensors"))?;
+    // With the configuration in the file: `predict` and `evaluate` load it by itself.
+    model.save(&args.out.join("model.safetensors"))?;
 
     // Overlays of the first validation images.
     let shown = val.dataset().len().min(4);

@@ -2,6 +2,8 @@
 //! can take any of them. Every network is also a candle [`Module`](candle_core::Module) and
 //! [`ModuleT`](candle_core::ModuleT) (the logits of its deepest head).
 
+use std::path::Path;
+
 use candle_core::Tensor;
 
 use crate::nested::{Outputs, UNetPlusPlus};
@@ -62,6 +64,14 @@ pub trait MultiHeadSegmenter {
     /// Every tensor under its stable name.
     fn named_tensors(&self) -> Vec<NamedTensor>;
 
+    /// Writes the network to a safetensors file, atomically. UNet++ and U-Net store their
+    /// configuration with the tensors, so that `UNetPlusPlus::load` / `UNet::load` need
+    /// nothing else; smp's network writes smp's names. The default writes
+    /// [`Self::named_tensors`] alone.
+    fn save(&self, path: &Path) -> Result<()> {
+        crate::weights::save_tensors(&self.named_tensors(), path)
+    }
+
     /// Number of trainable parameters.
     fn num_parameters(&self) -> usize {
         self.named_tensors()
@@ -90,6 +100,10 @@ macro_rules! multi_head_segmenter {
 
             fn named_tensors(&self) -> Vec<NamedTensor> {
                 <$net>::named_tensors(self)
+            }
+
+            fn save(&self, path: &Path) -> Result<()> {
+                <$net>::save(self, path)
             }
         }
     )*};

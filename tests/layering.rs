@@ -18,7 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("encoders", &["nn", "ops", "weights"]),
     ("nested", &["encoders", "nn", "ops", "weights"]),
     ("unet", &["nested", "nn", "weights"]),
-    ("model", &["nested", "nn", "unet"]),
+    ("model", &["nested", "nn", "unet", "weights"]),
     ("loss", &["nested", "ops"]),
     ("metrics", &["ops"]),
     ("data", &["ops"]),

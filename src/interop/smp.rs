@@ -455,4 +455,8 @@ impl MultiHeadSegmenter for SmpUnetPlusPlus {
     fn named_tensors(&self) -> Vec<NamedTensor> {
         SmpUnetPlusPlus::named_tensors(self)
     }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        self.save_smp(path)
+    }
 }
