@@ -1,5 +1,5 @@
 //! Trains UNet++ (with or without deep supervision), U-Net or the wide U-Net on the synthetic
-//! data set or on a folder of PNG image / mask pairs.
+//! data set or on a folder of image / mask pairs (PNG, TIFF or JPEG images; PNG or TIFF masks).
 //!
 //! ```text
 //! cargo run --release --example train -- [--model unetpp-ds|unetpp|unet|wide-unet]
@@ -17,7 +17,7 @@
 //! of the heads); the other networks on their only head.
 //!
 //! Without `--images`, it trains on the seeded synthetic set (`--classes 2`: binary; more:
-//! one class per shape). A PNG folder's masks are binary (any value > 0) with `--classes 2`,
+//! one class per shape). A folder's masks are binary (any value > 0) with `--classes 2`,
 //! class indices otherwise; a fifth of it (at most `--val`) is held out for validation.
 //! The defaults take about a minute on two CPU cores.
 
@@ -31,7 +31,7 @@ use candle_core::{DType, Device};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use unetpp::data::folder::{MaskEncoding, PngFolder};
+use unetpp::data::folder::{ImageFolder, MaskEncoding};
 use unetpp::data::loader::{Augment, DataLoader};
 use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
 use unetpp::data::{Dataset, Subset};
@@ -70,7 +70,7 @@ impl Kind {
     }
 }
 
-/// Trains UNet++, U-Net or the wide U-Net on the synthetic data set or on a folder of PNG
+/// Trains UNet++, U-Net or the wide U-Net on the synthetic data set or on a folder of
 /// image / mask pairs.
 #[derive(Parser)]
 #[command(args_override_self = true, allow_negative_numbers = true)]
@@ -78,10 +78,10 @@ struct Args {
     /// Network to train (unetpp-ds: UNet++ with deep supervision)
     #[arg(long, value_enum, default_value_t = Kind::UNetPPDs)]
     model: Kind,
-    /// Folder of PNG images (with --masks; default: the synthetic set)
+    /// Folder of images, PNG, TIFF or JPEG (with --masks; default: the synthetic set)
     #[arg(long, value_name = "DIR", requires = "masks")]
     images: Option<PathBuf>,
-    /// Folder of PNG masks, paired with the images by file name
+    /// Folder of PNG or TIFF masks, paired with the images by file stem
     #[arg(long, value_name = "DIR", requires = "images")]
     masks: Option<PathBuf>,
     /// Classes, background included (2: binary)
@@ -93,7 +93,7 @@ struct Args {
     /// Synthetic training images
     #[arg(long, default_value_t = 192)]
     train: usize,
-    /// Validation images (of a PNG folder: at most a fifth of it)
+    /// Validation images (of a folder: at most a fifth of it)
     #[arg(long, default_value_t = 48, value_parser = cli::at_least(1))]
     val: usize,
     /// Epochs
@@ -177,7 +177,7 @@ fn run(args: &Args) -> Result<(), AnyError> {
                     num_classes: args.classes,
                 }
             };
-            Arc::new(PngFolder::open(images, masks, encoding)?)
+            Arc::new(ImageFolder::open(images, masks, encoding)?)
         }
         _ => Arc::new(SyntheticDataset::new(
             SyntheticConfig::builder()
@@ -380,7 +380,7 @@ fn fit<L: SegmentationLoss, D: Dataset>(
                 "{} on {}",
                 args.model.name(),
                 if args.images.is_some() {
-                    "PNG folder"
+                    "image folder"
                 } else {
                     "synthetic data"
                 }
