@@ -1,5 +1,5 @@
 //! Runs a Mask R-CNN (or Mask R-CNN++) from a torchvision state dict exported to safetensors
-//! (`scripts/export_torchvision.py`) on a PNG image and draws the detections.
+//! (`scripts/export_torchvision.py`) on an image (PNG, TIFF or JPEG) and draws the detections.
 //!
 //! ```text
 //! python scripts/export_torchvision.py --coco maskrcnn_coco.safetensors
@@ -24,15 +24,15 @@ use unetpp::maskrcnn::{MaskRcnn, MaskRcnnConfig, PyramidKind};
 type AnyError = Box<dyn std::error::Error>;
 
 /// Runs a Mask R-CNN (or Mask R-CNN++) from a torchvision state dict exported to safetensors
-/// on a PNG image and draws the detections.
+/// on an image (PNG, TIFF or JPEG) and draws the detections.
 #[derive(Parser)]
 #[command(args_override_self = true, allow_negative_numbers = true)]
 struct Args {
     /// The exported state dict (scripts/export_torchvision.py)
     #[arg(long, value_name = "FILE")]
     weights: PathBuf,
-    /// PNG image to run on (default: a synthetic nuclei image)
-    #[arg(long, value_name = "PNG")]
+    /// Image to run on, PNG, TIFF or JPEG (default: a synthetic nuclei image)
+    #[arg(long, value_name = "IMAGE")]
     image: Option<PathBuf>,
     /// PNG of the image with the detections drawn
     #[arg(long, value_name = "PNG", default_value = "detections.png")]
@@ -83,7 +83,7 @@ fn main() -> Result<(), AnyError> {
     );
 
     let (pixels, c, h, w) = match &args.image {
-        Some(p) => unetpp::data::png_io::read_image(p)?,
+        Some(p) => unetpp::data::image_io::read_image(p)?,
         None => {
             let n = NucleiConfig::builder().samples(1).size(256, 320).build()?;
             (SyntheticNuclei::new(n)?.get(0)?.image, 3, 256, 320)
@@ -145,7 +145,7 @@ fn main() -> Result<(), AnyError> {
             }
         }
     }
-    unetpp::data::png_io::write_rgb(&args.out, &canvas, w, h)?;
+    unetpp::data::image_io::write_rgb(&args.out, &canvas, w, h)?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

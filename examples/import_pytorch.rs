@@ -44,8 +44,8 @@ struct Args {
     #[arg(long, value_name = "FILE", group = "source")]
     #[arg(overrides_with_all = ["monai", "nested_unet"])]
     smp: Option<String>,
-    /// PNG image to segment (default: a synthetic 64×64 image)
-    #[arg(long, value_name = "PNG")]
+    /// Image to segment, PNG, TIFF or JPEG (default: a synthetic 64×64 image)
+    #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
     /// PNG of the mask (arg-max class of each pixel)
     #[arg(long, value_name = "PNG", default_value = "mask.png")]
@@ -139,7 +139,7 @@ fn run() -> Result<(), AnyError> {
     };
 
     let (pixels, c, h, w) = match &image {
-        Some(p) => unetpp::data::png_io::read_image(p)?,
+        Some(p) => unetpp::data::image_io::read_image(p)?,
         None => {
             let s = SyntheticDataset::new(
                 SyntheticConfig::builder()
@@ -166,7 +166,7 @@ fn run() -> Result<(), AnyError> {
         .into_iter()
         .map(|l| (l * 255 / (classes - 1)) as u8)
         .collect();
-    unetpp::data::png_io::write_gray(&out, &mask, w, h)?;
+    unetpp::data::image_io::write_gray(&out, &mask, w, h)?;
     println!(
         "segmented a {c}x{h}x{w} image; mask written to {}",
         out.display()

@@ -307,7 +307,7 @@ fn main() -> Result<(), AnyError> {
             draw(&mut canvas, cw, (w + 4, r * (h + 4)), s, &det);
         }
         let png = args.out.join(format!("{name}.png"));
-        unetpp::data::png_io::write_rgb(&png, &canvas, cw, (h + 4) * shown)?;
+        unetpp::data::image_io::write_rgb(&png, &canvas, cw, (h + 4) * shown)?;
         println!("wrote {}", png.display());
     }
     println!();

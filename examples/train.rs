@@ -1,11 +1,12 @@
 //! Trains UNet++ (with or without deep supervision), U-Net or the wide U-Net on the synthetic
-//! data set or on a folder of PNG image / mask pairs.
+//! data set or on a folder of image / mask pairs (PNG, TIFF or JPEG images; PNG or TIFF masks).
 //!
 //! ```text
 //! cargo run --release --example train -- [--model unetpp-ds|unetpp|unet|wide-unet]
-//!     [--images DIR --masks DIR] [--classes 2] [--size 64] [--train 192] [--val 48]
-//!     [--epochs 3] [--batch 8] [--lr 3e-4] [--weight-decay 0] [--widths 32,64,128,256,512]
-//!     [--augment] [--seed 0] [--out runs/train] [--resume] [--report FILE.json]
+//!     [--images DIR --masks DIR [--percentiles 1,99.8]] [--classes 2] [--size 64]
+//!     [--train 192] [--val 48] [--epochs 3] [--batch 8] [--lr 3e-4] [--weight-decay 0]
+//!     [--widths 32,64,128,256,512] [--augment] [--seed 0] [--out runs/train] [--resume]
+//!     [--report FILE.json]
 //! ```
 //!
 //! With a progress bar showing loss and throughput, it writes to `--out`: `last.safetensors`
@@ -18,7 +19,7 @@
 //! of the heads); the other networks on their only head.
 //!
 //! Without `--images`, it trains on the seeded synthetic set (`--classes 2`: binary; more:
-//! one class per shape). A PNG folder's masks are binary (any value > 0) with `--classes 2`,
+//! one class per shape). A folder's masks are binary (any value > 0) with `--classes 2`,
 //! class indices otherwise; a fifth of it (at most `--val`) is held out for validation.
 //! The defaults take about a minute on two CPU cores.
 
@@ -32,8 +33,9 @@ use candle_core::{DType, Device};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use unetpp::data::folder::{MaskEncoding, PngFolder};
+use unetpp::data::folder::{ImageFolder, MaskEncoding};
 use unetpp::data::loader::{Augment, DataLoader};
+use unetpp::data::normalize::Normalize;
 use unetpp::data::synthetic::{SyntheticConfig, SyntheticDataset};
 use unetpp::data::{Dataset, Subset};
 use unetpp::loss::{BceDice, CeDice, DeepSupervisionLoss, SegmentationLoss};
@@ -71,7 +73,7 @@ impl Kind {
     }
 }
 
-/// Trains UNet++, U-Net or the wide U-Net on the synthetic data set or on a folder of PNG
+/// Trains UNet++, U-Net or the wide U-Net on the synthetic data set or on a folder of
 /// image / mask pairs.
 #[derive(Parser)]
 #[command(args_override_self = true, allow_negative_numbers = true)]
@@ -79,12 +81,16 @@ struct Args {
     /// Network to train (unetpp-ds: UNet++ with deep supervision)
     #[arg(long, value_enum, default_value_t = Kind::UNetPPDs)]
     model: Kind,
-    /// Folder of PNG images (with --masks; default: the synthetic set)
+    /// Folder of images, PNG, TIFF or JPEG (with --masks; default: the synthetic set)
     #[arg(long, value_name = "DIR", requires = "masks")]
     images: Option<PathBuf>,
-    /// Folder of PNG masks, paired with the images by file name
+    /// Folder of PNG or TIFF masks, paired with the images by file stem
     #[arg(long, value_name = "DIR", requires = "images")]
     masks: Option<PathBuf>,
+    /// Normalise each folder image between these percentiles of each channel (1,99.8 suits
+    /// 16-bit microscopy; default: divide by the type's maximum)
+    #[arg(long, value_name = "LOW,HIGH", requires = "images", value_parser = percentiles)]
+    percentiles: Option<Normalize>,
     /// Classes, background included (2: binary)
     #[arg(long, default_value_t = 2, value_parser = cli::at_least(2))]
     classes: usize,
@@ -94,7 +100,7 @@ struct Args {
     /// Synthetic training images
     #[arg(long, default_value_t = 192)]
     train: usize,
-    /// Validation images (of a PNG folder: at most a fifth of it)
+    /// Validation images (of a folder: at most a fifth of it)
     #[arg(long, default_value_t = 48, value_parser = cli::at_least(1))]
     val: usize,
     /// Epochs
@@ -130,6 +136,18 @@ struct Args {
 }
 
 /// The network of `kind` for `in_channels` and `classes` (background included).
+/// `LOW,HIGH` as [`Normalize::Percentiles`], checked.
+fn percentiles(s: &str) -> Result<Normalize, String> {
+    let (low, high) = s.split_once(',').ok_or("expected LOW,HIGH, e.g. 1,99.8")?;
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("`{v}`: {e}"));
+    let how = Normalize::Percentiles {
+        low: parse(low)?,
+        high: parse(high)?,
+    };
+    how.validate().map_err(|e| e.to_string())?;
+    Ok(how)
+}
+
 fn build_model(
     kind: Kind,
     in_channels: usize,
@@ -178,7 +196,8 @@ fn run(args: &Args) -> Result<(), AnyError> {
                     num_classes: args.classes,
                 }
             };
-            Arc::new(PngFolder::open(images, masks, encoding)?)
+            let folder = ImageFolder::open(images, masks, encoding)?;
+            Arc::new(folder.normalize(args.percentiles.unwrap_or_default())?)
         }
         _ => Arc::new(SyntheticDataset::new(
             SyntheticConfig::builder()
@@ -380,7 +399,7 @@ fn fit<L: SegmentationLoss, D: Dataset>(
                     "{} on {}",
                     args.model.name(),
                     if args.images.is_some() {
-                        "a PNG folder"
+                        "an image folder"
                     } else {
                         "synthetic data"
                     }

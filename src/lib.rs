@@ -42,12 +42,12 @@
 //! names a model records, safetensors I/O), [`encoders`] (the [`encoders::Encoder`] trait,
 //! ResNet in torchvision's layout), [`nested`] (UNet++: grid, configuration, model, outputs),
 //! [`unet`] (the U-Net baselines), [`model`] (what training takes), [`loss`] (BCE + Dice,
-//! CE + Dice, deep supervision), [`metrics`] (IoU, Dice), [`data`] (synthetic and PNG-folder
-//! data sets, batching, augmentation), [`train`] (optimizer, checkpoints, training step,
-//! evaluation), [`interop`] (weights from MONAI, NestedUNet and segmentation_models_pytorch),
-//! [`device`]. [`maskrcnn`] has Mask R-CNN and Mask R-CNN++ (torchvision's
-//! `maskrcnn_resnet50_fpn`, and the same detector on a feature pyramid with UNet++'s nested
-//! skips) and all their parts.
+//! CE + Dice, deep supervision), [`metrics`] (IoU, Dice), [`data`] (synthetic and
+//! image-folder data sets, image files, batching, augmentation), [`train`] (optimizer,
+//! checkpoints, training step, evaluation), [`interop`] (weights from MONAI, NestedUNet and
+//! segmentation_models_pytorch), [`device`]. [`maskrcnn`] has Mask R-CNN and Mask R-CNN++
+//! (torchvision's `maskrcnn_resnet50_fpn`, and the same detector on a feature pyramid with
+//! UNet++'s nested skips) and all their parts.
 //!
 //! On the CPU, convolutions run on the crate's own kernels (Winograd and banded GEMM, see
 //! [`ops::set_cpu_conv_algo`]), several times faster than candle's; other devices use candle's.
@@ -57,7 +57,8 @@
 //! | Feature | Adds | Default |
 //! |---|---|---|
 //! | `detection` | [`maskrcnn`], the detection ops of [`ops`] (boxes, NMS, RoIAlign, the multi-scale poolers), [`data::instances`] | yes |
-//! | `png` | [`data::png_io`] (PNG reading and writing) and [`data::folder`] (the PNG-folder data set); the `png` dependency | yes |
+//! | `image` | [`data::image_io`] (PNG, TIFF and JPEG reading and writing) and [`data::folder`] (the image-folder data set); the `image`, `png` and `tiff` dependencies | yes |
+//! | `png` | the former name of `image`, which it turns on | no (through `image`) |
 //! | `serde` | `Serialize` / `Deserialize` for the configurations | no |
 //! | `cuda`, `cudnn`, `metal`, `mkl`, `accelerate` | candle's back-ends of the same names | no |
 //!
@@ -70,8 +71,8 @@
     not(feature = "detection"),
     doc = "[`data::instances`]: crate#features"
 )]
-#![cfg_attr(not(feature = "png"), doc = "[`data::png_io`]: crate#features")]
-#![cfg_attr(not(feature = "png"), doc = "[`data::folder`]: crate#features")]
+#![cfg_attr(not(feature = "image"), doc = "[`data::image_io`]: crate#features")]
+#![cfg_attr(not(feature = "image"), doc = "[`data::folder`]: crate#features")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![deny(unsafe_code)]

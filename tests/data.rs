@@ -1,14 +1,23 @@
-//! Data sets, PNG I/O and the data loader.
+//! Data sets, image I/O (PNG, TIFF, JPEG), normalisation and the data loader.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// How far our JPEG decoding (zune-jpeg, through `image`) may be from Pillow's (libjpeg-turbo),
+/// in 8-bit grey levels: the largest difference of a sample, and the mean. The two differ in
+/// rounding and, for 4:2:0 chroma, up-sampling: measured 2 and 0.011 (4:4:4), 4 and 0.36
+/// (4:2:0), 1 and 0.016 (grey).
+const MAX_JPEG_DIFF: f32 = 6.0;
+const MEAN_JPEG_DIFF: f32 = 0.75;
+
 use candle_core::{DType, Device};
-use unetpp::data::folder::{MaskEncoding, PngFolder};
-use unetpp::data::loader::{hflip, rot90, vflip, Augment, DataLoader};
-use unetpp::data::png_io::{
-    read_image, read_mask, write_gray, write_gray16, write_indexed, write_rgb,
+use unetpp::data::folder::{ImageFolder, MaskEncoding};
+use unetpp::data::image_io::{
+    read_image, read_image_with, read_mask, write_f32_tiff, write_gray, write_gray16,
+    write_gray16_tiff, write_indexed, write_rgb, FileFormat, Image, SampleType, MAX_SAMPLES,
 };
+use unetpp::data::loader::{hflip, rot90, vflip, Augment, DataLoader};
+use unetpp::data::normalize::{percentile, Normalize};
 use unetpp::data::synthetic::{Shape, SyntheticConfig, SyntheticConfigBuilder, SyntheticDataset};
 use unetpp::data::{Dataset, Sample};
 use unetpp::{Error, Result};
@@ -392,7 +401,8 @@ fn three_pairs(name: &str) -> TempDir {
 #[test]
 fn folder_pairs_files_by_stem_and_batches_through_the_loader() {
     let dir = three_pairs("happy");
-    let data = PngFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
+    let data =
+        ImageFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
     assert_eq!((data.len(), data.channels(), data.num_classes()), (3, 3, 2));
     let names: Vec<_> = data
         .pairs()
@@ -426,7 +436,7 @@ fn folder_pairs_files_by_stem_and_batches_through_the_loader() {
 #[test]
 fn folder_class_index_masks_read_as_labels() {
     let dir = three_pairs("classes");
-    let data = PngFolder::open(
+    let data = ImageFolder::open(
         dir.sub("images"),
         dir.sub("masks"),
         MaskEncoding::ClassIndex { num_classes: 3 },
@@ -439,7 +449,7 @@ fn folder_class_index_masks_read_as_labels() {
 #[test]
 fn folder_mask_value_at_or_above_num_classes_is_an_error() {
     let dir = three_pairs("toobig");
-    let data = PngFolder::open(
+    let data = ImageFolder::open(
         dir.sub("images"),
         dir.sub("masks"),
         MaskEncoding::ClassIndex { num_classes: 2 },
@@ -458,7 +468,7 @@ fn folder_image_without_mask_is_an_error_naming_it() {
     let lonely = dir.sub("images").join("lonely.png");
     write_gray(&lonely, &[0; 4], 2, 2).unwrap();
     let err =
-        PngFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap_err();
+        ImageFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap_err();
     assert_names(&err, &lonely);
 }
 
@@ -468,7 +478,7 @@ fn folder_mask_without_image_is_an_error_naming_it() {
     let orphan = dir.sub("masks").join("orphan_mask.png");
     write_gray(&orphan, &[0; 4], 2, 2).unwrap();
     let err =
-        PngFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap_err();
+        ImageFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap_err();
     assert_names(&err, &orphan);
 }
 
@@ -476,7 +486,8 @@ fn folder_mask_without_image_is_an_error_naming_it() {
 fn folder_size_mismatch_names_both_files() {
     let dir = three_pairs("mismatch");
     write_gray(dir.sub("masks").join("b_mask.png"), &[0; 6], 3, 2).unwrap();
-    let data = PngFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
+    let data =
+        ImageFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
     let err = data.get(1).unwrap_err();
     assert_names(&err, &dir.sub("images").join("b.png"));
     assert_names(&err, &dir.sub("masks").join("b_mask.png"));
@@ -487,7 +498,8 @@ fn folder_channel_mismatch_is_an_error_naming_the_image() {
     let dir = three_pairs("channels");
     let grey = dir.sub("images").join("c.png");
     write_gray(&grey, &[0; 12], 4, 3).unwrap();
-    let data = PngFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
+    let data =
+        ImageFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
     assert_names(&data.get(2).unwrap_err(), &grey);
 }
 
@@ -496,7 +508,8 @@ fn folder_unreadable_file_is_an_error_naming_it() {
     let dir = three_pairs("unreadable");
     let broken = dir.sub("images").join("b.png");
     std::fs::write(&broken, b"\x89PNG\r\n\x1a\n garbage").unwrap();
-    let data = PngFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
+    let data =
+        ImageFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
     assert_names(&data.get(1).unwrap_err(), &broken);
 
     let broken_mask = dir.sub("masks").join("c.png");
@@ -509,7 +522,8 @@ fn folder_rgb_mask_is_an_error_naming_it() {
     let dir = three_pairs("rgbmask");
     let rgb = dir.sub("masks").join("a.png");
     write_rgb(&rgb, &[0; 36], 4, 3).unwrap();
-    let data = PngFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
+    let data =
+        ImageFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap();
     assert_names(&data.get(0).unwrap_err(), &rgb);
 }
 
@@ -518,18 +532,445 @@ fn folder_missing_or_empty_directory_is_an_error_naming_it() {
     let dir = TempDir::new("empty");
     let empty = dir.sub("empty");
     let missing = dir.0.join("missing");
-    let err = PngFolder::open(&missing, &empty, MaskEncoding::Binary).unwrap_err();
+    let err = ImageFolder::open(&missing, &empty, MaskEncoding::Binary).unwrap_err();
     assert_names(&err, &missing);
     let images = three_pairs("empty-masks").sub("images");
-    let err = PngFolder::open(&images, &empty, MaskEncoding::Binary).unwrap_err();
+    let err = ImageFolder::open(&images, &empty, MaskEncoding::Binary).unwrap_err();
     assert_names(&err, &empty);
-    let err = PngFolder::open(
+    let err = ImageFolder::open(
         &images,
         &images,
         MaskEncoding::ClassIndex { num_classes: 1 },
     )
     .unwrap_err();
     assert_eq!(config_field(err), "num_classes");
+}
+
+/// A fixture of `tests/fixtures/images/`, made by `scripts/make_image_fixtures.py`.
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/images")
+        .join(name)
+}
+
+/// The kind of the I/O error `err` wraps (it must be an `Error::Io`).
+fn io_kind(err: &Error) -> std::io::ErrorKind {
+    match err {
+        Error::Io { source, .. } => source.kind(),
+        other => panic!("expected an i/o error, got {other}"),
+    }
+}
+
+#[test]
+fn file_format_is_told_by_content_and_extension() {
+    assert_eq!(FileFormat::from_path("a/b.JPEG"), Some(FileFormat::Jpeg));
+    assert_eq!(FileFormat::from_path("b.tiff"), Some(FileFormat::Tiff));
+    assert_eq!(FileFormat::from_path("b.png.txt"), None);
+    assert_eq!(FileFormat::from_path("png"), None);
+    assert_eq!(FileFormat::sniff(b"MM\0*rest"), Some(FileFormat::Tiff));
+    assert_eq!(
+        FileFormat::sniff(b"\xFF\xD8\xFF\xE0"),
+        Some(FileFormat::Jpeg)
+    );
+    assert_eq!(FileFormat::sniff(b"BM"), None);
+}
+
+#[test]
+fn tiff_gray16_round_trip() {
+    let dir = TempDir::new("tiff16");
+    let path = dir.0.join("t.tif");
+    let values = [0u16, 1, 300, 40_000, 65535, 7];
+    write_gray16_tiff(&path, &values, 3, 2).unwrap();
+    let image = Image::read(&path).unwrap();
+    assert_eq!(
+        (image.channels, image.height, image.width, image.sample),
+        (1, 2, 3, SampleType::U16)
+    );
+    let raw: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    assert_eq!(image.values, raw);
+    let (scaled, _, _, _) = read_image(&path).unwrap();
+    assert_eq!(scaled, raw.iter().map(|v| v / 65535.0).collect::<Vec<_>>());
+    let (mask, h, w) = read_mask(&path).unwrap();
+    assert_eq!((h, w), (2, 3));
+    assert_eq!(mask, values.iter().map(|&v| v as u32).collect::<Vec<_>>());
+}
+
+#[test]
+fn tiff_f32_round_trip_is_exact() {
+    let dir = TempDir::new("tiff32");
+    let path = dir.0.join("prob.tiff");
+    let values = [0.0, 0.1, 1.0 / 3.0, 1.0, -2.5, 1e-30, 7e20, f32::NAN];
+    write_f32_tiff(&path, &values, 4, 2).unwrap();
+    let image = Image::read(&path).unwrap();
+    assert_eq!((image.channels, image.height, image.width), (1, 2, 4));
+    assert_eq!(image.sample, SampleType::F32);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&image.values), bits(&values));
+    // Scale leaves floats as stored.
+    assert_eq!(bits(&read_image(&path).unwrap().0), bits(&values));
+    let err = read_mask(&path).unwrap_err();
+    assert_names(&err, &path);
+    assert!(err.to_string().contains("single-channel"), "{err}");
+}
+
+#[test]
+fn reads_tiffs_written_by_tifffile() {
+    // Values printed by scripts/make_image_fixtures.py.
+    for name in ["gray16.tif", "gray16_deflate_be.tif"] {
+        let image = Image::read(fixture(name)).unwrap();
+        assert_eq!((image.channels, image.height, image.width), (1, 12, 10));
+        assert_eq!(image.sample, SampleType::U16);
+        assert_eq!(&image.values[..4], [382.0, 418.0, 431.0, 430.0], "{name}");
+        assert_eq!(image.values[8 * 10 + 7], 60000.0);
+        let (mask, _, _) = read_mask(fixture(name)).unwrap();
+        assert_eq!(&mask[..4], [382, 418, 431, 430]);
+    }
+    let rgb16 = Image::read(fixture("rgb16.tif")).unwrap();
+    assert_eq!((rgb16.channels, rgb16.height, rgb16.width), (3, 6, 5));
+    let px = |y: usize, x: usize| [0, 1, 2].map(|c| rgb16.values[c * 30 + y * 5 + x]);
+    assert_eq!(px(0, 0), [33200.0, 44043.0, 24396.0]);
+    assert_eq!(px(5, 4), [38581.0, 49256.0, 29652.0]);
+    let err = read_mask(fixture("rgb16.tif")).unwrap_err();
+    assert!(err.to_string().contains("single-channel"), "{err}");
+
+    let gray8 = Image::read(fixture("gray8.tif")).unwrap();
+    assert_eq!(gray8.sample, SampleType::U8);
+    assert_eq!(&gray8.values[..3], [125.0, 115.0, 136.0]);
+
+    let prob = Image::read(fixture("prob_f32.tif")).unwrap();
+    assert_eq!(
+        (prob.sample, prob.height, prob.width),
+        (SampleType::F32, 3, 4)
+    );
+    for (i, &v) in prob.values[..11].iter().enumerate() {
+        assert!((v - i as f32 / 11.0).abs() < 1e-7, "{i}: {v}");
+    }
+    assert_eq!(prob.values[11], 0.123_456_79); // 0.123456789 as float32
+
+    let labels = fixture("labels_u32.tif");
+    let (mask, h, w) = read_mask(&labels).unwrap();
+    assert_eq!((h, w), (4, 5));
+    assert_eq!(
+        (
+            mask[0],
+            mask[6],
+            mask[13],
+            mask.iter().filter(|&&v| v == 0).count()
+        ),
+        (1, 70000, 70000, 13)
+    );
+    let err = Image::read(&labels).unwrap_err();
+    assert_names(&err, &labels);
+    assert_eq!(io_kind(&err), std::io::ErrorKind::Unsupported);
+}
+
+#[test]
+fn jpeg_decodes_close_to_pillow() {
+    for (name, channels) in [("rgb444.jpg", 3), ("rgb420.jpg", 3), ("gray.jpg", 1)] {
+        let ours = Image::read(fixture(name)).unwrap();
+        let pillow = Image::read(fixture(&format!("{name}.pil.png"))).unwrap();
+        assert_eq!(ours.sample, SampleType::U8);
+        assert_eq!(
+            (ours.channels, ours.height, ours.width),
+            (channels, 16, 24),
+            "{name}"
+        );
+        assert_eq!(
+            (pillow.channels, pillow.height, pillow.width),
+            (channels, 16, 24)
+        );
+        let diffs: Vec<f32> = ours
+            .values
+            .iter()
+            .zip(&pillow.values)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let max = diffs.iter().fold(0f32, |m, &d| m.max(d));
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        assert!(
+            max <= MAX_JPEG_DIFF && mean <= MEAN_JPEG_DIFF,
+            "{name}: max {max}, mean {mean}"
+        );
+    }
+    let err = read_mask(fixture("gray.jpg")).unwrap_err();
+    assert!(err.to_string().contains("JPEG"), "{err}");
+}
+
+#[test]
+fn percentile_normalisation_matches_numpy() {
+    // numpy.percentile of gray16.tif, printed by scripts/make_image_fixtures.py:
+    //     values = tifffile.imread("gray16.tif").astype(np.float64).ravel()
+    //     np.percentile(values, q)
+    //     np.clip((values - lo) / (hi - lo), 0, 1).astype(np.float32)  # lo, hi: q = 1, 99.8
+    let numpy = [
+        (0.0, 324.0),
+        (1.0, 337.38),
+        (25.0, 387.75),
+        (50.0, 407.5),
+        (99.8, 46420.910000000025),
+        (100.0, 60000.0),
+    ];
+    let image = Image::read(fixture("gray16.tif")).unwrap();
+    for (q, expected) in numpy {
+        let ours = percentile(&image.values, q).unwrap();
+        assert!(
+            (ours - expected).abs() <= 1e-9 * expected,
+            "q {q}: {ours} vs {expected}"
+        );
+    }
+    let normalized = image.into_normalized(Normalize::MICROSCOPY).unwrap();
+    for (i, expected) in [(0, 0.000_968_241_8_f32), (33, 0.056_584_64), (87, 1.0)] {
+        assert!(
+            (normalized[i] - expected).abs() <= 1e-7,
+            "{i}: {}",
+            normalized[i]
+        );
+    }
+    assert!(normalized.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert_eq!(normalized.iter().filter(|&&v| v == 0.0).count(), 2);
+
+    let (min_max, ..) = read_image_with(fixture("gray16.tif"), Normalize::MinMax).unwrap();
+    let lowest = min_max.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+    let highest = min_max.iter().fold(0f32, |m, &v| m.max(v));
+    assert_eq!((lowest, highest), (0.0, 1.0));
+    let bad = Normalize::Percentiles {
+        low: 99.0,
+        high: 1.0,
+    };
+    let err = read_image_with(fixture("gray16.tif"), bad).unwrap_err();
+    assert_eq!(config_field(err), "percentiles");
+}
+
+#[test]
+fn truncated_files_are_errors_naming_them() {
+    let dir = TempDir::new("truncated");
+    for name in [
+        "gray16_deflate_be.tif",
+        "gray16.tif",
+        "rgb444.jpg",
+        "gray.jpg",
+    ] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        // In the header, in the pixel data, and only the end marker or checksum lost.
+        for cut in [bytes.len() / 3, bytes.len() - 60, bytes.len() - 2] {
+            let path = dir.0.join(format!("cut{cut}_{name}"));
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let err = read_image(&path).unwrap_err();
+            assert_names(&err, &path);
+            if cut == bytes.len() - 2 {
+                assert_eq!(io_kind(&err), std::io::ErrorKind::UnexpectedEof, "{err}");
+            }
+            if name.ends_with(".tif") {
+                assert_names(&read_mask(&path).unwrap_err(), &path);
+            }
+        }
+    }
+    let path = dir.0.join("empty.tif");
+    std::fs::write(&path, b"").unwrap();
+    assert_names(&read_image(&path).unwrap_err(), &path);
+}
+
+/// A little-endian TIFF header of one uncompressed 8-bit grey strip of `width × height`
+/// claimed pixels, and no pixel data.
+fn tiff_claiming(width: u32, height: u32) -> Vec<u8> {
+    let entries: [(u16, u16, u32); 8] = [
+        (256, 4, width),  // ImageWidth, LONG
+        (257, 4, height), // ImageLength
+        (258, 3, 8),      // BitsPerSample, SHORT
+        (259, 3, 1),      // Compression: none
+        (262, 3, 1),      // Photometric: black is zero
+        (273, 4, 8),      // StripOffsets
+        (278, 4, height), // RowsPerStrip
+        (279, 4, 0),      // StripByteCounts
+    ];
+    let mut out = b"II*\0".to_vec();
+    out.extend(8u32.to_le_bytes());
+    out.extend((entries.len() as u16).to_le_bytes());
+    for (tag, kind, value) in entries {
+        out.extend(tag.to_le_bytes());
+        out.extend(kind.to_le_bytes());
+        out.extend(1u32.to_le_bytes());
+        out.extend(value.to_le_bytes());
+    }
+    out.extend(0u32.to_le_bytes());
+    out
+}
+
+/// A PNG signature and header chunk claiming `width × height` 8-bit grey pixels, no data.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    }
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend(width.to_be_bytes());
+    chunk.extend(height.to_be_bytes());
+    chunk.extend([8, 0, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend(13u32.to_be_bytes());
+    out.extend(&chunk);
+    out.extend(crc32(&chunk).to_be_bytes());
+    out
+}
+
+#[test]
+fn empty_and_huge_claimed_images_are_errors_not_allocations() {
+    let dir = TempDir::new("claims");
+    let side = (MAX_SAMPLES as f64).sqrt() as u32 * 2;
+    for (name, bytes) in [
+        ("huge.tif", tiff_claiming(side, side)),
+        ("zero.tif", tiff_claiming(0, 5)),
+        ("huge.png", png_claiming(side, side)),
+        ("zero.png", png_claiming(5, 0)),
+    ] {
+        let path = dir.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        assert_names(&read_image(&path).unwrap_err(), &path);
+        assert_names(&read_mask(&path).unwrap_err(), &path);
+    }
+    let huge = dir.0.join("huge.tif");
+    assert_eq!(
+        io_kind(&read_image(&huge).unwrap_err()),
+        std::io::ErrorKind::OutOfMemory
+    );
+    let err = write_gray(dir.0.join("nothing.png"), &[], 0, 3).unwrap_err();
+    assert!(
+        matches!(err, Error::Shape(_)) && err.to_string().contains("nothing.png"),
+        "{err}"
+    );
+    let err = write_f32_tiff(dir.0.join("short.tif"), &[0.0; 5], 2, 3).unwrap_err();
+    assert!(err.to_string().contains("short.tif"), "{err}");
+}
+
+#[test]
+fn unsupported_formats_are_errors_naming_the_file() {
+    let dir = TempDir::new("formats");
+    let gif = dir.0.join("really_a_gif.png");
+    std::fs::write(&gif, b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
+    let err = read_image(&gif).unwrap_err();
+    assert_names(&err, &gif);
+    assert_eq!(io_kind(&err), std::io::ErrorKind::Unsupported);
+    assert!(err.to_string().contains("not a PNG, TIFF or JPEG"), "{err}");
+    assert_names(&read_mask(&gif).unwrap_err(), &gif);
+}
+
+#[test]
+fn writes_replace_files_whole_and_leave_no_temporary_file() {
+    let dir = TempDir::new("atomic");
+    let path = dir.0.join("out.png");
+    write_gray(&path, &[1, 2, 3, 4], 2, 2).unwrap();
+    write_gray(&path, &[9; 6], 3, 2).unwrap();
+    assert_eq!(read_mask(&path).unwrap(), (vec![9; 6], 2, 3));
+    // A failed write leaves the old file as it was.
+    assert!(write_rgb(&path, &[0; 5], 2, 2).is_err());
+    assert!(write_indexed(&path, &[0, 1], &[], 2, 1).is_err());
+    assert_eq!(read_mask(&path).unwrap(), (vec![9; 6], 2, 3));
+    write_gray16_tiff(dir.0.join("out.tif"), &[5; 4], 2, 2).unwrap();
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let missing = dir.0.join("no/such/dir/x.png");
+    assert_names(&write_gray(&missing, &[0], 1, 1).unwrap_err(), &missing);
+}
+
+#[test]
+#[allow(deprecated)]
+fn former_png_names_still_work() {
+    let dir = three_pairs("former");
+    let data = unetpp::data::folder::PngFolder::open(
+        dir.sub("images"),
+        dir.sub("masks"),
+        MaskEncoding::Binary,
+    )
+    .unwrap();
+    assert_eq!(data.len(), 3);
+    let (_, c, _, _) = unetpp::data::png_io::read_image(&data.pairs()[0].0).unwrap();
+    assert_eq!(c, 3);
+}
+
+#[test]
+fn folder_pairs_mixed_extensions_by_stem() {
+    let dir = TempDir::new("mixed");
+    let (images, masks) = (dir.sub("images"), dir.sub("masks"));
+    std::fs::copy(fixture("rgb444.jpg"), images.join("a.JPG")).unwrap();
+    write_rgb(images.join("b.Png"), &[200; 3 * 24 * 16], 24, 16).unwrap();
+    std::fs::copy(fixture("rgb420.jpg"), images.join("c.jpeg")).unwrap();
+    std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+    let mask: Vec<u16> = (0..24 * 16).map(|p| (p % 3 == 0) as u16).collect();
+    write_gray16_tiff(masks.join("a_mask.tif"), &mask, 24, 16).unwrap();
+    write_gray16_tiff(masks.join("b.TIFF"), &mask, 24, 16).unwrap();
+    let mask8: Vec<u8> = mask.iter().map(|&v| v as u8 * 255).collect();
+    write_gray(masks.join("c.png"), &mask8, 24, 16).unwrap();
+
+    let data = ImageFolder::open(&images, &masks, MaskEncoding::Binary).unwrap();
+    assert_eq!((data.len(), data.channels()), (3, 3));
+    let names: Vec<_> = data
+        .pairs()
+        .iter()
+        .map(|(i, m)| (i.file_name().unwrap(), m.file_name().unwrap()))
+        .collect();
+    assert_eq!(names[0], ("a.JPG".as_ref(), "a_mask.tif".as_ref()));
+    assert_eq!(names[1], ("b.Png".as_ref(), "b.TIFF".as_ref()));
+    assert_eq!(names[2], ("c.jpeg".as_ref(), "c.png".as_ref()));
+    for i in 0..3 {
+        let s = data.get(i).unwrap();
+        assert_eq!((s.channels, s.height, s.width), (3, 16, 24));
+        assert_eq!(s.mask, mask.iter().map(|&v| v as u32).collect::<Vec<_>>());
+    }
+    assert!(data
+        .get(1)
+        .unwrap()
+        .image
+        .iter()
+        .all(|&v| v == 200.0 / 255.0));
+
+    // Percentiles spread the constant image `b` to 0; the others to [0, 1].
+    let data = data.normalize(Normalize::MICROSCOPY).unwrap();
+    assert_eq!(data.normalization(), Normalize::MICROSCOPY);
+    assert!(data.get(1).unwrap().image.iter().all(|&v| v == 0.0));
+    let a = data.get(0).unwrap().image;
+    assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(a.contains(&0.0) && a.contains(&1.0));
+    let bad = Normalize::Percentiles {
+        low: 2.0,
+        high: 101.0,
+    };
+    assert_eq!(
+        config_field(data.normalize(bad).unwrap_err()),
+        "percentiles"
+    );
+}
+
+#[test]
+fn folder_two_files_of_one_stem_are_ambiguous() {
+    let dir = three_pairs("ambiguous");
+    let twin = dir.sub("images").join("b.tif");
+    write_gray16_tiff(&twin, &[0; 12], 4, 3).unwrap();
+    let err =
+        ImageFolder::open(dir.sub("images"), dir.sub("masks"), MaskEncoding::Binary).unwrap_err();
+    assert_names(&err, &twin);
+    assert_names(&err, &dir.sub("images").join("b.png"));
+}
+
+#[test]
+fn folder_jpeg_or_colour_tiff_mask_is_an_error_naming_it() {
+    let dir = three_pairs("jpegmask");
+    let masks = dir.sub("masks");
+    std::fs::remove_file(masks.join("a.png")).unwrap();
+    std::fs::copy(fixture("gray.jpg"), masks.join("a.jpg")).unwrap();
+    std::fs::remove_file(masks.join("c.png")).unwrap();
+    std::fs::copy(fixture("rgb16.tif"), masks.join("c.tif")).unwrap();
+    let data = ImageFolder::open(dir.sub("images"), &masks, MaskEncoding::Binary).unwrap();
+    assert_names(&data.get(0).unwrap_err(), &masks.join("a.jpg"));
+    assert_names(&data.get(2).unwrap_err(), &masks.join("c.tif"));
 }
 
 /// Sample `i` is an `h × w` ramp offset by `i`, whose image equals its mask as `f32`, so that

@@ -267,7 +267,7 @@ pub fn write_overlay(
             }
         }
     }
-    unetpp::data::png_io::write_rgb(path, &rgb, width, h)
+    unetpp::data::image_io::write_rgb(path, &rgb, width, h)
 }
 
 /// A JSON value of a report.

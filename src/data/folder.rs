@@ -1,15 +1,16 @@
-//! A data set of image / mask PNG pairs in two folders.
+//! A data set of image / mask pairs in two folders, in PNG, TIFF or JPEG.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::png_io::{read_image, read_mask};
+use super::image_io::{read_mask, FileFormat, Image};
+use super::normalize::Normalize;
 use super::{Dataset, Sample};
 use crate::{Error, Result};
 
-/// How a mask PNG's pixel values map to classes.
+/// How a mask's pixel values map to classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaskEncoding {
     /// Foreground / background: any value above 0 is class 1 (so 0/255 and 0/1 masks both
@@ -32,38 +33,51 @@ impl MaskEncoding {
     }
 }
 
-/// Images in one folder, label masks in another, paired by file name.
+/// Images in one folder, label masks in another, paired by file stem.
 ///
-/// Both folders are listed for `*.png` files (the extension in any case), sorted by name;
-/// sample `i` is the `i`-th image. The mask of `images/name.png` is `masks/name.png` or, when
-/// that does not exist, `masks/name_mask.png`. Every image needs a mask and every mask an
-/// image. Images are read with [`read_image`] (grey, colour or indexed, 8 or 16 bit) and must
-/// all have the channel count of the first; masks with [`read_mask`] (single-channel) and
-/// decoded by the [`MaskEncoding`]. Files are read when a sample is asked for, so an error in
-/// one file shows up then, naming it.
+/// Both folders are listed for image files, those with the extension `png`, `tif`, `tiff`,
+/// `jpg` or `jpeg` (in any case); other files are ignored. Sample `i` is the image of the
+/// `i`-th stem in sorted order. The mask of `images/name.<ext>` is `masks/name.<ext2>` or, when there is
+/// none, `masks/name_mask.<ext2>`, whatever the two extensions (a JPEG image may have a PNG
+/// mask). Every image needs exactly one mask and every mask an image; two files of one stem
+/// in a folder are ambiguous, an error.
+///
+/// Images are read with [`Image::read`] (grey or colour, 8 or 16 bit, float TIFF), normalised
+/// by the folder's [`Normalize`] (by default [`Normalize::Scale`], to `[0, 1]` by the type's
+/// maximum; see [`ImageFolder::normalize`]), and must all have the channel count of the
+/// first. Masks are read with [`read_mask`] (single-channel PNG or TIFF; a JPEG mask is an
+/// error, its compression being lossy) and decoded by the [`MaskEncoding`]. Files are read
+/// when a sample is asked for, so an error in one file shows up then, naming it.
 ///
 /// ```no_run
 /// use unetpp::data::Dataset;
-/// use unetpp::data::folder::{MaskEncoding, PngFolder};
+/// use unetpp::data::folder::{ImageFolder, MaskEncoding};
+/// use unetpp::data::normalize::Normalize;
 ///
-/// let data = PngFolder::open("data/images", "data/masks", MaskEncoding::Binary)?;
+/// let data = ImageFolder::open("data/images", "data/masks", MaskEncoding::Binary)?
+///     .normalize(Normalize::MICROSCOPY)?;
 /// let first = data.get(0)?;
 /// println!("{} samples of {} channels", data.len(), first.channels);
 /// # Ok::<(), unetpp::Error>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct PngFolder {
+pub struct ImageFolder {
     pairs: Vec<(PathBuf, PathBuf)>,
     channels: usize,
     encoding: MaskEncoding,
+    normalize: Normalize,
 }
 
-impl PngFolder {
+/// The former name of [`ImageFolder`], from when it read PNG files only.
+#[deprecated(note = "renamed `ImageFolder` (it reads TIFF and JPEG too)")]
+pub type PngFolder = ImageFolder;
+
+impl ImageFolder {
     /// Lists and pairs the two folders and reads the first image for the channel count.
     ///
-    /// Errors name the folder or file: a folder that cannot be read or holds no PNG, an image
-    /// without a mask, a mask without an image, a first image that cannot be read, or a
-    /// `ClassIndex` encoding of fewer than 2 classes.
+    /// Errors name the folder or file: a folder that cannot be read or holds no image file,
+    /// two files of one stem in a folder, an image without a mask, a mask without an image, a
+    /// first image that cannot be read, or a `ClassIndex` encoding of fewer than 2 classes.
     pub fn open(
         images_dir: impl AsRef<Path>,
         masks_dir: impl AsRef<Path>,
@@ -79,14 +93,10 @@ impl PngFolder {
                 ),
             ));
         }
-        let images = list_pngs(images_dir)?;
-        let mut masks: BTreeMap<OsString, PathBuf> = list_pngs(masks_dir)?
-            .into_iter()
-            .filter_map(|p| Some((p.file_stem()?.to_os_string(), p)))
-            .collect();
+        let images = by_stem(images_dir)?;
+        let mut masks = by_stem(masks_dir)?;
         let mut pairs = Vec::with_capacity(images.len());
-        for image in images {
-            let stem = image.file_stem().unwrap_or(OsStr::new("")).to_os_string();
+        for (stem, image) in images {
             let mut suffixed = stem.clone();
             suffixed.push("_mask");
             let mask = masks
@@ -96,7 +106,7 @@ impl PngFolder {
                     not_found(
                         &image,
                         format!(
-                            "image has no mask `{0}.png` or `{0}_mask.png` in `{1}`",
+                            "image has no mask `{0}.*` or `{0}_mask.*` in `{1}`",
                             stem.to_string_lossy(),
                             masks_dir.display()
                         ),
@@ -111,14 +121,28 @@ impl PngFolder {
             ));
         }
         let channels = match pairs.first() {
-            Some((image, _)) => read_image(image)?.1,
+            Some((image, _)) => Image::read(image)?.channels,
             None => 0,
         };
         Ok(Self {
             pairs,
             channels,
             encoding,
+            normalize: Normalize::Scale,
         })
+    }
+
+    /// The same folder with images normalised as `how` says (checked: invalid percentiles
+    /// are an [`Error::Config`]).
+    pub fn normalize(mut self, how: Normalize) -> Result<Self> {
+        how.validate()?;
+        self.normalize = how;
+        Ok(self)
+    }
+
+    /// How images are normalised.
+    pub fn normalization(&self) -> Normalize {
+        self.normalize
     }
 
     /// The `(image, mask)` file pairs, in sample order.
@@ -132,7 +156,7 @@ impl PngFolder {
     }
 }
 
-impl Dataset for PngFolder {
+impl Dataset for ImageFolder {
     fn len(&self) -> usize {
         self.pairs.len()
     }
@@ -148,7 +172,8 @@ impl Dataset for PngFolder {
                 self.pairs.len()
             ))
         })?;
-        let (image, c, h, w) = read_image(image_path)?;
+        let image = Image::read(image_path)?;
+        let (c, h, w) = (image.channels, image.height, image.width);
         if c != self.channels {
             return Err(Error::Shape(format!(
                 "`{}` has {c} channels but the data set's images have {}",
@@ -182,7 +207,7 @@ impl Dataset for PngFolder {
                 values
             }
         };
-        Sample::new(image, mask, c, h, w)
+        Sample::new(image.into_normalized(self.normalize)?, mask, c, h, w)
     }
 
     fn channels(&self) -> usize {
@@ -194,26 +219,39 @@ impl Dataset for PngFolder {
     }
 }
 
-/// The `*.png` files of `dir`, sorted by name; a folder without any is an error.
-fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The image files of `dir` (see [`FileFormat::from_path`]) by stem, sorted; a folder without
+/// any, or with two of one stem, is an error.
+fn by_stem(dir: &Path) -> Result<BTreeMap<OsString, PathBuf>> {
     let io_err = |source| Error::Io {
         path: dir.to_path_buf(),
         source,
     };
-    let mut files = Vec::new();
+    let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(io_err)? {
         let path = entry.map_err(io_err)?.path();
-        let is_png = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
-        if is_png && path.is_file() {
-            files.push(path);
+        if FileFormat::from_path(&path).is_none() || !path.is_file() {
+            continue;
+        }
+        let stem = path.file_stem().unwrap_or(OsStr::new("")).to_os_string();
+        if let Some(other) = files.insert(stem, path.clone()) {
+            return Err(Error::Io {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "`{}` has the same stem: which of the two is meant is ambiguous",
+                        other.display()
+                    ),
+                ),
+            });
         }
     }
     if files.is_empty() {
-        return Err(not_found(dir, "folder holds no .png file".into()));
+        return Err(not_found(
+            dir,
+            "folder holds no image file (png, tif, tiff, jpg, jpeg)".into(),
+        ));
     }
-    files.sort();
     Ok(files)
 }
 

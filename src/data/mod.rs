@@ -3,23 +3,36 @@
 //! A [`Dataset`] hands out [`Sample`]s (one image and its label mask, in plain vectors); a
 //! [`loader::DataLoader`] shuffles them with a seed, augments them and stacks them into
 //! [`Batch`]es of tensors. Two data sets come with the crate: seeded synthetic images
-//! ([`synthetic`]) and a folder of image / mask PNG pairs ([`folder`]); [`instances`] has
-//! seeded synthetic instance segmentation (touching nuclei-like blobs) for Mask R-CNN.
+//! ([`synthetic`]) and a folder of image / mask pairs in PNG, TIFF or JPEG ([`folder`], read
+//! by [`image_io`] and normalised by [`normalize`]); [`instances`] has seeded synthetic
+//! instance segmentation (touching nuclei-like blobs) for Mask R-CNN.
 //!
-#![cfg_attr(not(feature = "png"), doc = "[`folder`]: crate#features")]
+#![cfg_attr(not(feature = "image"), doc = "[`folder`]: crate#features")]
+#![cfg_attr(not(feature = "image"), doc = "[`image_io`]: crate#features")]
 #![cfg_attr(not(feature = "detection"), doc = "[`instances`]: crate#features")]
 
-#[cfg(feature = "png")]
-#[cfg_attr(docsrs, doc(cfg(feature = "png")))]
+#[cfg(feature = "image")]
+#[cfg_attr(docsrs, doc(cfg(feature = "image")))]
 pub mod folder;
+#[cfg(feature = "image")]
+#[cfg_attr(docsrs, doc(cfg(feature = "image")))]
+pub mod image_io;
 #[cfg(feature = "detection")]
 #[cfg_attr(docsrs, doc(cfg(feature = "detection")))]
 pub mod instances;
 pub mod loader;
-#[cfg(feature = "png")]
-#[cfg_attr(docsrs, doc(cfg(feature = "png")))]
-pub mod png_io;
+pub mod normalize;
 pub mod synthetic;
+
+/// The former name of [`image_io`], from when only PNG files were read.
+#[cfg(feature = "image")]
+#[cfg_attr(docsrs, doc(cfg(feature = "image")))]
+#[deprecated(note = "renamed `data::image_io` (it reads TIFF and JPEG too)")]
+pub mod png_io {
+    pub use super::image_io::{
+        read_image, read_mask, write_gray, write_gray16, write_indexed, write_rgb,
+    };
+}
 
 use candle_core::{Device, Tensor};
 
