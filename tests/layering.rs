@@ -29,7 +29,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("inference", &["metrics", "model"]),
-    ("interop", &["encoders", "model", "nested", "nn", "ops", "weights"]),
+    (
+        "interop",
+        &["encoders", "model", "nested", "nn", "ops", "weights"],
+    ),
     (
         "maskrcnn",
         &["data", "encoders", "loss", "nested", "nn", "ops", "weights"],
