@@ -96,6 +96,7 @@ pub mod data;
 pub mod device;
 pub mod encoders;
 mod error;
+mod fsio;
 pub mod inference;
 pub mod interop;
 pub mod loss;

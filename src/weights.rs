@@ -4,7 +4,7 @@
 //! renamed over it, so an interrupted save never leaves a half-written file behind.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
@@ -197,36 +197,7 @@ pub fn atomic_write(
     path: impl AsRef<Path>,
     write: impl FnOnce(&mut std::fs::File) -> Result<()>,
 ) -> Result<()> {
-    let path = path.as_ref();
-    let tmp = temporary_path(path);
-    let io = |source| Error::Io {
-        path: tmp.clone(),
-        source,
-    };
-    let result = std::fs::File::create(&tmp)
-        .map_err(io)
-        .and_then(|mut file| {
-            write(&mut file)?;
-            file.sync_all().map_err(io)
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "weights".to_string());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    crate::fsio::atomic_write(path.as_ref(), write)
 }
 
 /// Reads the string metadata of a safetensors file (empty when it has none).

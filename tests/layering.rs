@@ -12,16 +12,17 @@ mod common;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("error", &[]),
     ("device", &[]),
+    ("fsio", &[]),
     ("ops", &[]),
     ("nn", &["ops"]),
-    ("weights", &["nn"]),
+    ("weights", &["fsio", "nn"]),
     ("encoders", &["nn", "ops", "weights"]),
     ("nested", &["encoders", "nn", "ops", "weights"]),
     ("unet", &["nested", "nn", "weights"]),
     ("model", &["nested", "nn", "unet", "weights"]),
     ("loss", &["nested", "ops"]),
     ("metrics", &["ops"]),
-    ("data", &["ops"]),
+    ("data", &["fsio", "ops"]),
     (
         "train",
         &[

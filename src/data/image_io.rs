@@ -23,7 +23,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::codecs::png::PngEncoder;
 use image::codecs::tiff::TiffEncoder;
@@ -804,31 +803,13 @@ fn write_with_image(
 /// failure. Its name starts with a dot and ends in `.tmp`, so folder listings skip it.
 fn write_atomically(
     path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+    write: impl FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
 ) -> Result<()> {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".to_string());
-    let tmp = path.with_file_name(format!(
-        ".{name}.{}-{}.tmp",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let io = |source| io_error(path, source);
-    let result = File::create(&tmp).map_err(io).and_then(|file| {
+    crate::fsio::atomic_write(path, |file| {
         let mut out = BufWriter::new(file);
         write(&mut out)?;
-        out.flush().map_err(io)?;
-        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        out.flush().map_err(|source| io_error(path, source))
+    })
 }
 
 fn io_error(path: &Path, source: io::Error) -> Error {
