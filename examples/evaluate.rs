@@ -26,7 +26,6 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use unetpp::data::folder::{ImageFolder, MaskEncoding};
 use unetpp::data::Dataset;
 use unetpp::metrics::{labels_from_probabilities, SegmentationMetrics};
@@ -87,44 +86,26 @@ fn run() -> Result<(), AnyError> {
         args.masks.display()
     );
 
-    let bars = MultiProgress::new();
-    let images_bar = bars.add(ProgressBar::new(folder.len() as u64));
-    let windows_bar = bars.add(ProgressBar::new(0));
-    images_bar.set_style(ProgressStyle::with_template(
-        "images  {bar:30} {pos}/{len} {elapsed_precise} {msg}",
-    )?);
-    windows_bar.set_style(ProgressStyle::with_template(
-        "windows {bar:30} {pos}/{len} {per_sec}",
-    )?);
-
+    let bars = infer::Bars::new(folder.len(), false)?;
     let mut total = SegmentationMetrics::new(classes)?;
     let mut per_image: Vec<(String, SegmentationMetrics)> = Vec::with_capacity(folder.len());
     let started = Instant::now();
     for (i, (image_path, _)) in folder.pairs().iter().enumerate() {
-        let name = image_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        images_bar.set_message(name.clone());
         let sample = folder.get(i)?;
         let (c, h, w) = (sample.channels, sample.height, sample.width);
         let input = Tensor::from_vec(sample.image, (1, c, h, w), &device)?;
         let target = Tensor::from_vec(sample.mask, (1, h, w), &device)?;
-        windows_bar.reset();
-        let probs = infer::probabilities(&segmenter, &input, |p| {
-            windows_bar.set_length(p.total as u64);
-            windows_bar.set_position(p.done as u64);
-        })
-        .map_err(|e| format!("{}: {e}", image_path.display()))?;
+        let probs = bars.probabilities(&segmenter, &input, image_path)?;
         let pred = labels_from_probabilities(&probs)?;
         let mut one = SegmentationMetrics::new(classes)?;
         one.update(&pred, &target)?;
         total.update(&pred, &target)?;
-        per_image.push((name, one));
-        images_bar.inc(1);
+        let name = image_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        per_image.push((name.unwrap_or_default(), one));
     }
-    images_bar.finish();
-    windows_bar.finish_and_clear();
+    bars.finish();
     let seconds = started.elapsed().as_secs_f64();
 
     write_csv(&args.csv, &per_image, classes)?;

@@ -26,7 +26,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use unetpp::data::image_io::{write_f32_tiff, write_gray, write_gray16, write_rgb};
 use unetpp::metrics::labels_from_probabilities;
 
@@ -85,19 +84,7 @@ fn run() -> Result<(), AnyError> {
     println!("{}", loaded.description);
     println!("{}", args.inference.describe());
 
-    let bars = MultiProgress::new();
-    let images_bar = bars.add(ProgressBar::new(files.len() as u64));
-    let windows_bar = bars.add(ProgressBar::new(0));
-    if args.quiet {
-        images_bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        windows_bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    images_bar.set_style(ProgressStyle::with_template(
-        "images  {bar:30} {pos}/{len} {elapsed_precise} {msg}",
-    )?);
-    windows_bar.set_style(ProgressStyle::with_template(
-        "windows {bar:30} {pos}/{len} {per_sec}",
-    )?);
+    let bars = infer::Bars::new(files.len(), args.quiet)?;
     let started = Instant::now();
     for path in &files {
         let name = path
@@ -105,16 +92,10 @@ fn run() -> Result<(), AnyError> {
             .and_then(|s| s.to_str())
             .ok_or_else(|| format!("{}: no usable file name", path.display()))?
             .to_string();
-        images_bar.set_message(name.clone());
         let t = Instant::now();
         let (input, c, h, w) = infer::read_input(path, args.inference.normalization(), &device)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        windows_bar.reset();
-        let probs = infer::probabilities(&segmenter, &input, |p| {
-            windows_bar.set_length(p.total as u64);
-            windows_bar.set_position(p.done as u64);
-        })
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        let probs = bars.probabilities(&segmenter, &input, path)?;
         // One full-size copy at a time: the labels, then each class's probabilities.
         let image = if args.overlay {
             Some(input.flatten_all()?.to_vec1::<f32>()?)
@@ -145,10 +126,8 @@ fn run() -> Result<(), AnyError> {
         if args.quiet {
             println!("{name}: {c}x{h}x{w} in {:.2} s", t.elapsed().as_secs_f64());
         }
-        images_bar.inc(1);
     }
-    images_bar.finish();
-    windows_bar.finish_and_clear();
+    bars.finish();
     println!(
         "segmented {} image(s) in {:.1} s; outputs in {}",
         files.len(),

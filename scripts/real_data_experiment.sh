@@ -15,6 +15,7 @@ widths=16,32,64,128,256
 run() { # dataset model seed epochs normalisation-flags...
   local data=$1 model=$2 seed=$3 epochs=$4; shift 4
   local dir="$out/$data/$model-$seed"
+  mkdir -p "$out/$data"
   local t0=$SECONDS
   target/release/examples/train --model "$model" --images "data/$data/train/images" \
     --masks "data/$data/train/masks" --widths $widths --epochs "$epochs" --lr 1e-3 --augment \

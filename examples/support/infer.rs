@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use unetpp::data::normalize::Normalize;
-use unetpp::inference::{Blend, Progress, Segmenter, SlidingWindow, Tta};
+use unetpp::inference::{Blend, Segmenter, SlidingWindow, Tta};
 use unetpp::interop::{monai, nested_unet, smp::SmpUnetPlusPlus};
 use unetpp::model::{Mode, MultiHeadSegmenter};
 use unetpp::{UNet, UNetPlusPlus};
@@ -331,13 +332,61 @@ pub fn read_input(
     Ok((Tensor::from_vec(values, (1, c, h, w), device)?, c, h, w))
 }
 
-/// Probabilities `(1, K, H, W)` of one image, reporting windows to `progress`.
-pub fn probabilities(
-    segmenter: &Segmenter<'_, dyn MultiHeadSegmenter>,
-    input: &Tensor,
-    progress: impl FnMut(Progress),
-) -> Result<Tensor, AnyError> {
-    Ok(segmenter.probabilities_with_progress(input, progress)?)
+/// Two progress bars: images done, and the windows of the current image.
+pub struct Bars {
+    _multi: MultiProgress,
+    images: ProgressBar,
+    windows: ProgressBar,
+}
+
+impl Bars {
+    /// Bars over `images` images, drawn on the terminal unless `hidden`.
+    pub fn new(images: usize, hidden: bool) -> Result<Self, AnyError> {
+        let multi = MultiProgress::new();
+        if hidden {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        let bar = |len, template| -> Result<ProgressBar, AnyError> {
+            Ok(multi
+                .add(ProgressBar::new(len))
+                .with_style(ProgressStyle::with_template(template)?))
+        };
+        Ok(Self {
+            images: bar(
+                images as u64,
+                "images  {bar:30} {pos}/{len} {elapsed_precise} {msg}",
+            )?,
+            windows: bar(0, "windows {bar:30} {pos}/{len} {per_sec}")?,
+            _multi: multi,
+        })
+    }
+
+    /// Probabilities `(1, K, H, W)` of one image named `name`, counting its windows, then
+    /// the image. Errors name the image's file.
+    pub fn probabilities(
+        &self,
+        segmenter: &Segmenter<'_, dyn MultiHeadSegmenter>,
+        input: &Tensor,
+        path: &Path,
+    ) -> Result<Tensor, AnyError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        self.images.set_message(name.unwrap_or_default());
+        self.windows.reset();
+        let probs = segmenter
+            .probabilities_with_progress(input, |p| {
+                self.windows.set_length(p.total as u64);
+                self.windows.set_position(p.done as u64);
+            })
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.images.inc(1);
+        Ok(probs)
+    }
+
+    /// Leaves the images bar and removes the windows bar.
+    pub fn finish(&self) {
+        self.images.finish();
+        self.windows.finish_and_clear();
+    }
 }
 
 /// Every image file (png, tif, tiff, jpg, jpeg; any case) of a folder, sorted, or the one

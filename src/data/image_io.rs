@@ -321,17 +321,7 @@ pub fn write_gray16(
     width: usize,
     height: usize,
 ) -> Result<()> {
-    let path = path.as_ref();
-    check_data(path, data.len(), width, height, 1, "16-bit grey")?;
-    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    write_with_image(
-        path,
-        &bytes,
-        width,
-        height,
-        ExtendedColorType::L16,
-        FileFormat::Png,
-    )
+    write_gray16_as(path.as_ref(), data, width, height, FileFormat::Png)
 }
 
 /// Writes an 8-bit RGB PNG (whatever the extension) from `width · height` row-major pixels of
@@ -405,17 +395,19 @@ pub fn write_gray16_tiff(
     width: usize,
     height: usize,
 ) -> Result<()> {
-    let path = path.as_ref();
+    write_gray16_as(path.as_ref(), data, width, height, FileFormat::Tiff)
+}
+
+fn write_gray16_as(
+    path: &Path,
+    data: &[u16],
+    width: usize,
+    height: usize,
+    format: FileFormat,
+) -> Result<()> {
     check_data(path, data.len(), width, height, 1, "16-bit grey")?;
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    write_with_image(
-        path,
-        &bytes,
-        width,
-        height,
-        ExtendedColorType::L16,
-        FileFormat::Tiff,
-    )
+    write_with_image(path, &bytes, width, height, ExtendedColorType::L16, format)
 }
 
 /// Writes a 32-bit float grey TIFF (whatever the extension) from `width · height` row-major
