@@ -301,7 +301,7 @@ impl InferenceArgs {
     pub fn describe(&self) -> String {
         let window = match &self.window {
             Some(WindowSize([h, w])) => format!(
-                "sliding window {h}x{w}, overlap {}, {:?} blending{}, {} windows per pass",
+                "sliding window {h}x{w}, overlap {}, {:?} blending{}, {} window(s) per pass",
                 self.overlap,
                 self.blend,
                 if self.blend == BlendArg::Gaussian {
