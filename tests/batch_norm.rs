@@ -225,3 +225,88 @@ fn half_precision_computes_in_f32() {
         );
     }
 }
+
+#[test]
+fn instance_norm_on_the_fused_kernel_matches_group_norm() {
+    // The instance-norm layer runs batch-norm's kernel over (1, N·C, H, W); candle-nn's group
+    // norm with one group per channel, in f64, is the reference (output and every gradient).
+    let mut rng = StdRng::seed_from_u64(2);
+    let dev = Device::Cpu;
+    for case in 0..8 {
+        let (n, c, h, w) = (
+            rng.random_range(1..=3),
+            rng.random_range(1..=5),
+            rng.random_range(1..=7),
+            rng.random_range(2..=7),
+        );
+        let mut draw = |len: usize, lo: f64, hi: f64| -> Vec<f64> {
+            (0..len).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let x64 = Tensor::from_vec(draw(n * c * h * w, -3.0, 5.0), (n, c, h, w), &dev).unwrap();
+        let g64 = Tensor::from_vec(draw(c, 0.5, 2.0), c, &dev).unwrap();
+        let b64 = Tensor::from_vec(draw(c, -1.0, 1.0), c, &dev).unwrap();
+        let r64 = Tensor::from_vec(draw(n * c * h * w, -1.0, 1.0), (n, c, h, w), &dev).unwrap();
+        let f32_ = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+
+        let varmap = VarMap::new();
+        let layer = NormLayer::new(
+            Norm::Instance,
+            c,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )
+        .unwrap();
+        varmap.data().lock().unwrap()["weight"]
+            .set(&f32_(&g64))
+            .unwrap();
+        varmap.data().lock().unwrap()["bias"]
+            .set(&f32_(&b64))
+            .unwrap();
+        let xv = Var::from_tensor(&f32_(&x64)).unwrap();
+        let y = layer.forward_t(xv.as_tensor(), false).unwrap();
+        let grads = (&y * f32_(&r64))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let vars = varmap.data().lock().unwrap().clone();
+        let ours = [
+            y.clone(),
+            grads.get(xv.as_tensor()).unwrap().clone(),
+            grads.get(vars["weight"].as_tensor()).unwrap().clone(),
+            grads.get(vars["bias"].as_tensor()).unwrap().clone(),
+        ];
+
+        let (xr, gr, br) = (
+            Var::from_tensor(&x64).unwrap(),
+            Var::from_tensor(&g64).unwrap(),
+            Var::from_tensor(&b64).unwrap(),
+        );
+        let gn =
+            candle_nn::GroupNorm::new(gr.as_tensor().clone(), br.as_tensor().clone(), c, c, 1e-5)
+                .unwrap();
+        let yr = candle_core::Module::forward(&gn, xr.as_tensor()).unwrap();
+        let gr_ = (&yr * &r64).unwrap().sum_all().unwrap().backward().unwrap();
+        let theirs = [
+            yr.clone(),
+            gr_.get(xr.as_tensor()).unwrap().clone(),
+            gr_.get(gr.as_tensor()).unwrap().clone(),
+            gr_.get(br.as_tensor()).unwrap().clone(),
+        ];
+        for (what, (a, b)) in ["y", "dx", "dgamma", "dbeta"]
+            .iter()
+            .zip(ours.iter().zip(&theirs))
+        {
+            let scale = common::values(b).iter().fold(1f64, |m, v| m.max(v.abs()));
+            let worst = common::values(a)
+                .iter()
+                .zip(common::values(b))
+                .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                worst / scale < 1e-5,
+                "case {case} ({n}x{c}x{h}x{w}) {what}: {}",
+                worst / scale
+            );
+        }
+    }
+}

@@ -63,9 +63,35 @@ impl ModuleT for NormLayer {
         match self {
             NormLayer::Identity => Ok(x.clone()),
             NormLayer::Batch(bn) => batch_norm_forward(bn, x, train),
-            NormLayer::Group { layer, .. } => layer.forward(x),
+            NormLayer::Group {
+                layer,
+                weight,
+                bias,
+                groups,
+            } => {
+                if x.rank() == 4 && *groups == weight.dim(0)? {
+                    instance_norm(x, weight, bias)
+                } else {
+                    layer.forward(x)
+                }
+            }
         }
     }
+}
+
+/// Instance norm of `(N, C, H, W)`: batch-norm's training pass over `(1, N·C, H, W)` (every
+/// image and channel its own statistics), with the scale and shift repeated per image. On
+/// the CPU in `f32` that is the fused kernel of [`crate::ops::batch_norm_train`] (forward and
+/// backward), where candle's group norm takes some ten tensor ops.
+fn instance_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (gamma, beta) = if n == 1 {
+        (gamma.clone(), beta.clone())
+    } else {
+        (gamma.repeat(n)?, beta.repeat(n)?)
+    };
+    let out = crate::ops::batch_norm_train(&x.reshape((1, n * c, h, w))?, &gamma, &beta, EPS)?;
+    out.output.reshape((n, c, h, w))
 }
 
 /// `bn` applied to `x`: with batch statistics when `train` (on the fused
