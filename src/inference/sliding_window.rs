@@ -557,13 +557,14 @@ mod tests {
 
     #[test]
     fn windows_follow_monais_placement() -> Result<()> {
-        // dense_patch_slices((100, 64), (32, 32), (24, 32)): the last start moves back to 68.
+        // MONAI's dense_patch_slices((100, 64), (32, 32), (24, 24)): steps of 24, the last
+        // start moved back so that the window ends at the edge (72 -> 68, 48 -> 32).
         let sw = SlidingWindow::builder([32, 32]).build()?;
         let starts = sw.starts(&[100, 64])?;
         let rows: Vec<usize> = starts.iter().map(|s| s[0]).collect();
-        assert_eq!(rows, [0, 0, 24, 24, 48, 48, 68, 68]);
+        assert_eq!(rows, [0, 0, 0, 24, 24, 24, 48, 48, 48, 68, 68, 68]);
         let cols: Vec<usize> = starts.iter().map(|s| s[1]).collect();
-        assert_eq!(cols, [0, 32, 0, 32, 0, 32, 0, 32]);
+        assert_eq!(cols, [0, 24, 32].repeat(4));
         // An axis shorter than the window is padded to it: one start.
         assert_eq!(sw.starts(&[20, 32])?, vec![vec![0, 0]]);
         Ok(())
