@@ -186,11 +186,14 @@ fn an_interrupted_save_leaves_the_old_checkpoint_intact() {
     })
     .unwrap_err();
     assert!(e.to_string().contains("injected"));
-    // A save that cannot create its temporary file: a directory stands in its way.
-    let blocker = dir.join(format!(".last.safetensors.tmp-{}", std::process::id()));
-    std::fs::create_dir_all(&blocker).unwrap();
-    assert!(save_checkpoint(&path, &varmap, &opt, 2, &HashMap::new()).is_err());
-    std::fs::remove_dir(&blocker).unwrap();
+    // A save that cannot create its temporary file: beside a 252-byte name, the temporary
+    // name (the same with a dot, the process id, a counter and `.tmp`) exceeds the file
+    // system's 255-byte limit. The old file stays as it was.
+    let long = dir.join(format!("{}.safetensors", "c".repeat(240)));
+    std::fs::write(&long, &bytes_before).unwrap();
+    assert!(save_checkpoint(&long, &varmap, &opt, 2, &HashMap::new()).is_err());
+    assert_eq!(std::fs::read(&long).unwrap(), bytes_before);
+    std::fs::remove_file(&long).unwrap();
 
     assert_eq!(std::fs::read(&path).unwrap(), bytes_before);
     let after = Checkpoint::load(&path, &Device::Cpu).unwrap();
