@@ -1,4 +1,4 @@
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{DType, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, GroupNorm, VarBuilder};
 
 use super::Norm;
@@ -69,7 +69,8 @@ impl ModuleT for NormLayer {
                 bias,
                 groups,
             } => {
-                if x.rank() == 4 && *groups == weight.dim(0)? {
+                let fused = crate::ops::cpu_kernels(x.device()) && x.dtype() == DType::F32;
+                if fused && x.rank() == 4 && *groups == weight.dim(0)? {
                     instance_norm(x, weight, bias)
                 } else {
                     layer.forward(x)
@@ -79,10 +80,11 @@ impl ModuleT for NormLayer {
     }
 }
 
-/// Instance norm of `(N, C, H, W)`: batch-norm's training pass over `(1, N·C, H, W)` (every
-/// image and channel its own statistics), with the scale and shift repeated per image. On
-/// the CPU in `f32` that is the fused kernel of [`crate::ops::batch_norm_train`] (forward and
-/// backward), where candle's group norm takes some ten tensor ops.
+/// Instance norm of `(N, C, H, W)` in `f32` on the CPU: batch-norm's fused training kernel
+/// ([`crate::ops::batch_norm_train`], forward and backward) over `(1, N·C, H, W)` (every image
+/// and channel its own statistics), with the scale and shift repeated per image, where
+/// candle's group norm takes some ten tensor ops. Elsewhere candle's group norm runs: its
+/// contiguous reductions are more accurate than the composed batch-norm's strided ones.
 fn instance_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (gamma, beta) = if n == 1 {

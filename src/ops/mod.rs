@@ -127,6 +127,7 @@ pub use detection::{
 pub use elementwise::{add_relu, bias_add, relu};
 pub use norm::{batch_norm_train, BatchNormOutput};
 #[cfg(feature = "detection")]
+pub(crate) use path::cpu_kernels;
 pub(crate) use path::host_f64;
 pub(crate) use path::host_tensor;
 pub use path::{device_generic, set_device_generic};
