@@ -330,3 +330,34 @@ fn relu_has_pytorchs_gradient_at_zero_and_keeps_nan() {
     let untracked = unetpp::ops::relu(&x.as_tensor().detach()).unwrap();
     assert_eq!(&untracked.to_vec1::<f32>().unwrap()[..5], &v[..5]);
 }
+
+/// `ops::leaky_relu` as PyTorch's `F.leaky_relu`: `x` above 0, `slope · x` elsewhere, gradient
+/// 1 above 0 and `slope` at 0 and below; NaN stays NaN; the CPU kernel and the composed path
+/// (what other devices run, here in f64) agree exactly; a non-finite slope is an error.
+#[test]
+fn leaky_relu_has_pytorchs_values_and_gradient() {
+    let xs = [-2f32, -0.0, 0.0, 1e-30, 3.0, -1e-30, f32::NAN];
+    let x = Var::new(&xs, &Device::Cpu).unwrap();
+    let y = unetpp::ops::leaky_relu(x.as_tensor(), 0.1).unwrap();
+    let v = y.to_vec1::<f32>().unwrap();
+    let want: Vec<f32> = xs[..6]
+        .iter()
+        .map(|&a| if a > 0.0 { a } else { a * 0.1 })
+        .collect();
+    assert_eq!(&v[..6], &want[..]);
+    assert!(v[6].is_nan());
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let g = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(&g[..6], &[0.1, 0.1, 0.1, 1.0, 1.0, 0.1]);
+
+    let x64 = Var::new(
+        &xs[..6].iter().map(|&a| f64::from(a)).collect::<Vec<_>>()[..],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y64 = unetpp::ops::leaky_relu(x64.as_tensor(), 0.1).unwrap();
+    let g64 = y64.sum_all().unwrap().backward().unwrap();
+    let g64 = g64.get(x64.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+    assert_eq!(g64, [0.1, 0.1, 0.1, 1.0, 1.0, 0.1]);
+    assert!(unetpp::ops::leaky_relu(x.as_tensor(), f64::NAN).is_err());
+}

@@ -127,11 +127,12 @@ fn normalisation_and_elementwise_ops_agree_at_every_level() {
     let a = var(&[3, 5, 31, 7], 12);
     let b = var(&[3, 5, 31, 7], 13);
     let bias = var(&[5], 14);
-    same_at_every_level("relu, add_relu, bias_add", || {
+    same_at_every_level("relu, add_relu, bias_add, leaky_relu", || {
         let r = ops::relu(a.as_tensor()).unwrap();
         let ar = ops::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
         let ba = ops::bias_add(a.as_tensor(), bias.as_tensor()).unwrap();
-        let total = ((r + ar).unwrap() + ba).unwrap();
+        let lr = ops::leaky_relu(b.as_tensor(), 0.1).unwrap();
+        let total = (((r + ar).unwrap() + ba).unwrap() + lr).unwrap();
         with_grads(&total, &[&a, &b, &bias])
     });
 }

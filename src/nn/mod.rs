@@ -49,7 +49,7 @@ impl Activation {
     pub fn apply(&self, x: &Tensor) -> crate::Result<Tensor> {
         Ok(match *self {
             Activation::Relu => crate::ops::relu(x)?,
-            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(x, slope)?,
+            Activation::LeakyRelu(slope) => crate::ops::leaky_relu(x, slope)?,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Per-channel and element-wise ops that the convolutions and residual blocks share, each in
 //! one pass on the CPU for `f32`: bias addition ([`bias_add`]) and its gradient
-//! (`channel_sums`), a residual addition with its ReLU ([`add_relu`]), and the gradient through
-//! a ReLU (`ReluMask`).
+//! (`channel_sums`), a residual addition with its ReLU ([`add_relu`]), the gradient through
+//! a ReLU (`ReluMask`), and the leaky ReLU ([`leaky_relu`]) with its gradient.
 //!
 //! candle's `broadcast_add` of a `(1, C, 1, 1)` bias is fine forward, but its backward sums
 //! the gradient over dimensions 0, 2 and 3, which candle's CPU backend does element by
@@ -42,6 +42,37 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     }
     let zero = Tensor::zeros((), x.dtype(), x.device())?.broadcast_as(x.shape())?;
     Ok(x.le(0.0)?.where_cond(&zero, x)?)
+}
+
+/// `x` where `x > 0`, `slope · x` elsewhere, with PyTorch's gradient (1 where `x > 0`,
+/// `slope` elsewhere, exactly 0 included): one kernel forward and one backward on the CPU for
+/// `f32`, where candle's `leaky_relu` takes five element-wise ops each way. Elsewhere it is
+/// composed from candle ops with the same rule. NaN stays NaN.
+///
+/// ```
+/// use candle_core::{Device, Var};
+///
+/// let x = Var::new(&[-2f32, 0., 3.], &Device::Cpu)?;
+/// let y = unetpp::ops::leaky_relu(x.as_tensor(), 0.1)?;
+/// assert_eq!(y.to_vec1::<f32>()?, [-0.2, 0., 3.]);
+/// let g = y.sum_all()?.backward()?;
+/// assert_eq!(g.get(x.as_tensor()).unwrap().to_vec1::<f32>()?, [0.1, 0.1, 1.]);
+/// # Ok::<(), unetpp::Error>(())
+/// ```
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    if !slope.is_finite() {
+        return Err(Error::config(
+            "slope",
+            format!("must be finite, got {slope}"),
+        ));
+    }
+    if super::path::cpu_kernels(x.device()) && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(LeakyRelu {
+            slope: slope as f32,
+        })?);
+    }
+    let positive = x.gt(0.0)?;
+    Ok(positive.where_cond(x, &(x * slope)?)?)
 }
 
 /// `y[n, c, h, w] + b[c]` for `y` of shape `(N, C, H, W)` and `b` of shape `(C)`.
@@ -182,6 +213,55 @@ impl CustomOp1 for Relu {
     }
 }
 
+struct LeakyRelu {
+    slope: f32,
+}
+
+impl CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "unetpp-leaky-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous::<f32>(s, l)?;
+        let slope = self.slope;
+        let out = map1(x, |o, x| leaky_relu_chunk(o, x, slope));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(
+            &x.contiguous()?,
+            &LeakyMask { slope: self.slope },
+        )?))
+    }
+}
+
+/// `(g, x) ↦ g` where `x > 0`, `slope · g` elsewhere: the gradient through a leaky ReLU.
+struct LeakyMask {
+    slope: f32,
+}
+
+impl CustomOp2 for LeakyMask {
+    fn name(&self) -> &'static str {
+        "unetpp-leaky-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = contiguous::<f32>(s1, l1)?;
+        let x = contiguous::<f32>(s2, l2)?;
+        let slope = self.slope;
+        let out = map2(g, x, |o, g, x| leaky_mask_chunk(o, g, x, slope));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 struct AddRelu;
 
 impl CustomOp2 for AddRelu {
@@ -243,6 +323,24 @@ simd_fn! {
     fn relu_chunk(o: &mut [f32], x: &[f32]) {
         for (o, &v) in o.iter_mut().zip(x) {
             *o = if v <= 0.0 { 0.0 } else { v };
+        }
+    }
+}
+
+simd_fn! {
+    /// `o = x` where `x > 0`, `slope · x` elsewhere (NaN stays NaN).
+    fn leaky_relu_chunk(o: &mut [f32], x: &[f32], slope: f32) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = if v > 0.0 { v } else { v * slope };
+        }
+    }
+}
+
+simd_fn! {
+    /// `o = g` where `x > 0`, `slope · g` elsewhere.
+    fn leaky_mask_chunk(o: &mut [f32], g: &[f32], x: &[f32], slope: f32) {
+        for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+            *o = if x > 0.0 { g } else { g * slope };
         }
     }
 }

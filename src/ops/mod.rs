@@ -46,8 +46,9 @@
 //!   `poolers.rs` ([`MultiScaleRoiAlign`]), and `real.rs` (the `f32`/`f64` arithmetic they
 //!   share).
 //! - `norm.rs`: training-mode batch normalisation. `resize.rs`: bilinear resizing. `pool.rs`:
-//!   max pooling and nearest up-sampling. `elementwise.rs`: [`bias_add`], [`add_relu`], and
-//!   the per-channel sums and ReLU mask of the convolutions' backward passes.
+//!   max pooling and nearest up-sampling. `elementwise.rs`: [`bias_add`], [`add_relu`],
+//!   [`leaky_relu`], and the per-channel sums and ReLU mask of the convolutions' backward
+//!   passes.
 //! - `kernel.rs`: the shared unsafe core of the CPU kernels (raw-pointer helpers, the
 //!   `gemm` call, banded unfolding); its module doc states the invariants that every `unsafe`
 //!   block relies on. `simd.rs`: the instruction-set level of the hand-written kernels
@@ -124,7 +125,7 @@ pub use detection::{
     batched_nms, box_area, box_convert, box_iou, check_boxes, clip_boxes_to_image, nms,
     remove_small_boxes, rois_from_boxes, BoxFormat, MultiScaleRoiAlign, RoiAlign,
 };
-pub use elementwise::{add_relu, bias_add, relu};
+pub use elementwise::{add_relu, bias_add, leaky_relu, relu};
 pub use norm::{batch_norm_train, BatchNormOutput};
 #[cfg(feature = "detection")]
 pub(crate) use path::cpu_kernels;
