@@ -127,8 +127,8 @@ pub use detection::{
 };
 pub use elementwise::{add_relu, bias_add, leaky_relu, relu};
 pub use norm::{batch_norm_train, BatchNormOutput};
-#[cfg(feature = "detection")]
 pub(crate) use path::cpu_kernels;
+#[cfg(feature = "detection")]
 pub(crate) use path::host_f64;
 pub(crate) use path::host_tensor;
 pub use path::{device_generic, set_device_generic};
