@@ -30,6 +30,8 @@ use unetpp::data::folder::{ImageFolder, MaskEncoding};
 use unetpp::data::Dataset;
 use unetpp::metrics::{labels_from_probabilities, SegmentationMetrics};
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/infer.rs"]
 mod infer;
 use infer::{AnyError, InferenceArgs};

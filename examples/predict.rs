@@ -29,8 +29,12 @@ use clap::Parser;
 use unetpp::data::image_io::{write_f32_tiff, write_gray, write_gray16, write_rgb};
 use unetpp::metrics::labels_from_probabilities;
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/infer.rs"]
 mod infer;
+#[path = "support/report.rs"]
+mod report;
 use infer::{AnyError, InferenceArgs};
 
 /// Segments an image or a folder of images: label masks, probability maps, overlays.
@@ -120,7 +124,7 @@ fn run() -> Result<(), AnyError> {
         }
         drop(probs);
         if let Some(image) = image {
-            let rgb = infer::overlay(&image, c, h, w, &labels);
+            let rgb = report::tinted(&image, c, h, w, &labels);
             write_rgb(args.out.join(format!("{name}_overlay.png")), &rgb, w, h)?;
         }
         if args.quiet {

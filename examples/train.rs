@@ -89,7 +89,7 @@ struct Args {
     masks: Option<PathBuf>,
     /// Normalise each folder image between these percentiles of each channel (1,99.8 suits
     /// 16-bit microscopy; default: divide by the type's maximum)
-    #[arg(long, value_name = "LOW,HIGH", requires = "images", value_parser = percentiles)]
+    #[arg(long, value_name = "LOW,HIGH", requires = "images", value_parser = cli::percentiles)]
     percentiles: Option<Normalize>,
     /// Classes, background included (2: binary)
     #[arg(long, default_value_t = 2, value_parser = cli::at_least(2))]
@@ -136,18 +136,6 @@ struct Args {
 }
 
 /// The network of `kind` for `in_channels` and `classes` (background included).
-/// `LOW,HIGH` as [`Normalize::Percentiles`], checked.
-fn percentiles(s: &str) -> Result<Normalize, String> {
-    let (low, high) = s.split_once(',').ok_or("expected LOW,HIGH, e.g. 1,99.8")?;
-    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("`{v}`: {e}"));
-    let how = Normalize::Percentiles {
-        low: parse(low)?,
-        high: parse(high)?,
-    };
-    how.validate().map_err(|e| e.to_string())?;
-    Ok(how)
-}
-
 fn build_model(
     kind: Kind,
     in_channels: usize,

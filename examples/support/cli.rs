@@ -14,3 +14,15 @@ pub fn at_least(min: usize) -> impl Fn(&str) -> Result<usize, String> + Clone + 
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// `LOW,HIGH` as [`Normalize::Percentiles`](unetpp::data::normalize::Normalize), checked.
+pub fn percentiles(s: &str) -> Result<unetpp::data::normalize::Normalize, String> {
+    let (low, high) = s.split_once(',').ok_or("expected LOW,HIGH, e.g. 1,99.8")?;
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("`{v}`: {e}"));
+    let how = unetpp::data::normalize::Normalize::Percentiles {
+        low: parse(low)?,
+        high: parse(high)?,
+    };
+    how.validate().map_err(|e| e.to_string())?;
+    Ok(how)
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use unetpp::data::image_io::FileFormat;
 use unetpp::data::normalize::Normalize;
 use unetpp::inference::{Blend, Segmenter, SlidingWindow, Tta};
 use unetpp::interop::{monai, nested_unet, smp::SmpUnetPlusPlus};
@@ -98,8 +99,8 @@ pub struct InferenceArgs {
     #[arg(long, value_enum, default_value = "scale")]
     pub normalize: NormalizeArg,
     /// Low and high percentiles for --normalize percentiles
-    #[arg(long, value_name = "LOW,HIGH", default_value = "1,99.8", value_parser = parse_pair)]
-    pub percentiles: (f64, f64),
+    #[arg(long, value_name = "LOW,HIGH", default_value = "1,99.8", value_parser = crate::cli::percentiles)]
+    pub percentiles: Normalize,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -131,12 +132,6 @@ fn parse_window(s: &str) -> Result<WindowSize, String> {
     }
 }
 
-fn parse_pair(s: &str) -> Result<(f64, f64), String> {
-    let (a, b) = s.split_once(',').ok_or("expected LOW,HIGH")?;
-    let p = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("`{v}`: {e}"));
-    Ok((p(a)?, p(b)?))
-}
-
 /// A loaded network, whatever its source.
 pub struct Loaded {
     pub net: Box<dyn MultiHeadSegmenter>,
@@ -149,6 +144,7 @@ pub struct Loaded {
 /// Loads `--weights` as `--format` says (trying each format for `auto`), pruned to `--level`.
 pub fn load(args: &InferenceArgs, device: &Device) -> Result<Loaded, AnyError> {
     let path = &args.weights;
+    let chosen = [args.format];
     let order: &[Format] = match args.format {
         Format::Auto => &[
             Format::Unetpp,
@@ -157,13 +153,7 @@ pub fn load(args: &InferenceArgs, device: &Device) -> Result<Loaded, AnyError> {
             Format::NestedUnet,
             Format::Smp,
         ],
-        f => std::slice::from_ref(match f {
-            Format::Unetpp => &Format::Unetpp,
-            Format::Unet => &Format::Unet,
-            Format::Monai => &Format::Monai,
-            Format::NestedUnet => &Format::NestedUnet,
-            _ => &Format::Smp,
-        }),
+        _ => &chosen,
     };
     let mut errors = Vec::new();
     for &format in order {
@@ -253,10 +243,7 @@ impl InferenceArgs {
         match self.normalize {
             NormalizeArg::Scale => Normalize::Scale,
             NormalizeArg::MinMax => Normalize::MinMax,
-            NormalizeArg::Percentiles => Normalize::Percentiles {
-                low: self.percentiles.0,
-                high: self.percentiles.1,
-            },
+            NormalizeArg::Percentiles => self.percentiles,
         }
     }
 
@@ -398,16 +385,7 @@ pub fn image_files(input: &Path) -> Result<Vec<PathBuf>, AnyError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(input).map_err(|e| format!("{}: {e}", input.display()))? {
         let path = entry?.path();
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        if path.is_file()
-            && matches!(
-                ext.as_deref(),
-                Some("png" | "tif" | "tiff" | "jpg" | "jpeg")
-            )
-        {
+        if path.is_file() && FileFormat::from_path(&path).is_some() {
             files.push(path);
         }
     }
@@ -416,33 +394,4 @@ pub fn image_files(input: &Path) -> Result<Vec<PathBuf>, AnyError> {
         return Err(format!("no png, tif or jpg images in {}", input.display()).into());
     }
     Ok(files)
-}
-
-/// Class colours of the overlays (class 0, the background, is left uncoloured).
-const PALETTE: [[f32; 3]; 6] = [
-    [0.90, 0.10, 0.10],
-    [0.10, 0.75, 0.20],
-    [0.15, 0.35, 0.95],
-    [0.95, 0.80, 0.10],
-    [0.80, 0.20, 0.85],
-    [0.10, 0.80, 0.85],
-];
-
-/// The image (grey or RGB, values in [0, 1]; others are clipped) with each pixel of a class
-/// above 0 tinted with its colour: interleaved RGB bytes.
-pub fn overlay(image: &[f32], channels: usize, h: usize, w: usize, labels: &[u32]) -> Vec<u8> {
-    let plane = h * w;
-    let mut rgb = Vec::with_capacity(plane * 3);
-    for (p, &label) in labels.iter().enumerate().take(plane) {
-        for k in 0..3 {
-            let c = if channels >= 3 { k } else { 0 };
-            let mut v = image[c * plane + p].clamp(0.0, 1.0);
-            if label > 0 {
-                let colour = PALETTE[(label as usize - 1) % PALETTE.len()];
-                v = 0.5 * v + 0.5 * colour[k];
-            }
-            rgb.push((v * 255.0).round() as u8);
-        }
-    }
-    rgb
 }

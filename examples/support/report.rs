@@ -231,6 +231,22 @@ fn image_rgb(image: &[f32], channels: usize, h: usize, w: usize) -> Vec<[f32; 3]
         .collect()
 }
 
+/// The image (grey or RGB, values clipped to `[0, 1]`) as RGB with every pixel of a class
+/// above 0 blended with the class's colour, interleaved bytes: one overlay panel.
+pub fn tinted(image: &[f32], channels: usize, h: usize, w: usize, labels: &[u32]) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(h * w * 3);
+    for (mut c, &class) in image_rgb(image, channels, h, w).into_iter().zip(labels) {
+        if class > 0 {
+            let col = PALETTE[class as usize % PALETTE.len()];
+            for k in 0..3 {
+                c[k] = 0.45 * c[k] + 0.55 * col[k] as f32 / 255.0;
+            }
+        }
+        rgb.extend(c.map(|v| (v * 255.0).round() as u8));
+    }
+    rgb
+}
+
 /// One PNG with three panels side by side: the image, the ground truth over it, the
 /// prediction over it (classes in colour).
 pub fn write_overlay(
@@ -242,29 +258,15 @@ pub fn write_overlay(
     truth: &[u32],
     pred: &[u32],
 ) -> unetpp::Result<()> {
-    let base = image_rgb(image, channels, h, w);
+    let none = vec![0u32; h * w];
+    let panels = [none.as_slice(), truth, pred].map(|l| tinted(image, channels, h, w, l));
     let gap = 4;
     let width = 3 * w + 2 * gap;
     let mut rgb = vec![255u8; width * h * 3];
     for y in 0..h {
-        for x in 0..w {
-            let p = y * w + x;
-            for (panel, labels) in [(0, None), (1, Some(truth)), (2, Some(pred))] {
-                let mut c = base[p];
-                if let Some(l) = labels {
-                    let class = l[p] as usize;
-                    if class > 0 {
-                        let col = PALETTE[class % PALETTE.len()];
-                        for k in 0..3 {
-                            c[k] = 0.45 * c[k] + 0.55 * col[k] as f32 / 255.0;
-                        }
-                    }
-                }
-                let o = (y * width + panel * (w + gap) + x) * 3;
-                for k in 0..3 {
-                    rgb[o + k] = (c[k] * 255.0).round() as u8;
-                }
-            }
+        for (i, panel) in panels.iter().enumerate() {
+            let o = (y * width + i * (w + gap)) * 3;
+            rgb[o..o + w * 3].copy_from_slice(&panel[y * w * 3..(y + 1) * w * 3]);
         }
     }
     unetpp::data::image_io::write_rgb(path, &rgb, width, h)

@@ -234,8 +234,9 @@ impl SlidingWindow {
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // One copy of each window: `cat` reads the strided views itself.
             let batch = if crops.len() == 1 {
-                crops[0].clone()
+                crops[0].contiguous()?
             } else {
                 Tensor::cat(&crops, 0)?
             };
@@ -482,13 +483,13 @@ struct Geometry {
     starts: Vec<Vec<usize>>,
 }
 
-/// The window `start` of image `image` of `input`, `(1, C, window…)`.
+/// The window `start` of image `image` of `input`, `(1, C, window…)`: a view, not a copy.
 fn crop(input: &Tensor, image: usize, start: &[usize], window: &[usize]) -> Result<Tensor> {
     let mut x = input.narrow(0, image, 1)?;
     for (axis, (&s, &w)) in start.iter().zip(window).enumerate() {
         x = x.narrow(axis + 2, s, w)?;
     }
-    Ok(x.contiguous()?)
+    Ok(x)
 }
 
 /// Calls `f(src, dst, len)` for every row (run along the last axis) of a window at `start`

@@ -30,16 +30,15 @@ impl Transform {
     /// Applies the transform to `x`, `(N, C, spatial…)`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let rank = x.rank();
-        let mut y = if self.transpose {
-            x.transpose(rank - 2, rank - 1)?.contiguous()?
+        let y = if self.transpose {
+            x.transpose(rank - 2, rank - 1)?
         } else {
             x.clone()
         };
+        // Contiguous for `flip` (an index selection) and for the predictor.
+        let y = y.contiguous()?;
         let dims = flip_dims(self.flips, rank);
-        if !dims.is_empty() {
-            y = y.contiguous()?.flip(&dims)?;
-        }
-        Ok(y.contiguous()?)
+        Ok(if dims.is_empty() { y } else { y.flip(&dims)? })
     }
 
     /// Undoes the transform on an output `(N, K, spatial…)` of a transformed input.

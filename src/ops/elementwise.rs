@@ -1,7 +1,7 @@
 //! Per-channel and element-wise ops that the convolutions and residual blocks share, each in
 //! one pass on the CPU for `f32`: bias addition ([`bias_add`]) and its gradient
 //! (`channel_sums`), a residual addition with its ReLU ([`add_relu`]), the gradient through
-//! a ReLU (`ReluMask`), and the leaky ReLU ([`leaky_relu`]) with its gradient.
+//! a ReLU (`relu_mask`), and the leaky ReLU ([`leaky_relu`]) with its gradient.
 //!
 //! candle's `broadcast_add` of a `(1, C, 1, 1)` bias is fine forward, but its backward sums
 //! the gradient over dimensions 0, 2 and 3, which candle's CPU backend does element by
@@ -208,7 +208,7 @@ impl CustomOp1 for Relu {
         // The gradient where the output is positive (or NaN): none at exactly 0.
         Ok(Some(
             grad.contiguous()?
-                .apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?,
+                .apply_op2_no_bwd(&res.contiguous()?, &relu_mask())?,
         ))
     }
 }
@@ -232,33 +232,8 @@ impl CustomOp1 for LeakyRelu {
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op2_no_bwd(
             &x.contiguous()?,
-            &LeakyMask { slope: self.slope },
+            &leaky_mask(self.slope),
         )?))
-    }
-}
-
-/// `(g, x) ↦ g` where `x > 0`, `slope · g` elsewhere: the gradient through a leaky ReLU.
-struct LeakyMask {
-    slope: f32,
-}
-
-impl CustomOp2 for LeakyMask {
-    fn name(&self) -> &'static str {
-        "unetpp-leaky-relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = contiguous::<f32>(s1, l1)?;
-        let x = contiguous::<f32>(s2, l2)?;
-        let slope = self.slope;
-        let out = map2(g, x, |o, g, x| leaky_mask_chunk(o, g, x, slope));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -291,17 +266,42 @@ impl CustomOp2 for AddRelu {
         // The gradient where the output is positive (PyTorch's rule: none at exactly 0).
         let g = grad
             .contiguous()?
-            .apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?;
+            .apply_op2_no_bwd(&res.contiguous()?, &relu_mask())?;
         Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
     }
 }
 
-/// `(g, y) ↦ g · [y > 0]`: the gradient through a ReLU whose output is `y`.
-pub(super) struct ReluMask;
+/// `o = f(a, b)` element by element over two `f32` tensors of one shape, on the CPU, with no
+/// backward pass of its own: the gradients through the ReLUs.
+pub(super) struct Elementwise2<F> {
+    name: &'static str,
+    f: F,
+}
 
-impl CustomOp2 for ReluMask {
+/// A chunk kernel of [`Elementwise2`]: `f(out, a, b)` on matching chunks.
+pub(super) trait Chunk2: Fn(&mut [f32], &[f32], &[f32]) + Send + Sync {}
+
+impl<F: Fn(&mut [f32], &[f32], &[f32]) + Send + Sync> Chunk2 for F {}
+
+/// `(g, y) ↦ g · [y > 0]`: the gradient through a ReLU whose output is `y`.
+pub(super) fn relu_mask() -> Elementwise2<impl Chunk2> {
+    Elementwise2 {
+        name: "unetpp-relu-mask",
+        f: relu_mask_chunk,
+    }
+}
+
+/// `(g, x) ↦ g` where `x > 0`, `slope · g` elsewhere: the gradient through a leaky ReLU.
+fn leaky_mask(slope: f32) -> Elementwise2<impl Chunk2> {
+    Elementwise2 {
+        name: "unetpp-leaky-relu-mask",
+        f: move |o: &mut [f32], g: &[f32], x: &[f32]| leaky_mask_chunk(o, g, x, slope),
+    }
+}
+
+impl<F: Chunk2> CustomOp2 for Elementwise2<F> {
     fn name(&self) -> &'static str {
-        "unetpp-relu-mask"
+        self.name
     }
 
     fn cpu_fwd(
@@ -311,9 +311,8 @@ impl CustomOp2 for ReluMask {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = contiguous::<f32>(s1, l1)?;
-        let y = contiguous::<f32>(s2, l2)?;
-        let out = map2(g, y, relu_mask_chunk);
+        let (a, b) = (contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?);
+        let out = map2(a, b, &self.f);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

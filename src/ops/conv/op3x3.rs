@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use super::algo::{cpu_conv_algo, CpuConvAlgo};
 use super::shape::{Dims, Planes};
 use super::{gemm, winograd, winograd_wgrad};
-use crate::ops::elementwise::{channel_sums, ReluMask};
+use crate::ops::elementwise::{channel_sums, relu_mask};
 use crate::ops::kernel::contiguous;
 
 /// The forward pass with the algorithm the process has chosen for this shape.
@@ -79,7 +79,7 @@ impl CustomOp3 for Conv3x3 {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let grad = if self.relu {
-            grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?
+            grad.apply_op2_no_bwd(&res.contiguous()?, &relu_mask())?
         } else {
             grad
         };
